@@ -1,0 +1,30 @@
+# Two commands matter: `make demo` and `make test`. Each sets up what it needs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo bench bench-train clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q -x tests
+
+demo: setup
+	$(BIN)/starflow demo
+
+bench: setup
+	$(BIN)/starflow bench --model $(or $(BENCH_MODEL),../shared/bench/bench_t2i_small.pt) --json
+
+bench-train: setup
+	$(BIN)/starflow bench-train
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,176 @@
+"""The STARFlow model: patchify, a stack of flow blocks (shallow ones, then the deep one), a denoiser."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+
+from ..config import ModelConfig
+from ..nn.rope import RotaryEmbedding
+from ..nn.trunk import Trunk
+from .block import FlowBlock, IdentityFlowBlock
+
+__all__ = ["StarFlow", "FlowOutput", "Denoiser"]
+
+
+@dataclass
+class FlowOutput:
+    z: torch.Tensor                   # same shape as x
+    block_outputs: list[torch.Tensor]  # patchified input, then each block's output: (B, h, w, c) / (B, T, h, w, c)
+    logdets: list[torch.Tensor]        # one per block, in the data's order through the blocks
+
+
+class Denoiser(Trunk):
+    """Learnable self-denoiser: a non-causal trunk, block-causal in time for videos (official NonCausalBlock)."""
+
+    def __init__(self, in_channels: int, channels: int, head_dim: int, *, block_causal: int, window: int | None,
+                 num_layers: int = 8, **trunk_kwargs):
+        super().__init__(in_channels, in_channels, channels, num_layers, head_dim, **trunk_kwargs)
+        self.block_causal = block_causal
+        self.window = window
+
+    def video_mask(self, frames: int, frame_tokens: int, n_txt: int, device) -> torch.Tensor:
+        """Text keys are always visible; image keys from frames in [f(q) + A - 1 - G, f(q) + A - 1]."""
+        S = n_txt + frames * frame_tokens
+        q = torch.arange(S, device=device)[:, None]
+        k = torch.arange(S, device=device)[None, :]
+        A, G = self.block_causal, self.window if self.window is not None else 10000
+        kf = torch.div(k - n_txt, frame_tokens, rounding_mode="floor")
+        qf = torch.div(q - n_txt, frame_tokens, rounding_mode="floor")
+        qf_relu = torch.div((q - n_txt).clamp(min=0), frame_tokens, rounding_mode="floor")
+        return (k < n_txt) | ((kf >= qf + A - 1 - G) & (kf <= qf_relu + A - 1))
+
+
+class StarFlow(torch.nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = c = config
+        lpb = c.layers_per_block_full
+        alt = "flip_in_frame" if c.temporal_causal else "flip"
+        orders = ["identity", alt]
+        shift = 1 if c.seq_order == "L2R" else 0
+        common = dict(head_dim=c.head_dim, sos=bool(c.sos), softplus=bool(c.use_softplus), swiglu=bool(c.use_swiglu),
+                      norm_type=c.norm_type, num_kv_heads=c.num_kv_heads, qk_norm=bool(c.use_qk_norm),
+                      post_norm=bool(c.use_post_norm), bias=bool(c.use_bias), final_norm=bool(c.use_final_norm),
+                      soft_clip=c.soft_clip, expansion=c.expansion, hf_style_rope=bool(c.hf_style_rope),
+                      num_positions=None if c.rope else c.grid_size ** 2)
+        blocks: list[torch.nn.Module] = []
+        for i in range(c.blocks):
+            deep = i == c.blocks - 1
+            if lpb[i] == 0:
+                blocks.append(IdentityFlowBlock())
+                continue
+            channels = c.top_channels if deep else c.channels
+            num_heads = c.num_heads if (c.num_heads is not None or not deep) else channels // c.head_dim
+            txt_dim = c.txt_dim if (deep or not c.cond_top_only) else 0
+            blocks.append(FlowBlock(c.token_channels, channels, lpb[i], order=orders[(i + shift) % 2],
+                                    txt_dim=txt_dim, num_heads=num_heads, **common))
+        self.blocks = torch.nn.ModuleList(blocks)
+        if c.learnable_self_denoiser:
+            self.learnable_self_denoiser = Denoiser(
+                c.token_channels, c.channels, c.head_dim, block_causal=c.temporal_causal, window=c.denoiser_window,
+                txt_dim=c.txt_dim if c.conditional_denoiser else 0, num_heads=c.num_heads,
+                num_kv_heads=c.num_kv_heads, expansion=c.expansion, swiglu=bool(c.use_swiglu), norm_type=c.norm_type,
+                qk_norm=bool(c.use_qk_norm), post_norm=bool(c.use_post_norm), bias=bool(c.use_bias),
+                final_norm=bool(c.use_final_norm), hf_style_rope=bool(c.hf_style_rope))
+        else:
+            self.learnable_self_denoiser = None
+        self.rope = RotaryEmbedding(c.head_dim, c.rope_pt_seq_len, c.txt_size) if c.rope else None
+
+    # ---- shapes -----------------------------------------------------------------------------------
+    @property
+    def deep(self) -> FlowBlock:
+        return self.blocks[-1]
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, h, w, p p C); (B, T, C, H, W) -> (B, T, h, w, p p C)."""
+        p = self.config.patch_size
+        return rearrange(x, "... c (h p1) (w p2) -> ... h w (p1 p2 c)", p1=p, p2=p)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.config.patch_size
+        return rearrange(x, "... h w (p1 p2 c) -> ... c (h p1) (w p2)", p1=p, p2=p)
+
+    def check_input(self, x: torch.Tensor, y: torch.Tensor | None, name: str = "x") -> None:
+        c = self.config
+        if x.dim() not in (4, 5):
+            raise ValueError(f"{name} must be (B, C, H, W) or (B, T, C, H, W), got shape {tuple(x.shape)}")
+        if x.size(-3) != c.channel_size:
+            raise ValueError(f"{name} has {x.size(-3)} channels; the model takes {c.channel_size} "
+                             f"(shape {tuple(x.shape)}: images are (B, C, H, W), videos (B, T, C, H, W))")
+        if x.size(-1) % c.patch_size or x.size(-2) % c.patch_size:
+            raise ValueError(f"{name} spatial size {tuple(x.shape[-2:])} is not a multiple of patch_size {c.patch_size}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        if c.txt_dim > 0 and any(getattr(b, "conditioned", False) for b in self.blocks):
+            if y is None:
+                raise ValueError("this model is text/label conditioned: pass y of shape (B, txt_size, txt_dim)")
+            if y.dim() != 3 or y.size(-1) != c.txt_dim:
+                raise ValueError(f"y must be (B, L, {c.txt_dim}) text embeddings, got shape {tuple(y.shape)}")
+            if not torch.isfinite(y).all():
+                raise ValueError("y contains NaN or infinite values")
+
+    def rope_tables(self, block: torch.nn.Module, h: int, w: int, frames: int, n_txt: int, device):
+        """Position tables for a block: text tokens first when the block reads text, frames 0 for images."""
+        if self.rope is None:
+            return None
+        return self.rope.tables(h, w, n_txt if getattr(block, "conditioned", False) else 0, frames, device)
+
+    # ---- likelihood direction ----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, guidance: float = 0.0) -> FlowOutput:
+        """Map data x (B, C, H, W) or (B, T, C, H, W) to noise z. With guidance > 0, x and y are doubled
+        batches [cond; uncond] and the deep block uses the guided parameters (as the official forward)."""
+        self.check_input(x, y)
+        c = self.config
+        video = x.dim() == 5
+        h = self.patchify(x)                                    # (B, [T,] h, w, c)
+        B, shape = h.size(0), h.shape
+        T = shape[1] if video else 1
+        gh, gw = shape[-3], shape[-2]
+        outputs, logdets = [h], []
+        tokens = h.reshape(B, -1, shape[-1])                    # (B, N, c), frame-major raster order
+        for i, block in enumerate(self.blocks):
+            deep = i == len(self.blocks) - 1
+            local = video and c.shallow_block_local and not deep
+            if local:  # shallow blocks see one frame at a time
+                tok, frames, bsz, rope_frames = tokens.reshape(B * T, -1, shape[-1]), 1, B * T, 1
+            else:
+                tok, frames, bsz, rope_frames = tokens, T, B, (T if video else 0)
+            text = y if getattr(block, "conditioned", False) else None
+            rope = self.rope_tables(block, gh, gw, rope_frames, text.size(1) if text is not None else 0, x.device)
+            z, logdet = block(tok, text, rope, frames, guidance if deep else 0.0)
+            if local and logdet.dim() == 3:
+                logdet = logdet.reshape(B, T, *logdet.shape[1:])   # (B, T, hw, c)
+            tokens = z.reshape(B, -1, shape[-1])
+            outputs.append(tokens.reshape(shape))
+            logdets.append(logdet)
+        z = self.unpatchify(outputs[-1])
+        return FlowOutput(z, outputs, logdets)
+
+    @staticmethod
+    def loss_terms(z: torch.Tensor, logdets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample (0.5 mean z^2, -sum mean logdet): the official loss before averaging over the batch."""
+        loss_z = 0.5 * z.float().pow(2).mean(dim=tuple(range(1, z.dim())))
+        loss_logdet = -sum(ld.mean(dim=tuple(range(1, ld.dim()))) for ld in logdets)
+        return loss_z, loss_logdet
+
+    def denoise_output(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw prediction of the learnable self-denoiser for x (same shape as x)."""
+        if self.learnable_self_denoiser is None:
+            raise ValueError("this model has no learnable self-denoiser (learnable_self_denoiser=0)")
+        self.check_input(x, y if self.learnable_self_denoiser.conditioned else None)
+        d = self.learnable_self_denoiser
+        h = self.patchify(x)
+        shape = h.shape
+        video = x.dim() == 5
+        T = shape[1] if video else 0
+        text = y if d.conditioned else None
+        n_txt = text.size(1) if text is not None else 0
+        rope = self.rope.tables(shape[-3], shape[-2], n_txt, T, x.device) if self.rope is not None else None
+        mask = None
+        if d.block_causal > 0 and video:
+            mask = d.video_mask(T, shape[-3] * shape[-2], n_txt, x.device)
+        out = d.run(h.reshape(h.size(0), -1, shape[-1]), text, rope=rope, causal=False, attn_mask=mask)
+        return self.unpatchify(out.reshape(shape))

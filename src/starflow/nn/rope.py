@@ -1,0 +1,95 @@
+"""Rotary position embeddings with the official position layout.
+
+Positions are computed for the token order *before* a block's permutation: sequence index i of a
+block always gets the position of raster index i (this is what the official code does, and what
+its checkpoints were trained with).
+
+Layout (`head_dim/2` frequencies, each used for a pair of channels):
+- 2D (images without text): half the frequencies for the row, half for the column.
+- 3D (text, or video): `head_dim/2 - 8` split between row and column, 8 for a third axis that
+  carries the text position (`arange(L)/L * pt_seq_len`, row = column = 0) and the frame index.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["positions", "RotaryEmbedding", "apply_rotary"]
+
+
+def positions(h: int, w: int, txt_len: int = 0, pt_seq_len: float | None = None, frames: int = 0,
+              mode: str = "3d") -> torch.Tensor:
+    """Positions (L, 2) or (L, 3) for `txt_len` text tokens followed by `frames` (0: an image) grids of h x w."""
+    if mode not in ("2d", "3d"):
+        raise ValueError(f"mode must be '2d' or '3d', not {mode!r}")
+    mean_len = math.sqrt(h * w)
+    pt_seq_len = pt_seq_len or mean_len
+    px = torch.arange(h) / mean_len * pt_seq_len
+    py = torch.arange(w) / mean_len * pt_seq_len
+    px, py = [p.reshape(-1) for p in torch.meshgrid(px, py, indexing="ij")]
+    if mode == "2d":
+        if txt_len:
+            raise ValueError("2D RoPE has no axis for text positions")
+        return torch.stack([px, py], dim=-1)
+    if frames == 0:
+        pos = [px, py, torch.zeros_like(px)]
+    else:
+        pos = [px.repeat(frames), py.repeat(frames), torch.arange(frames).repeat_interleave(h * w)]
+    if txt_len > 0:
+        pt = torch.arange(txt_len) / txt_len * pt_seq_len
+        zeros = torch.zeros_like(pt)
+        pos = [torch.cat([zeros, pos[0]]), torch.cat([zeros, pos[1]]), torch.cat([pt, pos[2]])]
+    return torch.stack(pos, dim=-1)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    # interleaved pairs (x0, x1) -> (-x1, x0)
+    x = x.unflatten(-1, (-1, 2))
+    x1, x2 = x.unbind(-1)
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, hf_style: bool = False) -> torch.Tensor:
+    """Rotate x (..., L, D) by tables cos/sin (L, D); computed in float32, returned in x's dtype."""
+    dtype = x.dtype
+    xf = x.float()
+    if hf_style:  # pairs are (i, i + D/2): reorder to interleaved, rotate, reorder back
+        xf = xf.unflatten(-1, (2, -1)).transpose(-1, -2).flatten(-2)
+    out = xf * cos + _rotate_half(xf) * sin
+    if hf_style:
+        out = out.unflatten(-1, (-1, 2)).transpose(-1, -2).flatten(-2)
+    return out.to(dtype)
+
+
+class RotaryEmbedding(torch.nn.Module):
+    """Frequencies of the official `VisionRotaryEmbeddingFast` ('lang' frequencies, theta 10000)."""
+
+    def __init__(self, head_dim: int, pt_seq_len: int, txt_size: int, theta: float = 10000.0):
+        super().__init__()
+        dim = head_dim // 2
+        self.pt_seq_len = pt_seq_len
+        self.has_text_axis = txt_size > 0
+        spatial = dim - 8 if self.has_text_axis else dim
+        self.register_buffer("freqs", 1.0 / (theta ** (torch.arange(0, spatial, 2)[: spatial // 2].float() / spatial)),
+                             persistent=False)
+        if self.has_text_axis:
+            self.register_buffer("freqs2", 1.0 / (theta ** (torch.arange(0, 8).float() / 8)), persistent=False)
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tables(self, h: int, w: int, txt_len: int, frames: int, device: torch.device | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin tables (L, head_dim) for txt_len text tokens then frames*h*w tokens (frames 0: image)."""
+        device = device if device is not None else self.freqs.device
+        key = (h, w, txt_len, frames, str(device))
+        if key not in self._tables:
+            mode = "3d" if (self.has_text_axis or frames > 0) else "2d"
+            if mode == "3d" and not self.has_text_axis:
+                raise ValueError("3D RoPE (video) needs txt_size > 0: its frame axis shares the text frequencies")
+            pos = positions(h, w, txt_len, self.pt_seq_len, frames, mode).float()
+            parts = [pos[:, 0, None] * self.freqs.cpu(), pos[:, 1, None] * self.freqs.cpu()]
+            if mode == "3d":
+                parts.append(pos[:, 2, None] * self.freqs2.cpu())
+            ang = torch.cat(parts, -1).repeat_interleave(2, dim=-1)
+            self._tables[key] = (ang.cos().to(device), ang.sin().to(device))
+        return self._tables[key]
