@@ -1,0 +1,165 @@
+"""Inverting one flow block: the shared set-up, and the two samplers that each own their loop.
+
+Both samplers work on `x_full`, the block's input sequence in block order: x_full[0] is the head
+token (the SOS embedding, or the first token, which the block leaves unchanged) and x_full[p + 1] is
+the token whose affine map the trunk computes from input position p. Trunk position p always sits
+at cache position n_txt + p, so the KV cache and RoPE agree by construction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from ..flow.affine import inverse_affine
+from ..flow.block import FlowBlock
+from ..nn.kv_cache import KVCache
+
+__all__ = ["BlockInverse", "sequential_inverse", "jacobi_inverse", "JacobiStats"]
+
+
+@dataclass
+class JacobiStats:
+    iterations: int = 0     # trunk calls made by the Jacobi loop
+    chunks: int = 0
+
+
+class BlockInverse:
+    """State for inverting one block on noise z (B, N, C) in raster order.
+
+    guidance > 0 doubles the batch ([cond; uncond], text given doubled by the caller) and both halves
+    follow the guided parameters. `prefix` (B, P, C), raster order, are known first tokens (image-to-video):
+    they are pushed into the cache and kept.
+    """
+
+    def __init__(self, block: FlowBlock, z: torch.Tensor, text: torch.Tensor | None, rope, frames: int,
+                 guidance: float = 0.0, prefix: torch.Tensor | None = None, window_frames: int | None = None):
+        self.block, self.frames, self.guidance, self.rope = block, frames, guidance, rope
+        self.text = text if block.conditioned else None
+        zp = block.permute(z.float(), frames)                           # (B, N, C) block order
+        if guidance > 0:
+            zp = torch.cat([zp, zp])
+        self.zp = zp
+        self.off = 1 if block.use_sos else 0
+        head = block.head(zp.size(0), zp[:, :1]).float()
+        self.x_full = torch.cat([head, zp], 1) if block.use_sos else zp.clone()   # (B', U + 1, C)
+        self.U = self.x_full.size(1) - 1                                # unknown tokens to solve for
+        self.frame_tokens = zp.size(1) // frames
+        self.pos = block.positions_embed(zp.size(1), frames)
+        n_txt = self.text.size(1) if self.text is not None else 0
+        length = n_txt + (min(self.U, window_frames * self.frame_tokens) if window_frames else self.U)
+        p = block.proj_in.weight
+        self.cache: KVCache = block.new_cache(zp.size(0), length, p.device, p.dtype)
+        self.prime_text()
+        self.start = 0
+        if prefix is not None:
+            if block.order == "flip":
+                raise ValueError("a prefix needs a block order that keeps frames in time order (temporal_causal)")
+            P = prefix.size(1)
+            pp = block.permute(prefix.float(), P // self.frame_tokens)
+            if guidance > 0:
+                pp = torch.cat([pp, pp])
+            self.x_full[:, self.off:self.off + P] = pp
+            self.start = P - 1 + self.off                               # first input position still to run
+            if self.start > 0:
+                self.run(self.x_full[:, :self.start], 0)
+
+    def prime_text(self) -> None:
+        if self.text is not None:
+            self.block.run(None, self.text, rope=self.rope, cache=self.cache)
+
+    def run(self, inp: torch.Tensor, p: int, attn_temp: float = 1.0) -> torch.Tensor:
+        """Trunk on inputs standing at positions [p, p + len) -> raw head output."""
+        pe = self.pos[p:p + inp.size(1)] if self.pos is not None else None
+        return self.block.run(inp, None, rope=self.rope, cache=self.cache, pos_embed=pe, attn_temp=attn_temp)
+
+    def solve(self, raw: torch.Tensor, p: int, guidance: float) -> torch.Tensor:
+        """New values of x_full[p + 1 : p + 1 + len] from the head output at positions [p, p + len)."""
+        scale, shift = self.block.params(raw, guidance)
+        j = p + 1 - self.off
+        return inverse_affine(self.zp[:, j:j + raw.size(1)], scale, shift)
+
+    def result(self) -> torch.Tensor:
+        x = self.x_full[:, self.off:]
+        if self.guidance > 0:
+            x = x.chunk(2)[0]
+        return self.block.permute(x, self.frames)
+
+
+def sequential_inverse(inv: BlockInverse, attn_temp: float = 1.0, annealed_guidance: bool = False,
+                       progress: bool = False) -> torch.Tensor:
+    """Token by token with the KV cache: exact, U trunk calls of one token."""
+    steps = range(inv.start, inv.U)
+    for p in tqdm(steps, disable=not progress, desc="sequential", leave=False):
+        w = inv.guidance * ((p + 1) / inv.U if annealed_guidance else 1.0)
+        raw = inv.run(inv.x_full[:, p:p + 1], p, attn_temp)
+        inv.x_full[:, p + 1:p + 2] = inv.solve(raw, p, w)
+    return inv.result()
+
+
+def _all_done(done: bool, device) -> bool:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor(1 if done else 0, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)  # every rank must agree, or their collectives desync
+        return bool(t.item())
+    return done
+
+
+def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1e-3, max_iter: int = 32,
+                   context_frames: int | None = None, window_frames: int | None = None, later_frame_factor: int = 4,
+                   progress: bool = False, stats: JacobiStats | None = None) -> torch.Tensor:
+    """Block-wise Jacobi fixed-point iteration (official schedule).
+
+    Chunks of `block_size` tokens (x `later_frame_factor` after the first frame of a video) are solved
+    in parallel; an iteration stops a chunk when the relative squared change falls below `threshold`
+    or after `max_iter` iterations. A video chunk's first iterate is the previous frame. With
+    `window_frames`, attention sees at most that many frames: when the window is full the cache is
+    rebuilt from the text and the last `context_frames` frames, and decoding goes on.
+    """
+    if block_size < 1 or max_iter < 1:
+        raise ValueError("jacobi block size and max iterations must be >= 1")
+    F, U, x_full = inv.frame_tokens, inv.U, inv.x_full
+    W = window_frames * F if window_frames else None
+    if W is not None:
+        if context_frames is None or not 0 < context_frames < window_frames:
+            raise ValueError(f"context_length must be between 1 and local_attn_window - 1 ({window_frames - 1})")
+    C = context_frames * F if W is not None else 0
+    target = U if W is None else min(U, W)
+    start = inv.start
+    bar = tqdm(total=U, initial=start, disable=not progress, desc="jacobi", leave=False)
+    while True:
+        while start < target:
+            chunk = block_size if start <= F else block_size * later_frame_factor
+            for i in range(max_iter):
+                chunk = min(chunk, target - start)
+                if i == 0 and start > F:  # previous frame as the first iterate
+                    inp = x_full[:, start - F:start + chunk - F]
+                else:
+                    inp = x_full[:, start:start + chunk]
+                new = inv.solve(inv.run(inp, start), start, inv.guidance)
+                old = x_full[:, start + 1:start + 1 + chunk]
+                diff = ((new - old) ** 2).mean() / (new ** 2).mean()
+                x_full[:, start + 1:start + 1 + chunk] = new
+                if stats is not None:
+                    stats.iterations += 1
+                # the last iteration's keys stay in the cache: no extra pass to refresh them
+                if _all_done(bool(diff < threshold) or i == max_iter - 1, x_full.device):
+                    break
+                inv.cache.rewind(chunk)
+            start += chunk
+            bar.update(chunk)
+            if stats is not None:
+                stats.chunks += 1
+        if target >= U:
+            break
+        target = min(target + W - C, U)
+        # slide the window: rebuild the cache from the text and the last C decoded tokens
+        inv.cache.reset()
+        inv.prime_text()
+        ctx = x_full[:, start + 1 - C:start + 1]
+        inp = torch.cat([inv.block.head(ctx.size(0), ctx[:, :1]).float(), ctx[:, :-1]], 1) if inv.off else ctx
+        inv.block.run(inp, None, rope=inv.rope, cache=inv.cache)
+    bar.close()
+    return inv.result()
