@@ -154,8 +154,11 @@ class ModelConfig:
                 bad(f"num_heads={heads} is not a multiple of num_kv_heads={kv}")
         if self.rope and self.head_dim % 4:
             bad("RoPE needs head_dim divisible by 4")
-        if self.rope and self.txt_size > 0 and (self.head_dim // 2 - 8) % 2:
-            bad("RoPE with text needs head_dim/2 - 8 to be even")
+        if self.rope and self.txt_size > 0 and (self.head_dim // 2 - 8 < 0 or (self.head_dim // 2 - 8) % 2):
+            bad(f"RoPE with text uses 8 frequencies for the text/frame axis: head_dim/2 - 8 must be even and >= 0 "
+                f"(head_dim={self.head_dim})")
+        if self.rope and self.temporal_causal and self.txt_size <= 0:
+            bad("RoPE for video needs txt_size > 0: the frame axis shares the text frequencies")
 
     # ---- derived ------------------------------------------------------------------------------
     @property

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..nn.precision import upcast
+
 __all__ = ["INV_SOFTPLUS_1", "affine_params", "guide", "forward_affine", "inverse_affine"]
 
 INV_SOFTPLUS_1 = 0.541324854612918  # softplus(INV_SOFTPLUS_1) == 1: a zero head output is the identity
@@ -16,7 +18,7 @@ INV_SOFTPLUS_1 = 0.541324854612918  # softplus(INV_SOFTPLUS_1) == 1: a zero head
 
 def affine_params(raw: torch.Tensor, softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a head output (..., 2C) into (scale, shift), in float32 for stability."""
-    a, b = raw.float().chunk(2, dim=-1)
+    a, b = upcast(raw).chunk(2, dim=-1)
     scale = F.softplus(a + INV_SOFTPLUS_1) if softplus else a.exp()
     return scale, b
 
@@ -37,8 +39,8 @@ def guide(scale: torch.Tensor, shift: torch.Tensor, w: float) -> tuple[torch.Ten
 
 
 def forward_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return (x.float() - shift) / scale, -torch.log(scale)
+    return (upcast(x) - shift) / scale, -torch.log(scale)
 
 
 def inverse_affine(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    return z.float() * scale + shift
+    return upcast(z) * scale + shift

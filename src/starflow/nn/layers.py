@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .kv_cache import KVCache
+from .precision import upcast
 from .rope import apply_rotary
 
 __all__ = ["RMSNorm", "make_norm", "Attention", "MLP", "TransformerLayer"]
@@ -19,9 +20,9 @@ class RMSNorm(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = upcast(x)
         out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (out * (1 + self.weight.float())).type_as(x)
+        return (out * (1 + upcast(self.weight))).type_as(x)
 
 
 def make_norm(kind: str, dim: int) -> torch.nn.Module:

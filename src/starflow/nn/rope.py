@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from .precision import upcast
+
 __all__ = ["positions", "RotaryEmbedding", "apply_rotary"]
 
 
@@ -53,7 +55,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, hf_style: bool = False) -> torch.Tensor:
     """Rotate x (..., L, D) by tables cos/sin (L, D); computed in float32, returned in x's dtype."""
     dtype = x.dtype
-    xf = x.float()
+    xf = upcast(x)
     if hf_style:  # pairs are (i, i + D/2): reorder to interleaved, rotate, reorder back
         xf = xf.unflatten(-1, (2, -1)).transpose(-1, -2).flatten(-2)
     out = xf * cos + _rotate_half(xf) * sin

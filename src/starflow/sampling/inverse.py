@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ..flow.affine import inverse_affine
 from ..flow.block import FlowBlock
 from ..nn.kv_cache import KVCache
+from ..nn.precision import upcast
 
 __all__ = ["BlockInverse", "sequential_inverse", "jacobi_inverse", "JacobiStats"]
 
@@ -38,12 +39,12 @@ class BlockInverse:
                  guidance: float = 0.0, prefix: torch.Tensor | None = None, window_frames: int | None = None):
         self.block, self.frames, self.guidance, self.rope = block, frames, guidance, rope
         self.text = text if block.conditioned else None
-        zp = block.permute(z.float(), frames)                           # (B, N, C) block order
+        zp = block.permute(upcast(z), frames)                           # (B, N, C) block order
         if guidance > 0:
             zp = torch.cat([zp, zp])
         self.zp = zp
         self.off = 1 if block.use_sos else 0
-        head = block.head(zp.size(0), zp[:, :1]).float()
+        head = block.head(zp.size(0), zp[:, :1]).to(zp.dtype)
         self.x_full = torch.cat([head, zp], 1) if block.use_sos else zp.clone()   # (B', U + 1, C)
         self.U = self.x_full.size(1) - 1                                # unknown tokens to solve for
         self.frame_tokens = zp.size(1) // frames
@@ -58,7 +59,7 @@ class BlockInverse:
             if block.order == "flip":
                 raise ValueError("a prefix needs a block order that keeps frames in time order (temporal_causal)")
             P = prefix.size(1)
-            pp = block.permute(prefix.float(), P // self.frame_tokens)
+            pp = block.permute(prefix.to(zp.dtype), P // self.frame_tokens)
             if guidance > 0:
                 pp = torch.cat([pp, pp])
             self.x_full[:, self.off:self.off + P] = pp
@@ -159,7 +160,7 @@ def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1
         inv.cache.reset()
         inv.prime_text()
         ctx = x_full[:, start + 1 - C:start + 1]
-        inp = torch.cat([inv.block.head(ctx.size(0), ctx[:, :1]).float(), ctx[:, :-1]], 1) if inv.off else ctx
+        inp = torch.cat([inv.block.head(ctx.size(0), ctx[:, :1]).to(ctx.dtype), ctx[:, :-1]], 1) if inv.off else ctx
         inv.block.run(inp, None, rope=inv.rope, cache=inv.cache)
     bar.close()
     return inv.result()

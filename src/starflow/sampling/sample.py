@@ -7,6 +7,7 @@ import torch
 
 from ..flow.block import IdentityFlowBlock
 from ..flow.model import StarFlow
+from ..nn.precision import upcast
 from .inverse import BlockInverse, JacobiStats, jacobi_inverse, sequential_inverse
 
 __all__ = ["SamplerOptions", "sample"]
@@ -69,7 +70,7 @@ def sample(model: StarFlow, z: torch.Tensor, y: torch.Tensor | None = None, y_nu
     shape = h.shape
     T = shape[1] if video else 1
     gh, gw, ch = shape[-3], shape[-2], shape[-1]
-    tokens = h.reshape(B, -1, ch).float()
+    tokens = upcast(h.reshape(B, -1, ch))
     nb = len(model.blocks)
     for i in reversed(range(nb)):
         block = model.blocks[i]
