@@ -1,0 +1,134 @@
+"""`starflow generate`, `generate-video` and `convert` on tiny pixel-space pipelines (label-conditioned)."""
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from starflow import ModelConfig, StarFlow
+from starflow.cli.main import main
+from starflow.conditioning import load_text_encoder
+from starflow.pipelines import StarFlowPipeline, StarFlowVideoPipeline
+
+TINY = dict(channel_size=1, img_size=4, patch_size=1, channels=48, blocks=2, layers_per_block=[1, 1], head_dim=24,
+            rope=1, sos=1, txt_size=1, txt_dim=11, cond_top_only=1, use_softplus=1, use_final_norm=1, soft_clip=2.0,
+            seq_order="L2R")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)        # tiny models: avoid oversubscribing shared cores
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_flow(seed=0, **overrides):
+    flow = StarFlow(ModelConfig.from_dict({**TINY, **overrides}))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return flow.eval()
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("img") / "pipe"
+    StarFlowPipeline(tiny_flow(), load_text_encoder("labels:10", 1), None, autoencoder_spec="identity",
+                     defaults=dict(noise_std=0.1, guidance=1.0, denoise="score")).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vid") / "pipe"
+    StarFlowVideoPipeline(tiny_flow(1, temporal_causal=1, shallow_block_local=1), load_text_encoder("labels:10", 1),
+                          None, autoencoder_spec="identity",
+                          defaults=dict(noise_std=0.1, guidance=1.0, num_frames=3, fps=5)).save_pretrained(d)
+    return d
+
+
+def run(*argv):
+    return main([str(a) for a in argv])
+
+
+def test_generate_png_grid_one_row_per_prompt(image_dir, tmp_path):
+    out = tmp_path / "grid.png"
+    assert run("generate", "1", "2", "3", "--model", image_dir, "-n", "2", "--out", out, "--no-progress") == 0
+    img = Image.open(out)
+    assert img.format == "PNG" and img.mode == "L"
+    assert img.size == (2 * 4 + 3 * 2, 3 * 4 + 4 * 2)          # 2 columns (images per prompt) x 3 rows, padding 2
+    single = tmp_path / "one.png"
+    assert run("generate", "7", "--model", image_dir, "--out", single, "--scale", "3", "--no-progress") == 0
+    assert Image.open(single).size == (12, 12)
+    # same seed, same picture; another seed, another one
+    again, other = tmp_path / "again.png", tmp_path / "other.png"
+    run("generate", "7", "--model", image_dir, "--out", again, "--scale", "3", "--no-progress")
+    run("generate", "7", "--model", image_dir, "--out", other, "--scale", "3", "--seed", "1", "--no-progress")
+    assert np.array_equal(np.asarray(Image.open(single)), np.asarray(Image.open(again)))
+    assert not np.array_equal(np.asarray(Image.open(single)), np.asarray(Image.open(other)))
+
+
+def test_generate_video_gif_and_mp4(video_dir, tmp_path):
+    gif = tmp_path / "v.gif"
+    assert run("generate-video", "4", "--model", video_dir, "--out", gif, "--no-progress") == 0
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.size == (4, 4)
+        durations = []
+        for i in range(im.n_frames):    # GIF writers merge identical neighbours, adding up their durations
+            im.seek(i)
+            durations.append(im.info["duration"])
+        assert sum(durations) == 3 * 200                               # 3 frames at 5 fps
+    first = tmp_path / "first.png"
+    Image.fromarray(np.full((4, 4), 200, np.uint8), "L").save(first)
+    mp4 = tmp_path / "v.mp4"
+    assert run("generate-video", "4", "5", "--model", video_dir, "--out", mp4, "--frames", "5", "--fps", "10",
+               "--image", first, "--no-progress") == 0
+    import av
+    with av.open(str(mp4)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        assert c.streams.video[0].average_rate == 10
+    assert len(frames) == 5 and frames[0].shape == (2 * 4 + 3 * 2, 4 + 4, 3)   # one row per prompt
+
+
+def write_official(tmp_path, flow):
+    args = [{"img_size": 4}, {"txt_size": 1}, {"channel_size": 1}, {"patch_size": 1}, {"channels": 48},
+            {"blocks": 2}, {"layers_per_block": "1 1"}, {"head_dim": 24}, {"noise_std": 0.1}, {"rope": 1},
+            {"sos": 1}, {"seq_order": "L2R"}, {"use_softplus": 1}, {"cond_top_only": 1}, {"use_final_norm": 1},
+            {"soft_clip": 2.0}, {"cfg": 1.0}]
+    cfg = tmp_path / "official.yaml"
+    cfg.write_text(yaml.safe_dump({"arguments": args}))
+    ckpt = tmp_path / "official.pth"
+    torch.save({**flow.state_dict(), "var": torch.ones(1)}, ckpt)
+    return cfg, ckpt
+
+
+def test_official_files_and_convert(tmp_path):
+    cfg, ckpt = write_official(tmp_path, tiny_flow(2))
+    direct = tmp_path / "direct.png"
+    assert run("generate", "3", "--official-config", cfg, "--checkpoint", ckpt, "--text-encoder", "labels:10",
+               "--out", direct, "--no-progress") == 0
+    conv = tmp_path / "converted"
+    assert run("convert", "--official-config", cfg, "--checkpoint", ckpt, "--text-encoder", "labels:10",
+               "--out", conv) == 0
+    assert (conv / "pipeline.json").exists() and (conv / "flow.safetensors").exists()
+    via = tmp_path / "via.png"
+    assert run("generate", "3", "--model", conv, "--out", via, "--no-progress") == 0
+    assert np.array_equal(np.asarray(Image.open(direct)), np.asarray(Image.open(via)))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["generate", "--model", "{img}", "--out", "{tmp}/a.png"], "give a prompt"),
+    (["generate", "1", "--model", "{img}", "--out", "{tmp}/a.gif"], "images are written as"),
+    (["generate", "1", "--out", "{tmp}/a.png"], "give either --model"),
+    (["generate", "1", "--model", "{img}", "--aspect-ratio", "7:5", "--out", "{tmp}/a.png"], "unknown aspect ratio"),
+    (["generate", "1", "--model", "{vid}", "--out", "{tmp}/a.png"], "video pipeline"),
+    (["generate-video", "1", "--model", "{vid}", "--out", "{tmp}/a.png"], "videos are written as"),
+    (["generate-video", "1", "--model", "{vid}", "--frames", "0", "--out", "{tmp}/a.gif"], "num_frames must be"),
+    (["generate", "1", "--model", "{tmp}/missing", "--out", "{tmp}/a.png"], "not a pipeline directory"),
+])
+def test_bad_input_is_a_clear_error(image_dir, video_dir, tmp_path, capsys, argv, message):
+    argv = [a.format(img=image_dir, vid=video_dir, tmp=tmp_path) for a in argv]
+    assert main(argv + ["--no-progress"]) == 1
+    assert message in capsys.readouterr().err

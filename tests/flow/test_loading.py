@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from starflow import ModelConfig, load_official
+from starflow.config import load_official_yaml
+
+OFFICIAL_YAML = """arguments:
+- img_size: 8
+- txt_size: 3
+- channel_size: 2
+- patch_size: 1
+- channels: 48
+- blocks: 3
+- layers_per_block: 1 1 2
+- head_dim: 24
+- noise_std: 0.3
+- rope: 1
+- sos: 1
+- seq_order: L2R
+- use_softplus: 1
+- cond_top_only: 1
+- use_final_norm: 1
+- vae: stabilityai/sd-vae-ft-ema
+- text: google/flan-t5-xl
+- cfg: 2.5
+- soft_clip: 4
+"""
+
+
+def test_official_yaml_and_pth_round_trip(tmp_path, make_model):
+    (tmp_path / "cfg.yaml").write_text(OFFICIAL_YAML)
+    args = load_official_yaml(tmp_path / "cfg.yaml")
+    assert args["layers_per_block"] == "1 1 2"
+    cfg = ModelConfig.from_dict({**args, "txt_dim": 5})
+    assert cfg.layers_per_block == [1, 1, 2] and cfg.extra["vae"] == "stabilityai/sd-vae-ft-ema"
+    src = make_model(dtype=torch.float32, **{k: v for k, v in cfg.to_dict().items() if k != "extra"})
+    sd = dict(src.state_dict())
+    # official checkpoints carry deprecated buffers: accepted and dropped
+    sd["var"] = torch.ones(64, 2)
+    sd["blocks.0.attn_mask"] = torch.ones(67, 67)
+    sd["feat_rope.freqs_cos"] = torch.zeros(67, 24)
+    torch.save(sd, tmp_path / "model.pth")
+    model = load_official(cfg, tmp_path / "model.pth")
+    x, y = torch.randn(1, 2, 8, 8), torch.randn(1, 3, 5)
+    torch.testing.assert_close(model(x, y).z, src(x, y).z)
+
+
+def test_model_sizes_build_configs():
+    from starflow.config import MODEL_SIZES
+    for name, d in MODEL_SIZES.items():
+        cfg = ModelConfig.from_dict(d)
+        assert cfg.layers_per_block_full[-1] == 24, name

@@ -1,0 +1,141 @@
+import pytest
+import torch
+
+from starflow.flow.affine import guide
+from starflow.flow.likelihood import nll
+from starflow.sampling.denoise import learned_denoise, score_denoise
+from starflow.sampling.inverse import JacobiStats
+from starflow.sampling.sample import SamplerOptions, sample
+
+
+def _noise(model, B=2, T=None, seed=3):
+    c = model.config
+    g = torch.Generator().manual_seed(seed)
+    shape = (B, c.channel_size, c.img_size, c.img_size) if T is None else (B, T, c.channel_size, c.img_size, c.img_size)
+    z = torch.randn(shape, generator=g, dtype=torch.float64)
+    y = torch.randn(B, c.txt_size, c.txt_dim, generator=g, dtype=torch.float64)
+    y_null = torch.randn(B, c.txt_size, c.txt_dim, generator=g, dtype=torch.float64)
+    return z, y, y_null
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(cond_top_only=0, sos=0, use_softplus=0)])
+def test_exact_jacobi_equals_sequential_with_guidance(make_model, overrides):
+    model = make_model(**overrides)
+    z, y, y_null = _noise(model)
+    seq = sample(model, z, y, y_null, method="sequential", guidance=2.0)
+    jac = sample(model, z, y, y_null, method="jacobi", guidance=2.0, jacobi_block_size=4, jacobi_th=0.0,
+                 jacobi_max_iter=4)
+    torch.testing.assert_close(jac, seq, atol=1e-10, rtol=0)
+
+
+def test_jacobi_threshold_stops_early_and_stays_close(make_model):
+    model = make_model()
+    z, y, y_null = _noise(model)
+    exact = sample(model, z, y, y_null, method="sequential", guidance=1.0)
+    fast_stats, slow_stats = JacobiStats(), JacobiStats()
+    fast = sample(model, z, y, y_null, method="jacobi", guidance=1.0, jacobi_block_size=16, jacobi_th=1e-4,
+                  jacobi_max_iter=16, stats=fast_stats)
+    sample(model, z, y, y_null, method="jacobi", guidance=1.0, jacobi_block_size=16, jacobi_th=0.0,
+           jacobi_max_iter=16, stats=slow_stats)
+    assert fast_stats.iterations < slow_stats.iterations
+    assert (fast - exact).abs().max() < 0.05
+
+
+def test_cached_trunk_equals_uncached(make_model):
+    model = make_model()
+    block = model.deep
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(2, 3, 5, generator=g, dtype=torch.float64)
+    rope = model.rope_tables(block, 4, 4, 0, 3, None)
+    full = block.run(x, y, rope=rope)
+    cache = block.new_cache(2, 3 + 16, dtype=torch.float64)
+    block.run(None, y, rope=rope, cache=cache)
+    steps = [block.run(x[:, :5], None, rope=rope, cache=cache)]            # a chunk, then single tokens
+    steps += [block.run(x[:, t:t + 1], None, rope=rope, cache=cache) for t in range(5, 16)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-12, rtol=0)
+    assert cache.pos == 19
+
+
+def test_guidance_zero_and_equal_branches_are_unguided(make_model):
+    model = make_model()
+    z, y, y_null = _noise(model)
+    plain = sample(model, z, y, method="sequential")
+    torch.testing.assert_close(sample(model, z, y, y_null, method="sequential", guidance=0.0), plain)
+    # with identical branches the guided Gaussian is the conditional one, whatever the weight
+    torch.testing.assert_close(sample(model, z, y, y.clone(), method="sequential", guidance=3.0), plain,
+                               atol=1e-10, rtol=0)
+    assert not torch.allclose(sample(model, z, y, y_null, method="sequential", guidance=3.0), plain, atol=1e-4)
+
+
+def test_guide_formula():
+    s_c, s_u = torch.tensor([[0.5], [2.0]]), torch.tensor([[1.0], [1.0]])
+    m_c, m_u = torch.tensor([[1.0], [1.0]]), torch.tensor([[0.0], [3.0]])
+    scale, shift = guide(torch.cat([s_c, s_u]), torch.cat([m_c, m_u]), 1.0)
+    # first row: s = 0.25 -> denom 1.75; second row: ratio clipped to 1 -> denom 1
+    torch.testing.assert_close(scale[:2], torch.tensor([[0.5 / 1.75 ** 0.5], [2.0]]))
+    torch.testing.assert_close(shift[:2], torch.tensor([[2.0 / 1.75], [2.0 - 3.0]]))
+    torch.testing.assert_close(scale[2:], scale[:2])
+
+
+def test_attention_temperature_and_annealing_options(make_model):
+    model = make_model()
+    z, y, y_null = _noise(model)
+    base = sample(model, z, y, y_null, method="sequential", guidance=2.0)
+    torch.testing.assert_close(sample(model, z, y, y_null, method="sequential", guidance=2.0, attn_temp=1.0), base)
+    assert not torch.allclose(sample(model, z, y, y_null, method="sequential", guidance=2.0, attn_temp=0.5), base)
+    annealed = sample(model, z, y, y_null, method="sequential", guidance=2.0, annealed_guidance=True)
+    assert not torch.allclose(annealed, base)
+
+
+@pytest.mark.parametrize("method", ["sequential", "jacobi"])
+def test_image_to_video_prefix_is_kept_and_consistent(make_model, method):
+    model = make_model(temporal_causal=1, shallow_block_local=1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 2, 4, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(2, 3, 5, generator=g, dtype=torch.float64)
+    z = model(x, y).z
+    # the first frame given as a prefix: the rest of the exact inverse must still recover x
+    out = sample(model, z, y, method=method, prefix=x[:, :1], jacobi_block_size=2, jacobi_th=0.0, jacobi_max_iter=9)
+    assert torch.equal(out[:, :1], x[:, :1])
+    torch.testing.assert_close(out, x, atol=1e-9, rtol=0)
+
+
+def test_long_video_sliding_window(make_model):
+    model = make_model(temporal_causal=1, shallow_block_local=1, local_attn_window=2)
+    z, y, y_null = _noise(model, B=1, T=5)
+    opts = dict(method="jacobi", guidance=1.0, jacobi_block_size=4, jacobi_th=0.0, jacobi_max_iter=17)
+    out = sample(model, z, y, y_null, context_length=1, **opts)
+    assert out.shape == z.shape and torch.isfinite(out).all()
+    # within the window the sliding sampler is the plain one
+    short = z[:, :2]
+    plain = make_model(temporal_causal=1, shallow_block_local=1)
+    torch.testing.assert_close(sample(model, short, y, y_null, context_length=1, **opts),
+                               sample(plain, short, y, y_null, **opts))
+    with pytest.raises(ValueError, match="context_length"):
+        sample(model, z, y, y_null, context_length=None, **opts)
+
+
+def test_score_denoise_is_tweedie_step(make_model):
+    model = make_model()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2, 4, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(2, 3, 5, generator=g, dtype=torch.float64)
+    xg = x.clone().requires_grad_(True)
+    (grad_logp,) = torch.autograd.grad(-nll(model, xg, y).sum(), [xg])
+    torch.testing.assert_close(score_denoise(model, x, y, 0.3), x + 0.09 * grad_logp, atol=1e-10, rtol=1e-10)
+    assert torch.equal(score_denoise(model, x, y, 0.0), x)
+
+
+def test_learned_denoise_formula(make_model):
+    model = make_model(learnable_self_denoiser=1, conditional_denoiser=1, temporal_causal=1, shallow_block_local=1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 2, 4, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(1, 3, 5, generator=g, dtype=torch.float64)
+    pred = model.denoise_output(x, y)
+    assert pred.shape == x.shape
+    torch.testing.assert_close(learned_denoise(model, x, y, 0.5), x - 0.3 * pred)
+    # block-causal in time: the first frame's prediction ignores later frames
+    x2 = x.clone()
+    x2[:, 1] += 1
+    torch.testing.assert_close(model.denoise_output(x2, y)[:, 0], pred[:, 0])
