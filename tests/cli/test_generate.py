@@ -132,3 +132,15 @@ def test_bad_input_is_a_clear_error(image_dir, video_dir, tmp_path, capsys, argv
     argv = [a.format(img=image_dir, vid=video_dir, tmp=tmp_path) for a in argv]
     assert main(argv + ["--no-progress"]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_trained_folder_generates_and_converts(tmp_path):
+    from starflow.training import load_train_config, save_trained
+    flow = tiny_flow(3)
+    tcfg = load_train_config(None, ["data.condition=labels", "data.noise_std=0.2", "optim.max_steps=1"])
+    save_trained(tmp_path / "final", flow.state_dict(), {"model": flow.config.to_dict(), "train": tcfg.to_dict()})
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    assert run("generate", "6", "--model", tmp_path / "final", "--out", a, "--no-progress") == 0
+    assert run("convert", "--trained", tmp_path / "final", "--out", tmp_path / "pipe") == 0
+    assert run("generate", "6", "--model", tmp_path / "pipe", "--out", b, "--no-progress") == 0
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))

@@ -78,8 +78,8 @@ def pool_ae():
     return PoolAutoencoder
 
 
-@pytest.fixture(scope="session")
-def labels():
+@pytest.fixture
+def labels():     # per test: a pipeline's .to("cuda") moves its text encoder
     return load_text_encoder("labels:10", 1)
 
 

@@ -130,3 +130,42 @@ def test_unconditional_model(flow_factory):
     pipe = StarFlowPipeline(flow, None, None)
     out = pipe(num_images=3, seed=0, output_type="pt", progress=False)
     assert out.images.shape == (3, 2, 4, 4) and out.prompts is None
+
+
+def test_from_config_yaml(tmp_path):
+    import yaml
+    from starflow.pipelines.spec import PipelineSpec
+    cfg = tmp_path / "tiny.yaml"
+    model = dict(channel_size=1, img_size=4, channels=48, blocks=2, layers_per_block=[1, 1], head_dim=24,
+                 txt_size=1, txt_dim=11, cond_top_only=1, seq_order="L2R")
+    cfg.write_text(yaml.safe_dump({"kind": "image", "model": model, "text_encoder": "labels:10",
+                                   "autoencoder": "identity", "defaults": {"guidance": 2.0}}))
+    pipe = StarFlowPipeline.from_config(cfg, seed=0)
+    assert pipe.defaults.guidance == 2.0 and pipe.config.txt_dim == 11
+    assert isinstance(pipe.spec, PipelineSpec) and pipe.spec.text_encoder == "labels:10"
+    assert len(pipe(["1", "2"], seed=0, progress=False).images) == 2
+    with pytest.raises(ValueError, match="image pipeline"):
+        StarFlowVideoPipeline.from_config(cfg)
+
+
+def test_from_trained_folder(flow_factory, tmp_path):
+    """A `starflow train` export (config.json + model.safetensors) becomes a pipeline with its training set-up."""
+    from starflow.training import TrainConfig, load_train_config, save_trained
+    flow = flow_factory(seed=4, channel_size=1)
+    tcfg = load_train_config(None, ["data.condition=labels", "data.noise_std=0.2", "optim.max_steps=1",
+                                    "log.sample_guidance=1.5"])
+    info = {"model": flow.config.to_dict(), "train": tcfg.to_dict()}
+    save_trained(tmp_path / "final", flow.state_dict(), info)
+    pipe = StarFlowPipeline.from_trained(tmp_path / "final")
+    assert isinstance(pipe.train_config, TrainConfig)
+    assert (pipe.text_encoder_spec, pipe.autoencoder_spec) == ("labels:10", "identity")
+    d = pipe.defaults
+    assert (d.noise_std, d.guidance, d.denoise) == (0.2, 1.5, "score")
+    out = pipe(["5"], seed=0, output_type="latent", denoise="none", guidance=0.0, progress=False).images
+    z = torch.randn((1, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, sample(flow, z, pipe.text_encoder.encode(["5"]), None,
+                                           SamplerOptions(jacobi_block_size=32)))
+    with pytest.raises(ValueError, match="image pipeline"):
+        StarFlowVideoPipeline.from_trained(tmp_path / "final")
+    with pytest.raises(FileNotFoundError, match="use from_trained"):
+        StarFlowPipeline.from_pretrained(tmp_path / "final")

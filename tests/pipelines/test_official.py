@@ -117,3 +117,15 @@ def test_read_spec_errors(tmp_path):
     p.write_text(yaml.safe_dump({"arguments": [{"img_size": 8}]}))
     with pytest.raises(ConfigError, match="official config"):
         read_spec(p)
+
+
+def test_official_checkpoint_with_our_config(flow_factory, labels, tmp_path):
+    """Our YAML format works in place of the official one (configs/ carry the official values)."""
+    flow = flow_factory(seed=5)
+    ours = tmp_path / "ours.yaml"
+    ours.write_text(yaml.safe_dump({"kind": "image", "model": flow.config.to_dict(), "text_encoder": "labels:10",
+                                    "autoencoder": "identity", "defaults": {"guidance": 1.0}}))
+    pipe = StarFlowPipeline.from_official(ours, official_checkpoint(flow, tmp_path))
+    ref = StarFlowPipeline(flow, labels, None, defaults=dict(guidance=1.0))
+    kw = dict(seed=0, output_type="latent", progress=False)
+    assert torch.equal(pipe(["4"], **kw).images, ref(["4"], **kw).images)

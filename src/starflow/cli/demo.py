@@ -1,0 +1,173 @@
+"""`starflow demo`: the embedded default, offline on a CPU in minutes.
+
+Trains (or reuses from the cache) the digits text-to-image model and the moving-digits text-to-video model
+from configs/digits_t2i.yaml and configs/moving_digits_t2v.yaml, then writes
+- demo/digits.png: one row per prompt "a handwritten digit zero" ... "nine" (guidance + Jacobi + denoising),
+- demo/moving_digit.gif / .mp4: prompted moving digits; demo/moving_digit_continued.gif / .mp4: a given first
+  frame (held-out) and the model's continuation beside the real video,
+and prints held-out bits/dim, `prompt accuracy: X.XX` (a digits classifier on >= 20 samples per prompt)
+with the classifier's own test accuracy, and where the files are.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+DIGITS_CONFIG = "digits_t2i.yaml"
+VIDEO_CONFIG = "moving_digits_t2v.yaml"
+VIDEO_PROMPTS = [(3, 1), (7, 3), (0, 0), (5, 2)]        # (digit, direction): right, down, left, up
+SCALE = 4                                                # 8x8 digits are tiny: enlarge the written files
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="train (or reuse) the embedded digit models and write demo pictures/videos")
+    p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="trained models are kept here (default $STARFLOW_CACHE or ~/.cache/starflow/demo)")
+    p.add_argument("--configs", type=Path, default=None, help="folder with the two training configs "
+                                                              "(default ./configs, else the repository's)")
+    p.add_argument("--retrain", action="store_true", help="train again even when the cache has the models")
+    p.add_argument("--samples-per-prompt", type=int, default=20, help="digits sampled per prompt (>= 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="sampling device (default: cuda when available)")
+    p.set_defaults(func=run)
+
+
+def find_configs(explicit: Path | None) -> Path:
+    candidates = [explicit] if explicit else [Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs"]
+    for c in candidates:
+        if c is not None and (c / DIGITS_CONFIG).exists() and (c / VIDEO_CONFIG).exists():
+            return c
+    raise FileNotFoundError(f"no {DIGITS_CONFIG} and {VIDEO_CONFIG} in {', '.join(str(c) for c in candidates)}: "
+                            "run the demo from the repository root or pass --configs")
+
+
+def cache_root(explicit: Path | None) -> Path:
+    if explicit:
+        return explicit
+    env = os.environ.get("STARFLOW_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "starflow" / "demo"
+
+
+def trained_model(name: str, config: Path, cache: Path, retrain: bool) -> tuple[Path, float | None]:
+    """-> (trained model folder, held-out bits/dim). The cache key is the config's content and our version,
+    so editing a config retrains and an unchanged one is reused."""
+    from .. import __version__
+
+    key = hashlib.sha256(config.read_bytes() + __version__.encode()).hexdigest()[:12]
+    root = cache / f"{name}-{key}"
+    marker = root / "demo.json"
+    if marker.exists() and not retrain:
+        info = json.loads(marker.read_text())
+        if (Path(info["model_dir"]) / "config.json").exists():
+            print(f"[{name}] reusing the model trained earlier: {info['model_dir']}")
+            return Path(info["model_dir"]), info.get("test_bpd")
+    from ..training import load_train_config, train
+
+    cfg = load_train_config(config, overrides=[f"log.out_dir={root / 'run'}"])
+    print(f"[{name}] training from {config} into {root} ...", flush=True)
+    t0 = time.time()
+    result = train(cfg)
+    bpd = None if result.test_bpd is None else float(result.test_bpd)
+    root.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"model_dir": str(result.checkpoint_dir), "test_bpd": bpd, "steps": result.steps,
+                                  "seconds": round(time.time() - t0, 1)}, indent=2))
+    print(f"[{name}] trained {result.steps} steps in {time.time() - t0:.0f}s")
+    return Path(result.checkpoint_dir), bpd
+
+
+def _is_labels(pipe) -> bool:
+    return str(pipe.text_encoder_spec or "").startswith("labels:")
+
+
+def _dequantized(pipe) -> bool:
+    tc = getattr(pipe, "train_config", None)
+    return bool(tc is not None and tc.data.dequantize)
+
+
+def digits_part(pipe, out_dir: Path, samples_per_prompt: int, seed: int):
+    from ..evaluation.classifier import DIGIT_PROMPTS, DigitsClassifier, digit_prompt_accuracy
+    from ..pipelines.io import save_image_grid
+
+    clf = DigitsClassifier.fit()
+    prompts = [str(d) for d in range(10)] if _is_labels(pipe) else DIGIT_PROMPTS
+    acc, images = digit_prompt_accuracy(pipe, clf, samples_per_prompt, seed, _dequantized(pipe), prompts=prompts,
+                                        batch_size=200)
+    cols = min(samples_per_prompt, 10)                              # the grid shows the first 10 of each row
+    grid = images.reshape(10, samples_per_prompt, *images.shape[1:])[:, :cols].flatten(0, 1)
+    path = save_image_grid(grid, out_dir / "digits.png", nrow=cols, scale=SCALE)
+    return acc, path
+
+
+def video_part(pipe, out_dir: Path, seed: int) -> list[Path]:
+    import torch
+
+    from ..data.base import to_unit_range
+    from ..data.digits import DIGITS_LEVELS
+    from ..data.moving_digits import MovingDigitsDataset, moving_caption
+    from ..pipelines.io import save_video
+
+    labels = _is_labels(pipe)
+    prompt = (lambda d, r: str(d * 4 + r)) if labels else moving_caption
+    written = []
+    out = pipe([prompt(d, r) for d, r in VIDEO_PROMPTS], seed=seed, output_type="pt")
+    x = out.frames * 2 - 1                                          # (4, T, C, H, W)
+    for suffix in (".gif", ".mp4"):
+        written.append(save_video(x, out_dir / f"moving_digit{suffix}", fps=out.fps, nrow=len(x), scale=SCALE))
+
+    # image-to-video: the first frame of a held-out video, continued by the model, beside the real one
+    tc = pipe.train_config
+    data = MovingDigitsDataset("test", num_videos=4, canvas=tc.data.canvas, num_frames=tc.data.num_frames,
+                               seed=seed)
+    real_v = data.values[0]                                         # (T, 1, H, W) uint8
+    if _dequantized(pipe):
+        real = (real_v.float() + 0.5) * (2 / DIGITS_LEVELS) - 1
+    else:
+        real = to_unit_range(real_v, DIGITS_LEVELS)
+    gen = pipe([data.captions[0] if not labels else str(int(data.labels[0]))], image=real[0], seed=seed,
+               num_frames=real.size(0), output_type="pt")
+    pair = torch.stack([real, gen.frames[0] * 2 - 1])               # real | continued
+    for suffix in (".gif", ".mp4"):
+        written.append(save_video(pair, out_dir / f"moving_digit_continued{suffix}", fps=gen.fps, nrow=2,
+                                  scale=SCALE))
+    return written
+
+
+def run(args) -> int:
+    import torch
+
+    from ..pipelines import StarFlowPipeline, StarFlowVideoPipeline
+
+    if args.samples_per_prompt < 20:
+        raise ValueError("--samples-per-prompt must be >= 20 (prompt accuracy needs at least 20 per digit)")
+    t0 = time.time()
+    configs = find_configs(args.configs)
+    cache = cache_root(args.cache)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    img_dir, img_bpd = trained_model("digits_t2i", configs / DIGITS_CONFIG, cache, args.retrain)
+    vid_dir, vid_bpd = trained_model("moving_digits_t2v", configs / VIDEO_CONFIG, cache, args.retrain)
+
+    print("sampling digits ...", flush=True)
+    image_pipe = StarFlowPipeline.from_trained(img_dir, device=device)
+    acc, grid_path = digits_part(image_pipe, args.out, args.samples_per_prompt, args.seed)
+    print("sampling moving digits ...", flush=True)
+    video_pipe = StarFlowVideoPipeline.from_trained(vid_dir, device=device)
+    videos = video_part(video_pipe, args.out, args.seed)
+
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"   # noqa: E731
+    print()
+    print(f"held-out bits/dim: digits {fmt(img_bpd)}, moving digits {fmt(vid_bpd)}")
+    print(f"prompt accuracy: {acc.accuracy:.2f}")
+    print(f"  ({acc.num_samples} digits, {args.samples_per_prompt} per prompt; per digit "
+          + " ".join(f"{d}:{a:.2f}" for d, a in acc.per_digit.items()) + ")")
+    print(f"classifier test accuracy: {acc.classifier_test_accuracy:.3f} (SVM on the held-out digits split)")
+    print(f"wrote {grid_path}")
+    for v in videos:
+        print(f"wrote {v}")
+    print(f"trained models cached in {cache}; demo took {time.time() - t0:.0f}s")
+    return 0

@@ -1,0 +1,175 @@
+"""`starflow generate`, `starflow generate-video`, `starflow convert`: pictures and videos from prompts."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub) -> None:
+    img = sub.add_parser("generate", help="generate images from prompts (a grid when several)",
+                         description="Generate images; several prompts or images per prompt make a grid, "
+                                     "one row per prompt.")
+    _model_args(img)
+    _sampling_args(img)
+    img.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt (default 1)")
+    img.add_argument("--out", type=Path, required=True, help="output image (.png, .jpg, ...)")
+    img.set_defaults(func=run_generate)
+
+    vid = sub.add_parser("generate-video", help="generate videos from prompts (and a first frame)",
+                         description="Generate videos (MP4 or GIF); several videos are tiled into one.")
+    _model_args(vid)
+    _sampling_args(vid)
+    vid.add_argument("-n", "--num-videos", type=int, default=1, help="videos per prompt (default 1)")
+    vid.add_argument("--frames", type=int, default=None,
+                     help="pixel frames (default: the trained length; longer ones use the sliding window)")
+    vid.add_argument("--fps", type=int, default=None, help="frames per second (default: the model's)")
+    vid.add_argument("--image", type=Path, default=None, help="first frame: image-to-video")
+    vid.add_argument("--context-length", type=int, default=None,
+                     help="long videos: latent frames of context re-encoded per window (default window - 1)")
+    vid.add_argument("--out", type=Path, required=True, help="output video (.mp4 or .gif)")
+    vid.set_defaults(func=run_generate_video)
+
+    conv = sub.add_parser("convert", help="official config + .pth (or a trained run) -> our pipeline directory")
+    src = conv.add_mutually_exclusive_group(required=True)
+    src.add_argument("--official-config", type=Path, help="official YAML (arguments: list)")
+    src.add_argument("--trained", type=Path, help="a folder written by `starflow train`")
+    conv.add_argument("--checkpoint", type=Path, help="official .pth state dict (with --official-config)")
+    conv.add_argument("--text-encoder", default=None, help="text encoder spec replacing the official name, "
+                                                           "e.g. t5:/models/flan-t5-xl")
+    conv.add_argument("--autoencoder", default=None, help="autoencoder spec replacing the official name, "
+                                                          "e.g. sd-vae:/models/sd-vae-ft-ema")
+    conv.add_argument("--copy-components", action="store_true",
+                      help="copy local text encoder / autoencoder folders into the output")
+    conv.add_argument("--out", type=Path, required=True, help="output pipeline directory")
+    conv.set_defaults(func=run_convert)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompts", nargs="*", help="one or more prompts")
+    p.add_argument("--prompts-file", type=Path, default=None, help="more prompts, one per line")
+    p.add_argument("--model", type=Path, help="pipeline directory (pipeline.json) or a `starflow train` folder")
+    p.add_argument("--official-config", type=Path,
+                   help="official YAML config, or one of configs/*.yaml (with --checkpoint)")
+    p.add_argument("--checkpoint", type=Path, help="official .pth checkpoint (with --official-config)")
+    p.add_argument("--text-encoder", default=None, help="text encoder spec overriding the stored / official one")
+    p.add_argument("--autoencoder", default=None, help="autoencoder spec overriding the stored / official one")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--negative-prompt", default=None, help="prompt of the unconditional guidance branch")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (default: model's)")
+    p.add_argument("--sampler", choices=["jacobi", "sequential"], default=None)
+    p.add_argument("--jacobi-block-size", type=int, default=None)
+    p.add_argument("--jacobi-threshold", type=float, default=None)
+    p.add_argument("--jacobi-max-iter", type=int, default=None)
+    p.add_argument("--denoise", choices=["score", "learned", "none"], default=None)
+    p.add_argument("--height", type=int, default=None, help="pixels")
+    p.add_argument("--width", type=int, default=None, help="pixels")
+    p.add_argument("--aspect-ratio", default=None, help="1:1, 2:3, 3:2, 16:9, 9:16, 4:5, 5:4, 21:9 or 9:21")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0): the same seed gives the same output")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per forward pass (default: all)")
+    p.add_argument("--scale", type=int, default=1, help="enlarge the written pictures (nearest) by this factor")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _prompts(args) -> list[str]:
+    prompts = list(args.prompts)
+    if args.prompts_file is not None:
+        if not args.prompts_file.exists():
+            raise FileNotFoundError(f"prompts file not found: {args.prompts_file}")
+        prompts += [ln.strip() for ln in args.prompts_file.read_text().splitlines() if ln.strip()]
+    return prompts
+
+
+def _device(name: str | None) -> str:
+    import torch
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_any_pipeline(args, kind: str):
+    """--model DIR (pipeline or trained folder) or --official-config + --checkpoint -> pipeline of `kind`."""
+    from ..pipelines import StarFlowPipeline, StarFlowVideoPipeline
+
+    cls = StarFlowVideoPipeline if kind == "video" else StarFlowPipeline
+    official = args.official_config is not None or args.checkpoint is not None
+    if (args.model is None) == (not official):
+        raise ValueError("give either --model DIR or --official-config X.yaml --checkpoint Y.pth")
+    device = _device(args.device)
+    if official:
+        if args.official_config is None or args.checkpoint is None:
+            raise ValueError("--official-config and --checkpoint go together")
+        pipe = cls.from_official(args.official_config, args.checkpoint, text_encoder_spec=args.text_encoder,
+                                 autoencoder_spec=args.autoencoder)
+    else:
+        model = Path(args.model)
+        if (model / "pipeline.json").exists() or not (model / "config.json").exists():
+            pipe = cls.from_pretrained(model, text_encoder_spec=args.text_encoder, autoencoder_spec=args.autoencoder)
+        else:
+            if args.text_encoder or args.autoencoder:
+                raise ValueError("--text-encoder / --autoencoder apply to pipeline directories and official files; "
+                                 "a trained folder uses the components it was trained with")
+            pipe = cls.from_trained(model)
+    return pipe.to(device)
+
+
+def _call_kwargs(args) -> dict:
+    return dict(negative_prompt=args.negative_prompt, guidance=args.guidance, sampler=args.sampler,
+                jacobi_block_size=args.jacobi_block_size, jacobi_threshold=args.jacobi_threshold,
+                jacobi_max_iter=args.jacobi_max_iter, denoise=args.denoise, height=args.height, width=args.width,
+                aspect_ratio=args.aspect_ratio, seed=args.seed, batch_size=args.batch_size,
+                progress=not args.no_progress)
+
+
+def _check_out(path: Path, allowed: tuple[str, ...], what: str) -> None:
+    if path.suffix.lower() not in allowed:
+        raise ValueError(f"--out {path}: {what} are written as {', '.join(allowed)}")
+
+
+def run_generate(args) -> int:
+    from ..pipelines.io import IMAGE_SUFFIXES, save_image_grid
+
+    _check_out(args.out, IMAGE_SUFFIXES, "images")
+    pipe = load_any_pipeline(args, "image")
+    prompts = _prompts(args) or None
+    out = pipe(prompts, num_images_per_prompt=args.num_images, num_images=args.num_images,
+               output_type="pt", **_call_kwargs(args))
+    x = out.images * 2 - 1                                       # (N, C, H, W) in [-1, 1]
+    save_image_grid(x, args.out, nrow=args.num_images if prompts and len(prompts) > 1 else None,
+                    padding=2 if len(x) > 1 else 0, scale=args.scale)
+    print(f"wrote {len(x)} image(s) to {args.out}")
+    return 0
+
+
+def run_generate_video(args) -> int:
+    from ..pipelines.io import VIDEO_SUFFIXES, save_video
+
+    _check_out(args.out, VIDEO_SUFFIXES, "videos")
+    pipe = load_any_pipeline(args, "video")
+    prompts = _prompts(args) or None
+    out = pipe(prompts, num_videos_per_prompt=args.num_videos, num_videos=args.num_videos, num_frames=args.frames,
+               fps=args.fps, image=args.image, context_length=args.context_length, output_type="pt",
+               **_call_kwargs(args))
+    x = out.frames * 2 - 1                                       # (N, T, C, H, W) in [-1, 1]
+    save_video(x if len(x) > 1 else x[0], args.out, fps=out.fps,
+               nrow=args.num_videos if prompts and len(prompts) > 1 else None, scale=args.scale)
+    print(f"wrote {len(x)} video(s) of {x.shape[1]} frames at {out.fps} fps to {args.out}")
+    return 0
+
+
+def run_convert(args) -> int:
+    from ..pipelines import BasePipeline
+
+    if args.trained is not None:
+        if args.checkpoint is not None:
+            raise ValueError("--checkpoint goes with --official-config, not --trained")
+        pipe = BasePipeline.from_trained(args.trained)
+    else:
+        if args.checkpoint is None:
+            raise ValueError("--official-config needs --checkpoint (the official .pth)")
+        pipe = BasePipeline.from_official(args.official_config, args.checkpoint, text_encoder_spec=args.text_encoder,
+                                          autoencoder_spec=args.autoencoder)
+    out = pipe.save_pretrained(args.out, copy_components=args.copy_components)
+    n = sum(p.numel() for p in pipe.flow.parameters())
+    print(f"wrote {pipe.kind} pipeline ({n / 1e6:.1f}M flow parameters) to {out}")
+    return 0

@@ -1,0 +1,392 @@
+"""What the image and video pipelines share: components, persistence, prompt encoding, denoising, sizes."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..config import ModelConfig, load_official_yaml
+from ..flow.model import StarFlow
+from .spec import (PipelineDefaults, PipelineSpec, aspect_ratio_to_size, read_spec, spec_from_official,
+                   spec_from_train_config)
+
+__all__ = ["BasePipeline", "load_text_encoder_spec", "load_autoencoder_spec", "PIPELINE_FILE", "FLOW_FILE"]
+
+PIPELINE_FILE = "pipeline.json"
+FLOW_FILE = "flow.safetensors"
+
+
+def load_text_encoder_spec(spec: str | None, length: int, root: Path | None = None):
+    """Spec -> text encoder (None for unconditional models). `kind:./x` paths are relative to `root`."""
+    if spec is None:
+        return None
+    from ..conditioning import load_text_encoder   # lazily: pulls in transformers
+
+    return load_text_encoder(_resolve_local(spec, root), length)
+
+
+def _spec_of(component: Any) -> str | None:
+    """The spec a loaded component was built from, when it says (`spec`, or a spec-like `name`)."""
+    if component is None:
+        return None
+    spec = getattr(component, "spec", None)
+    if isinstance(spec, str):
+        return spec
+    name = getattr(component, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    if type(component).__name__ == "LabelEncoder" and hasattr(component, "num_classes"):
+        return f"labels:{component.num_classes}"
+    return None
+
+
+def load_autoencoder_spec(spec: str | None, root: Path | None = None):
+    """Spec -> autoencoder; None / "identity" -> None (the flow models pixels; the pipeline skips coding)."""
+    if spec is None or _split_spec(spec)[0] in ("identity", "none", "pixels"):
+        return None
+    from ..autoencoders import load_autoencoder   # lazily: pulls in diffusers
+
+    return load_autoencoder(_resolve_local(spec, root))
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    kind, _, rest = spec.partition(":")
+    return kind, rest
+
+
+def _resolve_local(spec: str, root: Path | None) -> str:
+    kind, rest = _split_spec(spec)
+    if root is not None and rest.startswith("./"):
+        return f"{kind}:{(root / rest).resolve()}"
+    return spec
+
+
+class BasePipeline:
+    """flow + text encoder + autoencoder, with the defaults the flow was trained for."""
+
+    kind = "image"
+
+    def __init__(self, flow: StarFlow, text_encoder: Any = None, autoencoder: Any = None, *,
+                 defaults: PipelineDefaults | dict | None = None, text_encoder_spec: str | None = None,
+                 autoencoder_spec: str | None = None):
+        c = flow.config
+        self.flow = flow.eval()
+        self.train_config = None          # set by from_trained
+        self.text_encoder = text_encoder
+        self.autoencoder = autoencoder
+        self.defaults = defaults if isinstance(defaults, PipelineDefaults) else PipelineDefaults.from_dict(defaults)
+        self.text_encoder_spec = text_encoder_spec or _spec_of(text_encoder)
+        self.autoencoder_spec = autoencoder_spec or _spec_of(autoencoder)
+        if c.txt_dim > 0:
+            if text_encoder is None:
+                raise ValueError(f"this flow reads text (txt_dim={c.txt_dim}): a text encoder is required")
+            if int(text_encoder.dim) != c.txt_dim:
+                raise ValueError(f"text encoder gives {text_encoder.dim}-dim embeddings; the flow reads txt_dim={c.txt_dim}")
+            length = getattr(text_encoder, "length", None)
+            if length is not None and c.txt_size and int(length) != c.txt_size:
+                raise ValueError(f"text encoder gives {length} tokens; the flow reads txt_size={c.txt_size}")
+        lc = self.latent_channels
+        if lc != c.channel_size:
+            raise ValueError(f"autoencoder latents have {lc} channels; the flow takes channel_size={c.channel_size}")
+        if self.defaults.denoise == "learned" and not c.learnable_self_denoiser:
+            raise ValueError("defaults.denoise='learned' needs a flow with learnable_self_denoiser")
+
+    # ---- components ---------------------------------------------------------------------------------
+    @property
+    def config(self) -> ModelConfig:
+        return self.flow.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.flow.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.flow.parameters()).dtype
+
+    @property
+    def spatial_factor(self) -> int:
+        return int(getattr(self.autoencoder, "spatial_factor", 1)) if self.autoencoder is not None else 1
+
+    @property
+    def temporal_factor(self) -> int:
+        return int(getattr(self.autoencoder, "temporal_factor", 1)) if self.autoencoder is not None else 1
+
+    @property
+    def latent_channels(self) -> int:
+        lc = getattr(self.autoencoder, "latent_channels", None) if self.autoencoder is not None else None
+        return self.config.channel_size if lc is None else int(lc)   # None: latents are the pixels
+
+    @property
+    def pixel_channels(self) -> int:
+        """Channels of the pictures: the autoencoder's input, or the flow's own when it models pixels."""
+        ae = self.autoencoder
+        for name in ("pixel_channels", "in_channels", "image_channels"):
+            if ae is not None and getattr(ae, name, None):
+                return int(getattr(ae, name))
+        return self.config.channel_size if self.spatial_factor == 1 else 3
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "BasePipeline":
+        self.flow.to(device=device, dtype=dtype)
+        for comp in (self.text_encoder, self.autoencoder):
+            if comp is not None and hasattr(comp, "to"):
+                comp.to(device)
+        return self
+
+    # ---- persistence --------------------------------------------------------------------------------
+    @property
+    def spec(self) -> PipelineSpec:
+        return PipelineSpec(kind=self.kind, model=self.config.to_dict(), text_encoder=self.text_encoder_spec,
+                            autoencoder=self.autoencoder_spec, defaults=self.defaults)
+
+    def save_pretrained(self, directory: str | Path, copy_components: bool = False) -> Path:
+        """Write `pipeline.json` + `flow.safetensors`. Text encoder and autoencoder are written as their specs;
+        with copy_components, a spec naming a local folder has that folder copied in and referenced as `./name`."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        spec = self.spec
+        if self.config.txt_dim > 0 and spec.text_encoder is None:
+            raise ValueError("cannot save: the text encoder has no spec (pass text_encoder_spec= to the pipeline)")
+        if spec.autoencoder is None and self.autoencoder is not None \
+                and type(self.autoencoder).__name__ != "IdentityAutoencoder":
+            raise ValueError("cannot save: the autoencoder has no spec (pass autoencoder_spec= to the pipeline)")
+        if copy_components:
+            spec.text_encoder = _copy_component(spec.text_encoder, directory, "text_encoder")
+            spec.autoencoder = _copy_component(spec.autoencoder, directory, "autoencoder")
+        sd = {k: v.detach().to("cpu").contiguous() for k, v in self.flow.state_dict().items()}
+        save_file(sd, str(directory / FLOW_FILE), metadata={"format": "starflow-flow"})
+        spec.write_json(directory / PIPELINE_FILE)
+        return directory
+
+    @classmethod
+    def _check_kind(cls, spec: PipelineSpec, where: str) -> None:
+        if cls is not BasePipeline and spec.kind != cls.kind:
+            other = "StarFlowVideoPipeline" if spec.kind == "video" else "StarFlowPipeline"
+            raise ValueError(f"{where} holds a {spec.kind} pipeline: load it with {other}")
+
+    @classmethod
+    def _class_for(cls, kind: str):
+        if cls is not BasePipeline:
+            return cls
+        from .image import StarFlowPipeline
+        from .video import StarFlowVideoPipeline
+        return StarFlowVideoPipeline if kind == "video" else StarFlowPipeline
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, text_encoder: Any = None, autoencoder: Any = None,
+                        text_encoder_spec: str | None = None, autoencoder_spec: str | None = None,
+                        device: str | torch.device | None = None):
+        """Load a pipeline directory (strict weights). Components (objects, or specs such as a local
+        't5:/models/flan-t5-xl') given here replace the stored ones."""
+        from safetensors.torch import load_file
+        from ..flow.loading import load_state_dict_strict
+
+        directory = Path(directory)
+        if not (directory / PIPELINE_FILE).exists():
+            hint = " (a trained model folder: use from_trained)" if (directory / "config.json").exists() else ""
+            raise FileNotFoundError(f"{directory / PIPELINE_FILE} not found: not a pipeline directory{hint}")
+        spec = read_spec(directory / PIPELINE_FILE)
+        cls._check_kind(spec, str(directory))
+        spec.text_encoder = text_encoder_spec or _spec_of(text_encoder) or spec.text_encoder
+        spec.autoencoder = autoencoder_spec or _spec_of(autoencoder) or spec.autoencoder
+        flow = StarFlow(spec.model_config())
+        if not (directory / FLOW_FILE).exists():
+            raise FileNotFoundError(f"{directory / FLOW_FILE} not found")
+        load_state_dict_strict(flow, load_file(str(directory / FLOW_FILE)))
+        return cls._assemble(spec, flow, text_encoder, autoencoder, directory, device)
+
+    @classmethod
+    def _assemble(cls, spec: PipelineSpec, flow: StarFlow, text_encoder, autoencoder, root: Path | None, device):
+        c = flow.config
+        if text_encoder is None and c.txt_dim > 0:
+            text_encoder = load_text_encoder_spec(spec.text_encoder, c.txt_size, root)
+        if autoencoder is None:
+            autoencoder = load_autoencoder_spec(spec.autoencoder, root)
+        pipe = cls._class_for(spec.kind)(flow, text_encoder, autoencoder, defaults=spec.defaults,
+                                         text_encoder_spec=spec.text_encoder, autoencoder_spec=spec.autoencoder)
+        return pipe.to(device) if device is not None else pipe
+
+    @classmethod
+    def from_trained(cls, directory: str | Path, *, device=None):
+        """A folder written by `starflow train` (config.json + model.safetensors) -> pipeline, with the
+        components and noise level it was trained with."""
+        from ..training import load_trained
+
+        model, tcfg = load_trained(directory)
+        if tcfg is None:
+            raise ValueError(f"{directory}/config.json has no training config: cannot tell which text encoder, "
+                             "autoencoder and noise level the model was trained with")
+        spec = spec_from_train_config(tcfg, model.config)
+        cls._check_kind(spec, str(directory))
+        pipe = cls._assemble(spec, model, None, None, None, device)
+        pipe.train_config = tcfg          # how the pixels were scaled, the data it saw...
+        return pipe
+
+    @classmethod
+    def from_config(cls, config: str | Path | PipelineSpec, *, text_encoder: Any = None, autoencoder: Any = None,
+                    device=None, seed: int = 0):
+        """A pipeline with freshly initialised flow weights, from our YAML config (or a PipelineSpec)."""
+        spec = config if isinstance(config, PipelineSpec) else read_spec(config)
+        cls._check_kind(spec, str(config))
+        torch.manual_seed(seed)
+        return cls._assemble(spec, StarFlow(spec.model_config()), text_encoder, autoencoder, None, device)
+
+    @classmethod
+    def from_official(cls, config: str | Path | dict, checkpoint: str | Path | dict | None, *,
+                      text_encoder: Any = None, autoencoder: Any = None, text_encoder_spec: str | None = None,
+                      autoencoder_spec: str | None = None, device=None):
+        """Official YAML (`arguments:` list) + official `.pth` state dict -> pipeline (strict loading).
+
+        `config` may also be one of our configs (configs/starflow_3b_t2i_256.yaml...), which carry the
+        official values. Text encoder / autoencoder: objects, or specs replacing the official names
+        (e.g. a local 't5:/models/flan-t5-xl'), or, by default, the official names mapped to our specs."""
+        from ..flow.loading import load_state_dict_strict, read_state_dict
+        from .spec import official_autoencoder_spec, official_text_spec
+
+        args = load_official_yaml(config) if isinstance(config, (str, Path)) else dict(config)
+        if "model" in args and "kind" in args:          # our format: the architecture is spelled out
+            spec = PipelineSpec.from_dict(args, where=str(config))
+            cls._check_kind(spec, str(config))
+            spec.text_encoder = text_encoder_spec or _spec_of(text_encoder) or spec.text_encoder
+            spec.autoencoder = autoencoder_spec or _spec_of(autoencoder) or spec.autoencoder
+            flow = StarFlow(spec.model_config())
+            if checkpoint is not None:
+                load_state_dict_strict(flow, read_state_dict(checkpoint) if isinstance(checkpoint, (str, Path))
+                                       else checkpoint)
+            return cls._assemble(spec, flow, text_encoder, autoencoder, None, device)
+        te_spec = text_encoder_spec or _spec_of(text_encoder) or official_text_spec(args.get("text"))
+        ae_spec = autoencoder_spec or _spec_of(autoencoder) or official_autoencoder_spec(args.get("vae"))
+        if text_encoder is None and te_spec is not None:
+            text_encoder = load_text_encoder_spec(te_spec, int(args.get("txt_size", 1)))
+        if autoencoder is None:
+            autoencoder = load_autoencoder_spec(ae_spec)
+        factor = int(getattr(autoencoder, "spatial_factor", 1)) if autoencoder is not None else 1
+        spec = spec_from_official(args, spatial_factor=factor, txt_dim=int(text_encoder.dim) if text_encoder else 0,
+                                  text_encoder=te_spec, autoencoder=ae_spec)
+        cls._check_kind(spec, str(config) if not isinstance(config, dict) else "official config")
+        flow = StarFlow(spec.model_config())
+        if checkpoint is not None:
+            sd = read_state_dict(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
+            load_state_dict_strict(flow, sd)
+        return cls._assemble(spec, flow, text_encoder, autoencoder, None, device)
+
+    # ---- shared call helpers ------------------------------------------------------------------------
+    @staticmethod
+    def _prompts(prompt: str | Sequence[str] | None, conditioned: bool) -> list[str] | None:
+        if prompt is None:
+            if conditioned:
+                raise ValueError("this model is text conditioned: give a prompt or a list of prompts")
+            return None
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("the prompt list is empty: give at least one prompt")
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompts must be strings")
+        return prompts
+
+    @staticmethod
+    def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
+        """Noise is always drawn on the CPU so that a seed gives the same samples on any device."""
+        if generator is not None:
+            if generator.device.type != "cpu":
+                raise ValueError("pass a CPU torch.Generator: noise is drawn on the CPU for reproducibility")
+            return generator
+        g = torch.Generator()
+        if seed is not None:
+            g.manual_seed(int(seed))
+        else:
+            g.seed()
+        return g
+
+    def _cond_kwargs(self, fps: int | None, aspect_ratio: str | None) -> dict[str, Any]:
+        """The prompt template fields the flow was trained with (official fps_cond / cond_noise_level / mix_aspect)."""
+        d = self.defaults
+        return dict(fps=fps if d.fps_cond else None, noise_std=d.noise_std if d.cond_noise_level else None,
+                    aspect_ratio=aspect_ratio if d.mix_aspect else None)
+
+    def _encode(self, prompts: list[str] | None, negative: str | Sequence[str] | None, repeat: int,
+                guidance: float, cond: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """-> y, y_null: (N, txt_size, txt_dim), each prompt repeated `repeat` times; y_null only with guidance."""
+        if prompts is None or self.config.txt_dim == 0:
+            return None, None
+        enc = self.text_encoder
+        y = enc.encode(prompts, **cond)
+        y_null = None
+        if guidance > 0:
+            if negative is None:
+                y_null = enc.null(len(prompts), **cond)
+            else:
+                neg = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
+                if len(neg) != len(prompts):
+                    raise ValueError(f"{len(neg)} negative prompts for {len(prompts)} prompts")
+                y_null = enc.encode(neg, **cond)
+        dev, dt = self.device, self.dtype
+        y = y.to(dev, dt).repeat_interleave(repeat, 0)
+        if y_null is not None:
+            y_null = y_null.to(dev, dt).repeat_interleave(repeat, 0)
+        return y, y_null
+
+    def _resolve(self, denoise: str | None, sampler: str | None) -> tuple[str, str]:
+        denoise = denoise if denoise is not None else self.defaults.denoise
+        sampler = sampler if sampler is not None else self.defaults.sampler
+        if denoise not in ("score", "learned", "none"):
+            raise ValueError(f"denoise must be 'score', 'learned' or 'none', not {denoise!r}")
+        if denoise == "learned" and self.flow.learnable_self_denoiser is None:
+            raise ValueError("denoise='learned' needs a flow with a learnable self-denoiser; use 'score' or 'none'")
+        if sampler not in ("jacobi", "sequential"):
+            raise ValueError(f"sampler must be 'jacobi' or 'sequential', not {sampler!r}")
+        return denoise, sampler
+
+    def _denoise(self, x: torch.Tensor, y: torch.Tensor | None, method: str) -> torch.Tensor:
+        """One denoising step on latents x (images, or video chunks the caller cut)."""
+        from ..sampling.denoise import learned_denoise, score_denoise
+
+        s = self.defaults.noise_std
+        if method == "none" or s <= 0:
+            return x
+        if method == "score":
+            return score_denoise(self.flow, x, y, s)
+        return learned_denoise(self.flow, x, y, s)
+
+    def _pixel_size(self, height: int | None, width: int | None, aspect_ratio: str | None) -> tuple[int, int]:
+        """Output (H, W) in pixels: explicit, from an aspect ratio (same area as training), or the trained square."""
+        multiple = self.spatial_factor * self.config.patch_size
+        if height is not None or width is not None:
+            if aspect_ratio is not None:
+                raise ValueError("give either height/width or aspect_ratio, not both")
+            target = self.config.img_size * self.spatial_factor
+            height, width = height or target, width or target
+            for name, v in (("height", height), ("width", width)):
+                if v <= 0 or v % multiple:
+                    raise ValueError(f"{name} {v} must be a positive multiple of {multiple} "
+                                     f"(autoencoder factor {self.spatial_factor} x patch size {self.config.patch_size})")
+            return int(height), int(width)
+        return aspect_ratio_to_size(self.config.img_size * self.spatial_factor, aspect_ratio, multiple)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.autoencoder is None:
+            return z
+        with torch.no_grad():
+            return self.autoencoder.decode(z)
+
+    @staticmethod
+    def _check_output_type(output_type: str) -> None:
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', not {output_type!r}")
+
+
+def _copy_component(spec: str | None, directory: Path, name: str) -> str | None:
+    if not spec:
+        return spec
+    kind, rest = _split_spec(spec)
+    src = Path(rest) if rest else None
+    if src is None or not src.is_dir():
+        return spec   # a hub id, a built-in or a label count: kept as a reference
+    dst = directory / name
+    if src.resolve() != dst.resolve():
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    return f"{kind}:./{name}"

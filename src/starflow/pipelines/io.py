@@ -1,0 +1,163 @@
+"""Writing what the pipelines produce: PNG grids, GIF and MP4 videos (video grids too), and reading images.
+
+Everything here takes pixels either as float tensors/arrays in [-1, 1] laid out like the models
+((N, C, H, W) images, (N, T, C, H, W) videos) or as uint8 arrays laid out like files ((H, W, C) /
+(T, H, W, C)).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["to_uint8", "make_grid", "video_grid", "save_image", "save_image_grid", "save_video", "load_image",
+           "VIDEO_SUFFIXES", "IMAGE_SUFFIXES"]
+
+VIDEO_SUFFIXES = (".mp4", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[-1, 1] floats (..., C, H, W) -> uint8 (..., H, W, C); uint8 input is returned as is."""
+    if isinstance(x, np.ndarray) and x.dtype == np.uint8:
+        return x
+    t = torch.as_tensor(x).detach().float().cpu()
+    if t.dim() < 3:
+        raise ValueError(f"expected (..., C, H, W) pixels, got shape {tuple(t.shape)}")
+    t = ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return t.movedim(-3, -1).numpy()
+
+
+def _grid_shape(n: int, nrow: int | None) -> tuple[int, int]:
+    """(rows, columns). `nrow` is the number of images per row, as in torchvision."""
+    cols = nrow if nrow else math.ceil(math.sqrt(n))
+    cols = max(1, min(cols, n))
+    return math.ceil(n / cols), cols
+
+
+def make_grid(images: torch.Tensor | np.ndarray | Sequence[np.ndarray], nrow: int | None = None,
+              padding: int = 2, pad_value: int = 0, scale: int = 1) -> np.ndarray:
+    """Tile N images into one uint8 (H', W', C) array, `nrow` images per row (default: near square).
+
+    scale: integer nearest-neighbour enlargement, for tiny images such as 8x8 digits."""
+    arr = to_uint8(images) if not isinstance(images, (list, tuple)) else np.stack([to_uint8(i) for i in images])
+    if arr.ndim != 4:
+        raise ValueError(f"make_grid needs N images, got an array of shape {arr.shape}")
+    if scale > 1:
+        arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
+    n, h, w, c = arr.shape
+    rows, cols = _grid_shape(n, nrow)
+    out = np.full((rows * h + (rows + 1) * padding, cols * w + (cols + 1) * padding, c), pad_value, np.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        y0, x0 = padding + r * (h + padding), padding + k * (w + padding)
+        out[y0:y0 + h, x0:x0 + w] = arr[i]
+    return out
+
+
+def video_grid(videos: torch.Tensor | np.ndarray, nrow: int | None = None, padding: int = 2,
+               scale: int = 1) -> np.ndarray:
+    """(N, T, C, H, W) in [-1, 1] (or uint8 (N, T, H, W, C)) -> uint8 frames (T, H', W', C) of a tiled grid."""
+    arr = to_uint8(videos)
+    if arr.ndim != 5:
+        raise ValueError(f"video_grid needs (N, T, C, H, W) videos, got shape {tuple(arr.shape)}")
+    return np.stack([make_grid(arr[:, t], nrow, padding, scale=scale) for t in range(arr.shape[1])])
+
+
+def _pil(arr: np.ndarray) -> Image.Image:
+    if arr.shape[-1] == 1:
+        return Image.fromarray(arr[..., 0], mode="L")
+    if arr.shape[-1] == 3:
+        return Image.fromarray(arr, mode="RGB")
+    raise ValueError(f"cannot write an image with {arr.shape[-1]} channels (1 or 3 expected)")
+
+
+def _check_suffix(path: Path, allowed: tuple[str, ...], what: str) -> None:
+    if path.suffix.lower() not in allowed:
+        raise ValueError(f"cannot write {what} to {path}: use one of {', '.join(allowed)}")
+
+
+def save_image(image: torch.Tensor | np.ndarray, path: str | Path, scale: int = 1) -> Path:
+    """One image, (C, H, W) in [-1, 1] or uint8 (H, W, C)."""
+    path = Path(path)
+    _check_suffix(path, IMAGE_SUFFIXES, "an image")
+    arr = to_uint8(image)
+    if scale > 1:
+        arr = arr.repeat(scale, axis=0).repeat(scale, axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _pil(arr).save(path)
+    return path
+
+
+def save_image_grid(images, path: str | Path, nrow: int | None = None, padding: int = 2, scale: int = 1) -> Path:
+    """N images as one grid image (PNG by suffix); nrow images per row."""
+    return save_image(make_grid(images, nrow, padding, scale=scale), path)
+
+
+def save_video(frames: torch.Tensor | np.ndarray, path: str | Path, fps: float = 8, nrow: int | None = None,
+               scale: int = 1) -> Path:
+    """Write frames as .gif or .mp4 (H.264, yuv420p).
+
+    frames: uint8 (T, H, W, C), or floats in [-1, 1] as (T, C, H, W) for one video or (N, T, C, H, W)
+    for several, which are tiled into a grid (nrow videos per row)."""
+    path = Path(path)
+    _check_suffix(path, VIDEO_SUFFIXES, "a video")
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if isinstance(frames, np.ndarray) and frames.dtype == np.uint8:
+        arr = frames
+    else:
+        t = torch.as_tensor(frames)
+        arr = video_grid(t, nrow) if t.dim() == 5 else to_uint8(t)
+    if arr.ndim != 4 or arr.shape[0] < 1:
+        raise ValueError(f"a video needs frames (T, H, W, C), got shape {arr.shape}")
+    if scale > 1:
+        arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".gif":
+        imgs = [_pil(f) for f in arr]
+        # GIF stores frame durations in milliseconds; loop=0 repeats forever
+        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=max(1, round(1000 / fps)), loop=0)
+    else:
+        _write_mp4(arr, path, fps)
+    return path
+
+
+def _write_mp4(arr: np.ndarray, path: Path, fps: float) -> None:
+    import av
+    from fractions import Fraction
+
+    if arr.shape[-1] == 1:
+        arr = arr.repeat(3, axis=-1)
+    # yuv420p halves the chroma resolution: H.264 needs even sides, so replicate the last row/column
+    T, H, W, _ = arr.shape
+    arr = np.pad(arr, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height = arr.shape[2], arr.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "10"}   # near lossless, as the official sampler writes
+        for f in arr:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def load_image(image: str | Path | Image.Image) -> Image.Image:
+    """Open an image file (or pass a PIL image through)."""
+    if isinstance(image, Image.Image):
+        return image
+    path = Path(image)
+    if not path.exists():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as e:  # truncated or not an image
+        raise ValueError(f"cannot read image {path}: {e}") from e
+    return img

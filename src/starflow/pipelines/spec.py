@@ -1,0 +1,224 @@
+"""What a pipeline is made of, as data: the flow's config, the text encoder and autoencoder specs, defaults.
+
+One structure serves three files:
+- `pipeline.json` in a pipeline directory (written by `save_pretrained`),
+- our YAML files in `configs/` (`kind`, `model`, `text_encoder`, `autoencoder`, `defaults`),
+- the official YAML files (`arguments:` list), read through `spec_from_official`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..config import ConfigError, ModelConfig, load_official_yaml
+
+__all__ = ["ASPECT_RATIOS", "aspect_ratio_to_size", "PipelineDefaults", "PipelineSpec", "read_spec",
+           "spec_from_official", "spec_from_train_config", "official_text_spec", "official_autoencoder_spec", "SPEC_FORMAT"]
+
+SPEC_FORMAT = "starflow-pipeline"
+SPEC_VERSION = 1
+
+# The official sampler's choices, in its order.
+ASPECT_RATIOS = ("1:1", "2:3", "3:2", "16:9", "9:16", "4:5", "5:4", "21:9", "9:21")
+
+
+def aspect_ratio_to_size(target: int, ratio: str | None, multiple: int) -> tuple[int, int]:
+    """(height, width) with the area of a target x target square, each side a multiple of `multiple`."""
+    if ratio is None:
+        return target, target
+    if ratio not in ASPECT_RATIOS:
+        raise ValueError(f"unknown aspect ratio {ratio!r}; choose one of {', '.join(ASPECT_RATIOS)}")
+    rw, rh = (int(v) for v in ratio.split(":"))
+    r = rw / rh
+    area = target * target
+    h = int(round(math.sqrt(area / r) / multiple)) * multiple
+    w = int(round(math.sqrt(area * r) / multiple)) * multiple
+    return h, w
+
+
+def _strict(cls, d: Mapping[str, Any], where: str) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    return dict(d)
+
+
+@dataclass
+class PipelineDefaults:
+    """Sampling defaults stored with a pipeline; every one can be overridden per call."""
+
+    noise_std: float = 0.0            # training noise level: denoising step, image-to-video prefix noise
+    guidance: float = 0.0             # classifier-free guidance weight (official `cfg`)
+    sampler: str = "jacobi"           # "jacobi" or "sequential"
+    jacobi_block_size: int = 32
+    jacobi_threshold: float = 1e-3
+    jacobi_max_iter: int = 32
+    denoise: str = "none"             # "score", "learned" or "none"
+    fps_cond: bool = False            # official flags: what the prompt template carries
+    cond_noise_level: bool = False
+    mix_aspect: bool = False
+    aspect_ratio: str | None = None   # default aspect ratio (None: square)
+    num_frames: int | None = None     # videos: the trained length in pixel frames
+    fps: int | None = None            # videos: frames per second written (and conditioned on with fps_cond)
+    context_length: int | None = None  # long videos: latent frames re-encoded as context (None: window - 1)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "PipelineDefaults":
+        out = cls(**_strict(cls, d or {}, "pipeline defaults"))
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        if self.sampler not in ("jacobi", "sequential"):
+            raise ConfigError(f"defaults.sampler must be 'jacobi' or 'sequential', not {self.sampler!r}")
+        if self.denoise not in ("score", "learned", "none"):
+            raise ConfigError(f"defaults.denoise must be 'score', 'learned' or 'none', not {self.denoise!r}")
+        if self.noise_std < 0 or self.guidance < 0:
+            raise ConfigError("defaults.noise_std and defaults.guidance must be >= 0")
+        if self.aspect_ratio is not None and self.aspect_ratio not in ASPECT_RATIOS:
+            raise ConfigError(f"defaults.aspect_ratio {self.aspect_ratio!r} is not one of {', '.join(ASPECT_RATIOS)}")
+
+
+@dataclass
+class PipelineSpec:
+    kind: str                                  # "image" or "video"
+    model: dict[str, Any]                      # ModelConfig keys; img_size in latent units
+    text_encoder: str | None = None            # spec for starflow.conditioning.load_text_encoder
+    autoencoder: str | None = None             # spec for starflow.autoencoders.load_autoencoder
+    defaults: PipelineDefaults = field(default_factory=PipelineDefaults)
+
+    def __post_init__(self):
+        if self.kind not in ("image", "video"):
+            raise ConfigError(f"pipeline kind must be 'image' or 'video', not {self.kind!r}")
+        if isinstance(self.defaults, Mapping):
+            self.defaults = PipelineDefaults.from_dict(self.defaults)
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.model)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "pipeline spec") -> "PipelineSpec":
+        d = dict(d)
+        fmt, version = d.pop("format", SPEC_FORMAT), d.pop("version", SPEC_VERSION)
+        if fmt != SPEC_FORMAT:
+            raise ConfigError(f"{where}: format {fmt!r} is not {SPEC_FORMAT!r}")
+        if version != SPEC_VERSION:
+            raise ConfigError(f"{where}: version {version} is not supported (this starflow reads {SPEC_VERSION})")
+        d = _strict(cls, d, where)
+        for key in ("kind", "model"):
+            if key not in d:
+                raise ConfigError(f"{where}: missing key {key!r}")
+        if not isinstance(d["model"], Mapping):
+            raise ConfigError(f"{where}: 'model' must be a mapping of model config keys")
+        spec = cls(**d)
+        spec.model_config()  # validate the architecture now, with the file named in the error
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": SPEC_FORMAT, "version": SPEC_VERSION, "kind": self.kind, "model": dict(self.model),
+                "text_encoder": self.text_encoder, "autoencoder": self.autoencoder, "defaults": asdict(self.defaults)}
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _is_official(d: Mapping[str, Any]) -> bool:
+    return "model" not in d and "kind" not in d
+
+
+def read_spec(path: str | Path) -> PipelineSpec:
+    """Read our YAML/JSON pipeline config. Official YAML files are rejected here: use `spec_from_official`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"pipeline config not found: {path}")
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping")
+    if "arguments" in data or _is_official(data):
+        raise ConfigError(f"{path} is an official config: load it with from_official(config, checkpoint)")
+    return PipelineSpec.from_dict(data, where=str(path))
+
+
+def official_text_spec(name: str | None) -> str | None:
+    """Official `text:` value -> our text encoder spec ('google/flan-t5-xl' -> 't5:google/flan-t5-xl')."""
+    if not name:
+        return None
+    from ..conditioning import text_spec_from_official
+    return text_spec_from_official(str(name))
+
+
+def official_autoencoder_spec(name: str | None) -> str:
+    """Official `vae:` value -> our autoencoder spec (the Wan2.2 ':0.6' temporal latent scale is kept)."""
+    from ..autoencoders import autoencoder_spec_from_official
+    return autoencoder_spec_from_official(None if name is None else str(name))
+
+
+def spec_from_official(args: Mapping[str, Any] | str | Path, *, spatial_factor: int, txt_dim: int,
+                       text_encoder: str | None = None, autoencoder: str | None = None) -> PipelineSpec:
+    """Official argument set (or YAML path) -> PipelineSpec.
+
+    The official YAML gives `img_size` in pixels and no `txt_dim` (both come from the loaded
+    autoencoder and text encoder at run time), hence the two keyword arguments.
+    """
+    if isinstance(args, (str, Path)):
+        args = load_official_yaml(args)
+    args = dict(args)
+    if "img_size" not in args:
+        raise ConfigError("official config has no img_size")
+    px = int(args["img_size"])
+    if px % spatial_factor:
+        raise ConfigError(f"official img_size {px} is not a multiple of the autoencoder factor {spatial_factor}")
+    model = dict(args)
+    model["img_size"] = px // spatial_factor
+    model["txt_dim"] = txt_dim
+    cfg = ModelConfig.from_dict(model)          # rejects keys that are neither architecture nor official extras
+    extra = cfg.extra
+    video = extra.get("vid_size") is not None
+    num_frames = fps = None
+    if video:
+        try:
+            num_frames, fps = (int(v) for v in str(extra["vid_size"]).split(":"))
+        except ValueError as e:
+            raise ConfigError(f"official vid_size {extra['vid_size']!r} is not 'frames:fps'") from e
+    noise_std = float(extra.get("target_noise_std") or extra.get("noise_std") or 0.0)
+    finetuned = str(extra.get("finetuned_vae", "none")).lower()
+    if cfg.learnable_self_denoiser:
+        denoise = "learned"
+    elif noise_std > 0 and finetuned in ("none", "null"):
+        denoise = "score"
+    else:  # a decoder fine-tuned on noisy latents removes the noise itself
+        denoise = "none"
+    defaults = PipelineDefaults(
+        noise_std=noise_std, guidance=float(extra.get("cfg", 0.0) or 0.0), sampler="jacobi",
+        jacobi_block_size=32 if video else 16, jacobi_threshold=1e-3, jacobi_max_iter=32, denoise=denoise,
+        fps_cond=bool(extra.get("fps_cond", 0)), cond_noise_level=bool(extra.get("cond_noise_level", 0)),
+        mix_aspect=bool(extra.get("mix_aspect", 0)), num_frames=num_frames, fps=fps)
+    return PipelineSpec(kind="video" if video else "image", model=cfg.to_dict(),
+                        text_encoder=text_encoder if text_encoder is not None else official_text_spec(extra.get("text")),
+                        autoencoder=autoencoder if autoencoder is not None else official_autoencoder_spec(extra.get("vae")),
+                        defaults=defaults)
+
+
+def spec_from_train_config(tcfg: Any, config: ModelConfig) -> PipelineSpec:
+    """Training config (starflow.training.TrainConfig) + the trained flow's config -> PipelineSpec."""
+    data = tcfg.data
+    video = data.dataset in ("moving_digits", "video_folder")
+    if data.condition == "text":
+        text = data.text_encoder
+    elif data.condition == "labels":
+        text = f"labels:{config.txt_dim - 1}"      # one-hot rows with a null class
+    else:
+        text = None
+    noise = float(data.noise_std or max(data.noise_levels or [0.0]))
+    denoise = "learned" if config.learnable_self_denoiser else ("score" if noise > 0 else "none")
+    defaults = PipelineDefaults(noise_std=noise, guidance=float(tcfg.log.sample_guidance) if text else 0.0,
+                                denoise=denoise, num_frames=data.num_frames if video else None)
+    return PipelineSpec(kind="video" if video else "image", model=config.to_dict(), text_encoder=text,
+                        autoencoder=data.autoencoder or "identity", defaults=defaults)
