@@ -14,8 +14,9 @@ class KVCache:
     def __init__(self, num_layers: int, batch: int, kv_heads: int, length: int, head_dim: int,
                  device=None, dtype=torch.float32):
         shape = (num_layers, batch, kv_heads, length, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # uninitialised: only entries below `pos` are ever read (zero-filling costs a pass over memory)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
         self.pos = 0  # number of valid entries (the same for every layer)
 
     @property

@@ -5,11 +5,14 @@ Jacobi samplers, cache priming and the denoiser all go through it.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from .kv_cache import KVCache
-from .layers import RMSNorm, TransformerLayer
+from .layers import RMSNorm, TransformerLayer, causal_mask
+from .rope import rotary_cis
 
 __all__ = ["Trunk"]
 
@@ -73,19 +76,28 @@ class Trunk(torch.nn.Module):
             return None
         h = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]           # (B, Lt + L, D)
         start = cache.pos if cache is not None else 0
+        L = h.size(1)
         tables = None
         if rope is not None:
-            cos, sin = rope
-            if start + h.size(1) > cos.size(0):
-                raise ValueError(f"sequence of {start + h.size(1)} tokens is longer than the position table "
+            cos, sin = rope[0], rope[1]
+            if start + L > cos.size(0):
+                raise ValueError(f"sequence of {start + L} tokens is longer than the position table "
                                  f"({cos.size(0)})")
-            tables = (cos[start:start + h.size(1)], sin[start:start + h.size(1)])
+            cos, sin = cos[start:start + L], sin[start:start + L]
+            # the complex form of the tables, made once here rather than in every layer
+            tables = (cos, sin, rotary_cis(cos, sin)[:, None])
+        if causal and attn_mask is None and start > 0 and L > 1:
+            # queries after cached keys: one explicit mask for all layers (SDPA's is_causal aligns top-left),
+            # additive (0 / -inf) as SDPA would turn a boolean one in every layer
+            allowed = causal_mask(L, start, h.device)
+            attn_mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(~allowed, -math.inf)
+        kw = dict(cache=cache, causal=causal, attn_mask=attn_mask, temp=attn_temp)
+        ckpt = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.attn_blocks):
-            kw = dict(cache=cache, layer=i, causal=causal, attn_mask=attn_mask, temp=attn_temp)
-            if self.gradient_checkpointing and self.training and cache is None:
-                h = checkpoint(layer, h, tables, use_reentrant=False, **kw)
+            if ckpt:
+                h = checkpoint(layer, h, tables, use_reentrant=False, layer=i, **kw)
             else:
-                h = layer(h, tables, **kw)
+                h = layer(h, tables, layer=i, **kw)
         if cache is not None:
             cache.advance(h.size(1))
         if x is None:

@@ -18,13 +18,14 @@ from ..flow.block import FlowBlock
 from ..nn.kv_cache import KVCache
 from ..nn.precision import upcast
 
-__all__ = ["BlockInverse", "sequential_inverse", "jacobi_inverse", "JacobiStats"]
+__all__ = ["BlockInverse", "sequential_inverse", "jacobi_inverse", "JacobiStats", "JACOBI_SCHEDULES"]
 
 
 @dataclass
 class JacobiStats:
     iterations: int = 0     # trunk calls made by the Jacobi loop
-    chunks: int = 0
+    chunks: int = 0         # chunks solved (official schedule) / window moves (sliding)
+    tokens: int = 0         # token positions run through the trunk, over all iterations
 
 
 class BlockInverse:
@@ -108,19 +109,43 @@ def _all_done(done: bool, device) -> bool:
     return done
 
 
+def _agree_min(n: int, device) -> int:
+    """The smallest n over all ranks (data-dependent step sizes must match, like convergence)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor(n, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t.item())
+    return n
+
+
+JACOBI_SCHEDULES = ("official", "sliding")
+
+
 def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1e-3, max_iter: int = 32,
                    context_frames: int | None = None, window_frames: int | None = None, later_frame_factor: int = 4,
-                   progress: bool = False, stats: JacobiStats | None = None) -> torch.Tensor:
-    """Block-wise Jacobi fixed-point iteration (official schedule).
+                   progress: bool = False, stats: JacobiStats | None = None, schedule: str = "official"
+                   ) -> torch.Tensor:
+    """Block-wise Jacobi fixed-point iteration.
 
-    Chunks of `block_size` tokens (x `later_frame_factor` after the first frame of a video) are solved
-    in parallel; an iteration stops a chunk when the relative squared change falls below `threshold`
-    or after `max_iter` iterations. A video chunk's first iterate is the previous frame. With
-    `window_frames`, attention sees at most that many frames: when the window is full the cache is
-    rebuilt from the text and the last `context_frames` frames, and decoding goes on.
+    schedule "official" (the default, the official sampler's schedule): chunks of `block_size` tokens
+    (x `later_frame_factor` after the first frame of a video) are solved in parallel; an iteration
+    stops a chunk when the relative squared change over the chunk falls below `threshold` or after
+    `max_iter` iterations. A video chunk's first iterate is the previous frame.
+
+    schedule "sliding": a window of `block_size` tokens slides over the sequence; after each
+    iteration the window advances past every leading token whose own relative squared change (the
+    official rule applied to one token: its mean squared change over the batch and channels, over the
+    window's mean square) fell below `threshold`, or that has been iterated `max_iter` times, and new
+    tokens enter at its end. No token is iterated once settled, none waits for the slowest of its
+    chunk, and the error bound holds per token rather than on average over a chunk.
+
+    With `window_frames`, attention sees at most that many frames: when the window is full the cache
+    is rebuilt from the text and the last `context_frames` frames, and decoding goes on.
     """
     if block_size < 1 or max_iter < 1:
         raise ValueError("jacobi block size and max iterations must be >= 1")
+    if schedule not in JACOBI_SCHEDULES:
+        raise ValueError(f"jacobi schedule must be one of {JACOBI_SCHEDULES}, not {schedule!r}")
     F, U, x_full = inv.frame_tokens, inv.U, inv.x_full
     W = window_frames * F if window_frames else None
     if W is not None:
@@ -130,29 +155,9 @@ def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1
     target = U if W is None else min(U, W)
     start = inv.start
     bar = tqdm(total=U, initial=start, disable=not progress, desc="jacobi", leave=False)
+    solve = _official_chunks if schedule == "official" else _sliding_window
     while True:
-        while start < target:
-            chunk = block_size if start <= F else block_size * later_frame_factor
-            for i in range(max_iter):
-                chunk = min(chunk, target - start)
-                if i == 0 and start > F:  # previous frame as the first iterate
-                    inp = x_full[:, start - F:start + chunk - F]
-                else:
-                    inp = x_full[:, start:start + chunk]
-                new = inv.solve(inv.run(inp, start), start, inv.guidance)
-                old = x_full[:, start + 1:start + 1 + chunk]
-                diff = ((new - old) ** 2).mean() / (new ** 2).mean()
-                x_full[:, start + 1:start + 1 + chunk] = new
-                if stats is not None:
-                    stats.iterations += 1
-                # the last iteration's keys stay in the cache: no extra pass to refresh them
-                if _all_done(bool(diff < threshold) or i == max_iter - 1, x_full.device):
-                    break
-                inv.cache.rewind(chunk)
-            start += chunk
-            bar.update(chunk)
-            if stats is not None:
-                stats.chunks += 1
+        start = solve(inv, start, target, block_size, threshold, max_iter, later_frame_factor, stats, bar)
         if target >= U:
             break
         target = min(target + W - C, U)
@@ -164,3 +169,81 @@ def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1
         inv.block.run(inp, None, rope=inv.rope, cache=inv.cache)
     bar.close()
     return inv.result()
+
+
+def _count(stats: JacobiStats | None, tokens: int) -> None:
+    if stats is not None:
+        stats.iterations += 1
+        stats.tokens += tokens
+
+
+def _official_chunks(inv: BlockInverse, start: int, target: int, block_size: int, threshold: float, max_iter: int,
+                     later_frame_factor: int, stats: JacobiStats | None, bar) -> int:
+    """Solve input positions [start, target) chunk by chunk; returns target."""
+    F, x_full = inv.frame_tokens, inv.x_full
+    while start < target:
+        chunk = min(block_size if start <= F else block_size * later_frame_factor, target - start)
+        end = start + chunk
+        # `exact` leading inputs of the chunk already have final keys in the cache: input `start` is
+        # known, and each iteration fixes one more (token start + i + 1 depends only on inputs up to
+        # start + i). Running only the rest gives the same numbers for less work, and an iteration
+        # that leaves nothing inexact ends the chunk.
+        exact = 0
+        for i in range(max_iter):
+            prev_frame = i == 0 and start > F   # previous frame as the first iterate: nothing is exact yet
+            p = start if prev_frame else start + exact
+            inp = x_full[:, start - F:end - F] if prev_frame else x_full[:, p:end]
+            new = inv.solve(inv.run(inp, p), p, inv.guidance)
+            old = x_full[:, p + 1:end + 1]
+            num = (new - old).square().sum()
+            x_full[:, p + 1:end + 1] = new
+            _count(stats, end - p)
+            if not prev_frame:
+                exact += 1
+            if exact == chunk:   # the whole chunk is exact: the same on every rank, no vote needed
+                break
+            # relative squared change over the whole chunk (the part not re-run did not change)
+            diff = num / (new.size(0) * chunk * new.size(2)) / x_full[:, start + 1:end + 1].square().mean()
+            # the last iteration's keys stay in the cache: no extra pass to refresh them
+            if _all_done(bool(diff < threshold) or i == max_iter - 1, x_full.device):
+                break
+            inv.cache.rewind(end - (start + exact))
+        start = end
+        bar.update(chunk)
+        if stats is not None:
+            stats.chunks += 1
+    return start
+
+
+def _sliding_window(inv: BlockInverse, start: int, target: int, block_size: int, threshold: float, max_iter: int,
+                    later_frame_factor: int, stats: JacobiStats | None, bar) -> int:
+    """Solve input positions [start, target) with a sliding window; returns target."""
+    F, x_full = inv.frame_tokens, inv.x_full
+    seen = start            # x_full[start + 1 .. seen] have a first estimate
+    age = torch.zeros(inv.U + 1, dtype=torch.long)   # iterations each token has been through
+    while start < target:
+        end = min(start + (block_size if start <= F else block_size * later_frame_factor), target)
+        if end > seen and F < inv.U:
+            # video: a token entering the window starts from the same token one frame earlier
+            q = torch.arange(seen + 1, end + 1)
+            q = q[q > F]
+            if q.numel():
+                x_full[:, q] = x_full[:, q - F]
+        seen = max(seen, end)
+        new = inv.solve(inv.run(x_full[:, start:end], start), start, inv.guidance)   # x_full[start+1 : end+1]
+        old = x_full[:, start + 1:end + 1]
+        change = (new - old).square().mean((0, 2)) / new.square().mean()          # (n,) per token
+        x_full[:, start + 1:end + 1] = new
+        _count(stats, end - start)
+        age[start + 1:end + 1] += 1
+        settled = (change.cpu() < threshold) | (age[start + 1:end + 1] >= max_iter)
+        # keep the keys of input `start` (exact) and of each following input that had settled, up to
+        # the first that had not: the next run starts at the first input computed from kept ones
+        k = 1 + int(settled[:-1].long().cumprod(0).sum())
+        k = _agree_min(k, x_full.device)
+        inv.cache.rewind(end - start - k)
+        start += k
+        bar.update(k)
+        if stats is not None:
+            stats.chunks += 1
+    return start

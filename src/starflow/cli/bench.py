@@ -1,0 +1,46 @@
+"""`starflow bench --model FILE.pt [--json]`: speed of the likelihood pass, training step and samplers."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="measure forward / training / sampling speed on a conformance-format model")
+    p.add_argument("--model", type=Path, required=True, help="model file: official config + state dict (.pt)")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16 changes the numerics; fp32 is exact (on CUDA, fp32 runs add bf16 figures)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of forward / train step")
+    p.add_argument("--sample-repeats", type=int, default=3, help="timed runs of each sampler")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jacobi-schedule", choices=["sliding", "official"], default="sliding",
+                   help="Jacobi schedule timed as sample_jacobi_s (default sliding; official is timed too)")
+    p.add_argument("--no-official", action="store_true",
+                   help="do not also time the official Jacobi schedule")
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer layers")
+    p.add_argument("--parts", default="forward,train,sequential,jacobi",
+                   help="comma-separated subset of forward,train,sequential,jacobi")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..evaluation.bench import BenchOptions, bench
+
+    opt = BenchOptions(device=args.device or "cpu", dtype=args.dtype, threads=args.threads, repeats=args.repeats,
+                       sample_repeats=args.sample_repeats, warmup=args.warmup, seed=args.seed, compile=args.compile,
+                       jacobi_schedule=args.jacobi_schedule, compare_official=not args.no_official,
+                       parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()))
+    log = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
+    res = bench(args.model, opt, log)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            if k != "options":
+                print(f"{k:>24}: {v}")
+    return 0

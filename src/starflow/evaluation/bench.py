@@ -1,0 +1,311 @@
+"""`starflow bench`: speed of the likelihood pass, a training step and both samplers, on one model.
+
+Protocol (the one the official figures in the speed issue were measured with): fixed seeds, a
+warm-up run, then the median of several timed runs. Inputs are random (randn data / noise and randn
+text embeddings for y and y_null), so any model in the conformance format can be measured.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..flow.likelihood import official_loss
+from ..flow.loading import load_official
+from ..flow.model import StarFlow
+from ..sampling import sample as sample_module
+from ..sampling.inverse import JACOBI_SCHEDULES, JacobiStats, jacobi_inverse
+from ..sampling.sample import SamplerOptions, sample
+
+__all__ = ["BenchOptions", "bench", "bench_model", "load_bench_model", "check_targets", "DTYPES", "OFFICIAL_CPU"]
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+# The official implementation on the bench model, this 2-core CPU, float32, same protocol (3 runs each,
+# from the speed issue): the fastest of its runs, and the error of its Jacobi sample.
+OFFICIAL_CPU = {"forward_ms": 235.0, "train_step_ms": 824.0, "sample_sequential_s": 3.6, "sample_jacobi_s": 1.59,
+                "jacobi_max_abs_err": 0.153}
+
+
+@dataclass
+class BenchOptions:
+    device: str = "cpu"
+    dtype: str = "fp32"              # "fp32", or "bf16" (weights and activations; training under autocast)
+    batch: int = 8                   # likelihood pass and training step
+    sample_batch: int = 4            # samples; guidance doubles the batch the deep block runs
+    guidance: float = 2.0
+    jacobi_block_size: int = 16
+    jacobi_th: float = 1e-3
+    jacobi_max_iter: int = 32
+    jacobi_schedule: str = "sliding"  # "official" or "sliding" (see sampling.inverse.jacobi_inverse)
+    compare_official: bool = True    # also time the official Jacobi schedule when another one is measured
+    warmup: int = 1
+    repeats: int = 5                 # timed runs of the forward pass and the training step
+    sample_repeats: int = 3          # timed runs of each sampler
+    seed: int = 0
+    threads: int | None = None       # torch intra-op threads (None: leave as is)
+    compile: bool = False            # torch.compile the trunks' layers (likelihood pass and training)
+    parts: tuple[str, ...] = ("forward", "train", "sequential", "jacobi")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BenchOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown bench option(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {self.dtype!r}")
+        bad = sorted(set(self.parts) - {"forward", "train", "sequential", "jacobi"})
+        if bad:
+            raise ValueError(f"unknown bench part(s) {bad}")
+        for name in ("batch", "sample_batch", "repeats", "sample_repeats", "jacobi_block_size", "jacobi_max_iter"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.warmup < 0:
+            raise ValueError("warmup must be >= 0")
+        if self.jacobi_schedule not in JACOBI_SCHEDULES:
+            raise ValueError(f"jacobi_schedule must be one of {JACOBI_SCHEDULES}, not {self.jacobi_schedule!r}")
+        self.parts = tuple(self.parts)
+
+
+def load_bench_model(path: str | Path) -> StarFlow:
+    """A model in the conformance format: a dict with the official `config` and its `state_dict`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"bench model not found: {path} (the shared benchmark model lives at "
+                                f"../shared/bench/bench_t2i_small.pt from the project root)")
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or "config" not in data or "state_dict" not in data:
+        raise ValueError(f"{path}: expected a dict with 'config' and 'state_dict' (conformance format)")
+    return load_official(data["config"], data["state_dict"])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> tuple[list[float], Any]:
+    """Run fn warmup + repeats times; return the timed durations (s) and the last result."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def _inputs(model: StarFlow, batch: int, seed: int, device, dtype):
+    """Fixed-seed randn images / noise (B, C, H, W) and text embeddings (B, L, txt_dim) for y and y_null."""
+    c = model.config
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, c.channel_size, c.img_size, c.img_size, generator=g)
+    y = y_null = None
+    if c.txt_dim > 0:
+        L = max(c.txt_size, 1)
+        y = torch.randn(batch, L, c.txt_dim, generator=g)
+        y_null = torch.randn(batch, L, c.txt_dim, generator=g)
+    cast = (lambda t: None if t is None else t.to(device=device, dtype=dtype))
+    return cast(x), cast(y), cast(y_null)
+
+
+def _sample(model, z, y, y_null, options: SamplerOptions, method: str, schedule: str = "official",
+            stats: JacobiStats | None = None) -> torch.Tensor:
+    opts = dict(options.__dict__, method=method)
+    if "jacobi_schedule" in SamplerOptions.__dataclass_fields__:
+        return sample(model, z, y, y_null, SamplerOptions(**dict(opts, jacobi_schedule=schedule)), stats=stats)
+    if schedule == "official":
+        return sample(model, z, y, y_null, SamplerOptions(**opts), stats=stats)
+    # SamplerOptions without a schedule field: hand the schedule to the Jacobi solver it calls
+    sample_module.jacobi_inverse = functools.partial(jacobi_inverse, schedule=schedule)
+    try:
+        return sample(model, z, y, y_null, SamplerOptions(**opts), stats=stats)
+    finally:
+        sample_module.jacobi_inverse = jacobi_inverse
+
+
+def check_targets(res: dict[str, Any], reference: dict[str, float] = OFFICIAL_CPU) -> dict[str, Any]:
+    """The speed issue's CPU targets against the official figures: train step <= 0.8x, sequential <= 0.5x,
+    Jacobi <= 0.5x at no larger error, and Jacobi within 3x of one forward pass of the doubled batch."""
+    out: dict[str, Any] = {}
+
+    def ratio(key):
+        return round(res[key] / reference[key], 3) if key in res else None
+
+    for key, limit in (("train_step_ms", 0.8), ("sample_sequential_s", 0.5), ("sample_jacobi_s", 0.5)):
+        r = ratio(key)
+        if r is not None:
+            out[f"{key}_vs_official"] = r
+            out[f"{key}_ok"] = r <= limit
+    if "jacobi_max_abs_err" in res:
+        out["jacobi_max_abs_err_ok"] = res["jacobi_max_abs_err"] <= reference["jacobi_max_abs_err"]
+    if "jacobi_over_forward" in res:
+        out["jacobi_over_forward_ok"] = res["jacobi_over_forward"] <= 3.0
+    out["all_ok"] = all(v for k, v in out.items() if k.endswith("_ok"))
+    return out
+
+
+def _compile_layers(model: StarFlow) -> None:
+    # whole-layer graphs; the samplers' Python loop stays eager (its shapes change every step)
+    for block in model.blocks:
+        for layer in getattr(block, "attn_blocks", []):
+            layer.compile(dynamic=False)
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _ms(ts: list[float]) -> float:
+    return round(1000 * statistics.median(ts), 2)
+
+
+def bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure `model` (already loaded, float32) as described in `BenchOptions`; returns the JSON-able figures."""
+    before = torch.get_num_threads()
+    if opt.threads:
+        torch.set_num_threads(opt.threads)
+    try:
+        return _bench_model(model, opt, log or (lambda s: None))
+    finally:
+        torch.set_num_threads(before)   # the thread count is process-wide: leave it as it was
+
+
+def _bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    device = torch.device(opt.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but torch sees no CUDA device")
+    dtype = DTYPES[opt.dtype]
+    base = model.to(device).float().eval()
+    res: dict[str, Any] = {
+        "model": None, "device": str(device), "device_name": _device_name(device), "dtype": opt.dtype,
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "params_m": round(sum(p.numel() for p in base.parameters()) / 1e6, 3),
+        # other processes on the same cores distort CPU timings (two threads most): say how busy it was
+        "loadavg_1m_start": _loadavg(),
+    }
+    infer = base if dtype == torch.float32 else copy.deepcopy(base).to(dtype)
+    if opt.compile:
+        _compile_layers(infer)
+
+    if "forward" in opt.parts:
+        x, y, _ = _inputs(base, opt.batch, opt.seed, device, dtype)
+
+        def fwd():
+            with torch.inference_mode():
+                return infer(x, y).z
+        ts, _ = _timed(fwd, device, opt.warmup, opt.repeats)
+        res["forward_ms"] = _ms(ts)
+        res["forward_ms_range"] = [_ms([min(ts)]), _ms([max(ts)])]
+        log(f"forward_ms {res['forward_ms']}")
+
+    if "train" in opt.parts:
+        trained = copy.deepcopy(base).train()       # the step changes the weights: keep `base` intact
+        if opt.compile:
+            _compile_layers(trained)
+        x, y, _ = _inputs(base, opt.batch, opt.seed, device, torch.float32)
+        # the fused AdamW (one kernel over all parameters) exists for CPU and CUDA
+        optim = torch.optim.AdamW(trained.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)
+
+        def step():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                loss = official_loss(trained, x, y)["loss"]
+            loss.backward()
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            return loss.detach()
+        ts, loss = _timed(step, device, opt.warmup, opt.repeats)
+        if not math.isfinite(float(loss)):
+            raise RuntimeError("training step produced a non-finite loss")
+        res["train_step_ms"] = _ms(ts)
+        res["train_step_ms_range"] = [_ms([min(ts)]), _ms([max(ts)])]
+        log(f"train_step_ms {res['train_step_ms']}")
+        del trained, optim
+
+    z, y, y_null = _inputs(base, opt.sample_batch, opt.seed + 1, device, dtype)
+    so = SamplerOptions(guidance=opt.guidance, jacobi_block_size=opt.jacobi_block_size, jacobi_th=opt.jacobi_th,
+                        jacobi_max_iter=opt.jacobi_max_iter)
+    seq = None
+    if "sequential" in opt.parts or "jacobi" in opt.parts:
+        # the exact sample is the Jacobi reference even when sequential sampling is not timed
+        reps = opt.sample_repeats if "sequential" in opt.parts else 1
+        ts, seq = _timed(lambda: _sample(infer, z, y, y_null, so, "sequential"), device,
+                         opt.warmup if "sequential" in opt.parts else 0, reps)
+        if "sequential" in opt.parts:
+            res["sample_sequential_s"] = round(statistics.median(ts), 3)
+            res["sample_sequential_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
+            log(f"sample_sequential_s {res['sample_sequential_s']}")
+    if "jacobi" in opt.parts:
+        schedules = [opt.jacobi_schedule]
+        if opt.compare_official and opt.jacobi_schedule != "official":
+            schedules.append("official")
+        for sched in schedules:
+            key = "" if sched == opt.jacobi_schedule else f"_{sched}"
+            ts, jac = _timed(lambda: _sample(infer, z, y, y_null, so, "jacobi", sched), device, opt.warmup,
+                             opt.sample_repeats)
+            stats = JacobiStats()
+            _sample(infer, z, y, y_null, so, "jacobi", sched, stats)
+            res[f"sample_jacobi{key}_s"] = round(statistics.median(ts), 3)
+            res[f"sample_jacobi{key}_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
+            res[f"jacobi{key}_max_abs_err"] = round((jac.float() - seq.float()).abs().max().item(), 5)
+            res[f"jacobi{key}_trunk_calls"] = stats.iterations
+            res[f"jacobi{key}_tokens"] = stats.tokens
+            log(f"sample_jacobi{key}_s {res[f'sample_jacobi{key}_s']} ({sched}: {stats.iterations} trunk calls, "
+                f"{stats.tokens} tokens, max err {res[f'jacobi{key}_max_abs_err']})")
+        res["jacobi_schedule"] = opt.jacobi_schedule
+    if "forward_ms" in res and "sample_jacobi_s" in res:
+        # the forward pass of batch `batch` (8) is the doubled batch of the guided samples (2 x 4)
+        res["jacobi_over_forward"] = round(1000 * res["sample_jacobi_s"] / res["forward_ms"], 2)
+    res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if device.type == "cuda":
+        res["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+    res["loadavg_1m_end"] = _loadavg()
+    if device.type == "cpu" and opt.dtype == "fp32":
+        res["targets"] = check_targets(res)
+    res["options"] = asdict(opt)
+    return res
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:   # Linux: the CPU model, and whether it has AMX (bf16 matmul tiles)
+        info = Path("/proc/cpuinfo").read_text()
+        name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        return name + (" (AMX)" if " amx_bf16" in info else "")
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def bench(path: str | Path, opt: BenchOptions | None = None, log: Callable[[str], None] | None = None
+          ) -> dict[str, Any]:
+    """Load the model at `path` and measure it; on CUDA with dtype fp32, bf16 figures are added under 'bf16'."""
+    opt = opt or BenchOptions()
+    model = load_bench_model(path)
+    res = bench_model(model, opt, log)
+    res["model"] = str(path)
+    if torch.device(opt.device).type == "cuda" and opt.dtype == "fp32":
+        bf = BenchOptions.from_dict({**asdict(opt), "dtype": "bf16"})
+        res["bf16"] = {k: v for k, v in bench_model(model, bf, log).items() if k not in ("model", "options")}
+    return res

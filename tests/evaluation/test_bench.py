@@ -1,0 +1,89 @@
+"""`starflow bench` on a tiny model: the figures exist, the Jacobi error is measured, bad options are refused."""
+import json
+
+import pytest
+import torch
+
+from starflow.cli.main import main
+from starflow.evaluation.bench import BenchOptions, bench, check_targets
+from starflow.sampling.inverse import JacobiStats
+from starflow.sampling.sample import sample
+
+FAST = dict(repeats=1, sample_repeats=1, warmup=0, jacobi_block_size=4, threads=1)
+
+
+@pytest.fixture
+def model_file(make_model, tmp_path):
+    model = make_model(dtype=torch.float32, img_size=4, txt_size=3, txt_dim=5)
+    path = tmp_path / "tiny.pt"
+    torch.save({"config": model.config.to_dict(), "state_dict": model.state_dict()}, path)
+    return path
+
+
+def test_bench_reports_every_figure(model_file):
+    res = bench(model_file, BenchOptions(**FAST))
+    for key in ("forward_ms", "train_step_ms", "sample_sequential_s", "sample_jacobi_s", "sample_jacobi_official_s",
+                "peak_rss_mb"):
+        assert res[key] > 0, key
+    assert res["device"] == "cpu" and res["dtype"] == "fp32" and res["threads"] == 1
+    # both schedules are measured against the exact (sequential) sample and stay close to it
+    assert 0 < res["jacobi_max_abs_err"] < 0.5 and 0 < res["jacobi_official_max_abs_err"] < 0.5
+    assert res["jacobi_trunk_calls"] > 0 and res["jacobi_tokens"] >= res["jacobi_trunk_calls"]
+    assert set(res["targets"]) >= {"train_step_ms_ok", "sample_jacobi_s_ok", "all_ok"}
+
+
+def test_bench_parts_and_bf16(model_file):
+    res = bench(model_file, BenchOptions(dtype="bf16", parts=("forward", "jacobi"), compare_official=False, **FAST))
+    assert res["dtype"] == "bf16" and res["forward_ms"] > 0 and "train_step_ms" not in res
+    assert "sample_jacobi_official_s" not in res and "targets" not in res   # targets are for float32
+    assert res["jacobi_max_abs_err"] < 0.5                                   # against a bf16 sequential sample
+
+
+def test_cli_prints_json(model_file, capsys):
+    assert main(["bench", "--model", str(model_file), "--json", "--repeats", "1", "--sample-repeats", "1",
+                 "--warmup", "0", "--threads", "1", "--parts", "forward,sequential"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["forward_ms"] > 0 and res["sample_sequential_s"] > 0 and "sample_jacobi_s" not in res
+
+
+def test_bad_options_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="dtype"):
+        BenchOptions(dtype="fp16")
+    with pytest.raises(ValueError, match="part"):
+        BenchOptions(parts=("forward", "backward"))
+    with pytest.raises(ValueError, match="unknown bench option"):
+        BenchOptions.from_dict({"batch": 2, "bacth": 3})
+    with pytest.raises(ValueError, match="schedule"):
+        BenchOptions(jacobi_schedule="fast")
+    with pytest.raises(FileNotFoundError, match="bench model not found"):
+        bench(tmp_path / "missing.pt")
+
+
+def test_check_targets():
+    res = dict(train_step_ms=600.0, sample_sequential_s=1.7, sample_jacobi_s=0.9, jacobi_max_abs_err=0.05,
+               forward_ms=200.0, jacobi_over_forward=4.5)
+    t = check_targets(res)
+    assert t["train_step_ms_ok"] and t["sample_sequential_s_ok"] and t["jacobi_max_abs_err_ok"]
+    assert not t["sample_jacobi_s_ok"] and not t["jacobi_over_forward_ok"] and not t["all_ok"]
+
+
+def test_sliding_schedule_without_early_stop_is_exact(make_model):
+    # threshold 0: the window only ever keeps its exact first token, so the result is the sequential one
+    model = make_model()
+    g = torch.Generator().manual_seed(1)
+    c = model.config
+    z = torch.randn(2, c.channel_size, c.img_size, c.img_size, generator=g, dtype=torch.float64)
+    y, y_null = (torch.randn(2, c.txt_size, c.txt_dim, generator=g, dtype=torch.float64) for _ in range(2))
+    seq = sample(model, z, y, y_null, method="sequential", guidance=2.0)
+    from starflow.sampling import sample as sample_module
+    from starflow.sampling.inverse import jacobi_inverse
+    stats = JacobiStats()
+    orig = sample_module.jacobi_inverse
+    sample_module.jacobi_inverse = lambda *a, **k: jacobi_inverse(*a, **k, schedule="sliding")
+    try:
+        jac = sample(model, z, y, y_null, method="jacobi", guidance=2.0, jacobi_block_size=4, jacobi_th=0.0,
+                     jacobi_max_iter=100, stats=stats)
+    finally:
+        sample_module.jacobi_inverse = orig
+    torch.testing.assert_close(jac, seq, atol=1e-10, rtol=0)
+    assert stats.iterations == c.img_size ** 2 * 3   # one token settled per trunk call, in each of 3 blocks
