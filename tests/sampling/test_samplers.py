@@ -139,3 +139,17 @@ def test_learned_denoise_formula(make_model):
     x2 = x.clone()
     x2[:, 1] += 1
     torch.testing.assert_close(model.denoise_output(x2, y)[:, 0], pred[:, 0])
+
+
+def test_sliding_jacobi_schedule_without_early_stop_is_exact(make_model):
+    # threshold 0: the window only ever keeps its exact first token, so the result is the sequential one
+    model = make_model()
+    z, y, y_null = _noise(model)
+    seq = sample(model, z, y, y_null, method="sequential", guidance=2.0)
+    stats = JacobiStats()
+    jac = sample(model, z, y, y_null, method="jacobi", jacobi_schedule="sliding", guidance=2.0, jacobi_block_size=4,
+                 jacobi_th=0.0, jacobi_max_iter=100, stats=stats)
+    torch.testing.assert_close(jac, seq, atol=1e-10, rtol=0)
+    assert stats.iterations == 16 * 3   # one token settled per trunk call, in each of 3 blocks
+    with pytest.raises(ValueError, match="jacobi_schedule"):
+        SamplerOptions(jacobi_schedule="gauss-seidel")

@@ -7,7 +7,6 @@ text embeddings for y and y_null), so any model in the conformance format can be
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import os
 import platform
@@ -23,8 +22,7 @@ import torch
 from ..flow.likelihood import official_loss
 from ..flow.loading import load_official
 from ..flow.model import StarFlow
-from ..sampling import sample as sample_module
-from ..sampling.inverse import JACOBI_SCHEDULES, JacobiStats, jacobi_inverse
+from ..sampling.inverse import JACOBI_SCHEDULES, JacobiStats
 from ..sampling.sample import SamplerOptions, sample
 
 __all__ = ["BenchOptions", "bench", "bench_model", "load_bench_model", "check_targets", "DTYPES", "OFFICIAL_CPU"]
@@ -129,17 +127,8 @@ def _inputs(model: StarFlow, batch: int, seed: int, device, dtype):
 
 def _sample(model, z, y, y_null, options: SamplerOptions, method: str, schedule: str = "official",
             stats: JacobiStats | None = None) -> torch.Tensor:
-    opts = dict(options.__dict__, method=method)
-    if "jacobi_schedule" in SamplerOptions.__dataclass_fields__:
-        return sample(model, z, y, y_null, SamplerOptions(**dict(opts, jacobi_schedule=schedule)), stats=stats)
-    if schedule == "official":
-        return sample(model, z, y, y_null, SamplerOptions(**opts), stats=stats)
-    # SamplerOptions without a schedule field: hand the schedule to the Jacobi solver it calls
-    sample_module.jacobi_inverse = functools.partial(jacobi_inverse, schedule=schedule)
-    try:
-        return sample(model, z, y, y_null, SamplerOptions(**opts), stats=stats)
-    finally:
-        sample_module.jacobi_inverse = jacobi_inverse
+    opts = dict(options.__dict__, method=method, jacobi_schedule=schedule)
+    return sample(model, z, y, y_null, SamplerOptions(**opts), stats=stats)
 
 
 def check_targets(res: dict[str, Any], reference: dict[str, float] = OFFICIAL_CPU) -> dict[str, Any]:

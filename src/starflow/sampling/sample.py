@@ -8,7 +8,7 @@ import torch
 from ..flow.block import IdentityFlowBlock
 from ..flow.model import StarFlow
 from ..nn.precision import upcast
-from .inverse import BlockInverse, JacobiStats, jacobi_inverse, sequential_inverse
+from .inverse import JACOBI_SCHEDULES, BlockInverse, JacobiStats, jacobi_inverse, sequential_inverse
 
 __all__ = ["SamplerOptions", "sample"]
 
@@ -20,6 +20,7 @@ class SamplerOptions:
     jacobi_block_size: int = 32
     jacobi_th: float = 1e-3               # relative squared change that stops a chunk; 0: never early
     jacobi_max_iter: int = 32
+    jacobi_schedule: str = "official"     # "official" chunks, or "sliding" (per-token convergence, faster)
     context_length: int | None = None     # long videos: frames of re-encoded context
     attn_temp: float = 1.0                # sequential only: attention temperature
     annealed_guidance: bool = False       # sequential only: guidance grows linearly over the tokens
@@ -28,6 +29,8 @@ class SamplerOptions:
     def __post_init__(self):
         if self.method not in ("jacobi", "sequential"):
             raise ValueError(f"sampler must be 'jacobi' or 'sequential', not {self.method!r}")
+        if self.jacobi_schedule not in JACOBI_SCHEDULES:
+            raise ValueError(f"jacobi_schedule must be one of {JACOBI_SCHEDULES}, not {self.jacobi_schedule!r}")
         if self.guidance < 0:
             raise ValueError("guidance must be >= 0")
 
@@ -92,7 +95,8 @@ def sample(model: StarFlow, z: torch.Tensor, y: torch.Tensor | None = None, y_nu
             out = sequential_inverse(inv, opt.attn_temp, opt.annealed_guidance, opt.progress)
         else:
             out = jacobi_inverse(inv, opt.jacobi_block_size, opt.jacobi_th, opt.jacobi_max_iter,
-                                 opt.context_length, window, progress=opt.progress, stats=stats)
+                                 opt.context_length, window, progress=opt.progress, stats=stats,
+                                 schedule=opt.jacobi_schedule)
         tokens = out.reshape(B, -1, ch)
     x = model.unpatchify(tokens.reshape(shape)).to(z.dtype)
     if prefix is not None:
