@@ -6,8 +6,6 @@ import torch
 
 from starflow.cli.main import main
 from starflow.evaluation.bench import BenchOptions, bench, check_targets
-from starflow.sampling.inverse import JacobiStats
-from starflow.sampling.sample import sample
 
 FAST = dict(repeats=1, sample_repeats=1, warmup=0, jacobi_block_size=4, threads=1)
 

@@ -135,9 +135,9 @@ class StarFlow(torch.nn.Module):
             deep = i == len(self.blocks) - 1
             local = video and c.shallow_block_local and not deep
             if local:  # shallow blocks see one frame at a time
-                tok, frames, bsz, rope_frames = tokens.reshape(B * T, -1, shape[-1]), 1, B * T, 1
+                tok, frames, rope_frames = tokens.reshape(B * T, -1, shape[-1]), 1, 1
             else:
-                tok, frames, bsz, rope_frames = tokens, T, B, (T if video else 0)
+                tok, frames, rope_frames = tokens, T, (T if video else 0)
             text = y if getattr(block, "conditioned", False) else None
             rope = self.rope_tables(block, gh, gw, rope_frames, text.size(1) if text is not None else 0, x.device)
             z, logdet = block(tok, text, rope, frames, guidance if deep else 0.0)
