@@ -1,0 +1,301 @@
+"""Typed training configuration: `model:`, `data:`, `optim:`, `log:`, `dist:` sections of one YAML file.
+
+Unknown keys are errors (a typo must not silently fall back to a default). Command-line overrides
+use dotted paths: `optim.lr=1e-3 model.channels=64 data.caption_dropout=0.2`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import re
+
+import yaml
+
+from ..config import ConfigError
+
+__all__ = ["DataConfig", "OptimConfig", "LogConfig", "DistConfig", "TrainConfig", "load_train_config",
+           "apply_overrides", "ConfigError"]
+
+DATASETS = ("digits", "moving_digits", "image_folder", "video_folder")
+CONDITIONS = ("none", "labels", "text")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"              # digits | moving_digits | image_folder | video_folder
+    path: str | None = None              # folder datasets: the root folder
+    image_size: int = 8                  # pixel side (buckets: the side of a square of the same area)
+    channels: int = 3                    # folders: 1 (grey) or 3 (RGB); digits are always 1
+    num_frames: int = 8                  # videos (moving digits, video folders)
+    frame_stride: int = 1                # video folders: keep every n-th frame
+    canvas: int = 16                     # moving digits: frame side
+    num_videos: int = 2000               # moving digits: videos generated per split
+    aspect_ratios: list[str] | None = None   # e.g. ["1:1", "16:9", "9:16"]: one bucket each
+    condition: str = "none"              # none | labels | text
+    text_encoder: str = "minilm"         # starflow.conditioning spec for condition=text
+    txt_size: int = 8                    # text tokens (labels always use 1)
+    caption_dropout: float = 0.1         # probability of the null condition (classifier-free guidance)
+    noise_std: float = 0.0               # Gaussian noise augmentation sigma (official recipe: 0.3)
+    noise_levels: list[float] | None = None  # per-sample sigma drawn from this list instead of noise_std
+    noise_weighting: bool = False        # weight each sample's loss by sigma / noise_ref (official: /0.3)
+    noise_ref: float = 0.3
+    dequantize: bool = False             # uniform dequantisation x = (v + u) 2/L - 1: likelihood runs
+    logit_alpha: float = 0.0             # > 0: the flow models logit(a + (1-2a)(x+1)/2) (RealNVP), its Jacobian
+                                         # counted in every likelihood; needs dequantize (x in [-1, 1))
+    autoencoder: str | None = None       # None/"identity" (pixels), "kl:<dir>", "sd-vae:<dir>", "wan:<dir>"
+    cache_latents: bool = True           # encode each item once (small datasets; noise is added after)
+    cache: bool | None = None            # folders: keep decoded items in memory (None: when <= 4096 items)
+    eval_split: bool = True              # digits / moving digits: evaluate on the held-out split
+    val_items: int = 0                   # items of the training data held out for validation (model selection)
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"data.dataset must be one of {DATASETS}, not {self.dataset!r}")
+        if self.condition not in CONDITIONS:
+            raise ConfigError(f"data.condition must be one of {CONDITIONS}, not {self.condition!r}")
+        if self.dataset in ("image_folder", "video_folder") and not self.path:
+            raise ConfigError(f"data.path is required for dataset {self.dataset}")
+        if not 0 <= self.caption_dropout < 1:
+            raise ConfigError("data.caption_dropout must be in [0, 1)")
+        if self.dequantize and (self.noise_std > 0 or self.noise_levels):
+            raise ConfigError("choose one of data.dequantize and Gaussian noise (noise_std / noise_levels)")
+        if self.dequantize and self.autoencoder not in (None, "identity"):
+            raise ConfigError("data.dequantize applies to pixels; with an autoencoder use noise_std")
+        if self.noise_std < 0 or any(s <= 0 for s in (self.noise_levels or [])):
+            raise ConfigError("noise levels must be positive")
+        if self.logit_alpha and not (self.dequantize and 0 < self.logit_alpha < 0.5):
+            raise ConfigError("data.logit_alpha needs data.dequantize and a value in (0, 0.5)")
+        if self.val_items < 0:
+            raise ConfigError("data.val_items must be >= 0")
+        if self.noise_weighting and not (self.noise_levels or self.noise_std > 0):
+            raise ConfigError("data.noise_weighting needs noise_std or noise_levels")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    max_steps: int | None = None         # at least one of max_steps / max_seconds
+    max_seconds: float | None = None     # wall-clock budget of the training loop (evaluation excluded)
+    batch_size: int = 64                 # global batch per optimiser step (all processes, all micro-batches)
+    grad_accum: int = 1
+    grad_clip: float = 1.0               # 0: no clipping
+    grad_skip_threshold: float = 0.0     # skip steps whose gradient norm exceeds this (0: never)
+    grad_skip_after: int = 100           # ... but only after this many steps (early norms are large)
+    ema: float = 0.0                     # EMA decay of the weights (0: no EMA)
+    bf16: str = "auto"                   # auto (GPU: yes; CPU: if a timed probe finds it faster) | true | false
+    grad_checkpoint: bool = False
+    dropout: float = 0.0                 # residual dropout on attention and MLP outputs (training only)
+    latent_norm_reg: float = 0.0         # official latent_norm_regularization (1e-4 is their value)
+    denoiser_lr: float = 1e-4            # the learnable denoiser's own AdamW (official values)
+    denoiser_min_lr: float = 1e-6
+    num_threads: int | None = None       # torch CPU threads (None: leave torch's default)
+
+    def validate(self) -> None:
+        if self.max_steps is None and self.max_seconds is None:
+            raise ConfigError("set optim.max_steps or optim.max_seconds")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("optim.batch_size and optim.grad_accum must be >= 1")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"optim.batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
+        if len(self.betas) != 2:
+            raise ConfigError("optim.betas needs two values")
+        if str(self.bf16).lower() not in ("auto", "true", "false"):
+            raise ConfigError(f"optim.bf16 must be auto, true or false, not {self.bf16!r}")
+        if not 0 <= self.ema < 1:
+            raise ConfigError("optim.ema must be in [0, 1)")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("optim.dropout must be in [0, 1)")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError("need 0 <= optim.min_lr <= optim.lr and lr > 0")
+
+
+@dataclass
+class LogConfig:
+    out_dir: str = "runs/train"
+    log_every: int = 10                  # metrics.jsonl rows (steps)
+    eval_every: int = 0                  # held-out bits/dim (steps; 0: at the end only)
+    sample_every: int = 0                # sample grid PNG (steps; 0: at the end only; -1: never)
+    ckpt_every: int = 0                  # checkpoints (steps; 0: at the end only)
+    ckpt_every_seconds: float = 0.0      # also checkpoint after this much wall time (0: off)
+    keep_last: int = 3
+    progress: bool = True
+    eval_draws: int = 4                  # dequantisation / noise draws per held-out item
+    eval_max_items: int = 0              # cap on held-out items (0: all)
+    sample_count: int = 16
+    sample_guidance: float = 2.0
+    plot: bool = True
+    keep_best: bool = False              # end with the weights of the best validation bits/dim (needs val_items)
+
+
+@dataclass
+class DistConfig:
+    strategy: str = "auto"               # auto (ddp when launched by torchrun) | none | ddp | fsdp
+    backend: str = "auto"                # auto: nccl on GPU, gloo on CPU
+
+    def validate(self) -> None:
+        if self.strategy not in ("auto", "none", "ddp", "fsdp"):
+            raise ConfigError(f"dist.strategy must be auto, none, ddp or fsdp, not {self.strategy!r}")
+
+
+@dataclass
+class TrainConfig:
+    model: dict[str, Any] = field(default_factory=dict)   # ModelConfig keys, or official_yaml / size + overrides
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    seed: int = 0
+    resume: bool = False                 # continue from the latest checkpoint in log.out_dir
+
+    def validate(self) -> "TrainConfig":
+        if self.log.keep_best and not (self.data.val_items > 0 and self.log.eval_every > 0):
+            raise ConfigError("log.keep_best needs data.val_items > 0 and log.eval_every > 0")
+        self.data.validate()
+        self.optim.validate()
+        self.dist.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        return _build(cls, d, "").validate()
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 without base-60 numbers (`1:1` must stay the aspect ratio "1:1", not the integer 61) and
+    with `1e-3` read as a float, as people write it."""
+
+
+_Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag not in (
+    "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")] for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(
+    r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"), list("-+0123456789"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+    r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "log": LogConfig, "dist": DistConfig}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """YAML value -> the field's type (YAML reads `1e-3` as a string, `1` where a float is meant...)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        errors = []
+        for a in args:
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, inner, where) for v in value]
+    if origin is dict or tp is Any:
+        return value
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return str(value).lower() if isinstance(value, bool) else str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: cannot read {value!r} as {tp.__name__}") from None
+    return value
+
+
+def _build(cls, d: Any, prefix: str):
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; known in "
+                          f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(known))}")
+    kwargs = {}
+    for k, v in d.items():
+        if cls is TrainConfig and k in _SECTIONS:
+            kwargs[k] = _build(_SECTIONS[k], v, f"{k}.")
+        elif cls is TrainConfig and k == "model":
+            if not isinstance(v, dict):
+                raise ConfigError("model: expected a mapping of model keys")
+            kwargs[k] = dict(v)
+        else:
+            kwargs[k] = _coerce(v, hints[k], prefix + k)
+    return cls(**kwargs)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=1e-3)")
+    key, raw = item.split("=", 1)
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"override {item!r} has an empty key")
+    return path, _yaml(raw) if raw.strip() else None
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Set dotted keys in a raw config mapping (values parsed as YAML scalars / lists)."""
+    for item in overrides or []:
+        path, value = _parse_override(item)
+        node = d
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[path[-1]] = value
+    return d
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a training YAML (or start from defaults when path is None) and apply `overrides`."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"training config not found: {path}")
+        raw = _yaml(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping with model/data/optim/log/dist sections")
+        model = raw.get("model") or {}
+        if isinstance(model, dict) and "official_yaml" in model:
+            ref = Path(str(model["official_yaml"]))
+            if not ref.is_absolute() and not ref.exists():  # relative to the config file
+                model["official_yaml"] = str(path.parent / ref)
+    return TrainConfig.from_dict(apply_overrides(raw, overrides))

@@ -1,0 +1,387 @@
+"""The training loop: official NLL objective, AdamW + cosine schedule, accumulation, clipping, skipping,
+EMA, the learnable denoiser on the flow's own score, checkpoints, held-out bits/dim, sample grids.
+
+    from starflow.training import load_train_config, train
+    result = train(load_train_config("configs/digits_class_cond.yaml", ["optim.max_steps=200"]))
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError
+from ..data import BatchSampler
+from ..flow.model import StarFlow
+from .checkpoint import CheckpointManager, strip_prefix
+from .config import TrainConfig
+from .distributed import (DistContext, full_model_state, full_optim_state, load_model_state, load_optim_state,
+                          no_sync, setup_distributed, to_local_scalar, wrap_model)
+from .ema import EMA
+from .evaluate import heldout_bpd, sample_grid
+from .inputs import Conditioner, InputPipeline, build_datasets, load_autoencoder_for, resolve_model_config, \
+    step_generator
+
+__all__ = ["TrainResult", "TrainModule", "train", "Trainer", "denoiser_target"]
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class TrainResult:
+    checkpoint_dir: Path                 # the exported model (config.json + model.safetensors): load_trained()
+    steps: int
+    test_bpd: float | None               # held-out bits/dim (likelihood protocol), when the data has a split
+    model: StarFlow | None               # trained model (EMA weights if enabled); None on ranks other than 0
+    metrics: list[dict] = field(default_factory=list)
+    run_dir: Path | None = None
+    seconds: float = 0.0                 # training-loop wall time (evaluation excluded)
+    skipped_steps: int = 0
+
+
+def denoiser_target(x_grad: torch.Tensor, grad_accum: int, sigma: torch.Tensor) -> torch.Tensor:
+    """The official denoiser target: sigma * d(per-sample NLL)/dx, recovered from the gradient of the
+    batch-mean loss (divided by grad_accum): roughly unit variance, like a diffusion model's noise."""
+    # loss = mean_b mean_dims(...) / accum, and per-sample NLL = dims * (...): the factor is numel * accum
+    return x_grad.detach() * (x_grad.numel() * grad_accum) * sigma.view(-1, *[1] * (x_grad.dim() - 1))
+
+
+def add_dropout(model: torch.nn.Module, p: float) -> None:
+    """Residual dropout on every attention and MLP output, through forward hooks: a training-time regulariser
+    (small data sets overfit fast) that leaves the architecture and its state dict unchanged."""
+    from ..nn.layers import MLP, Attention
+
+    def hook(module, args, output):
+        return F.dropout(output, p, training=module.training)
+
+    for m in model.modules():
+        if isinstance(m, (Attention, MLP)):
+            m.register_forward_hook(hook)
+
+
+class TrainModule(torch.nn.Module):
+    """What DDP / FSDP wrap: the flow's per-sample loss terms, or the denoiser's prediction."""
+
+    def __init__(self, model: StarFlow, latent_reg: bool):
+        super().__init__()
+        self.model = model
+        self.latent_reg = latent_reg
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None, denoise: bool = False):
+        if denoise:
+            return self.model.denoise_output(x, y)
+        out = self.model(x, y)
+        loss_z, loss_logdet = self.model.loss_terms(out.z, out.logdets)        # (b,), (b,)
+        reg = x.new_zeros(())
+        if self.latent_reg:  # intermediate block outputs (the input's norm has no parameter gradient)
+            reg = sum(o.float().pow(2).mean() for o in out.block_outputs[1:-1]) if len(out.block_outputs) > 2 \
+                else reg
+        return loss_z, loss_logdet, reg
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train per `cfg` (single process, or every process of a torchrun launch)."""
+    cfg.validate()
+    ctx = setup_distributed(cfg.dist.strategy, cfg.dist.backend)
+    try:
+        return Trainer(cfg, ctx).run()
+    finally:
+        ctx.cleanup()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, ctx: DistContext):
+        self.cfg, self.ctx = cfg, ctx
+        o, d = cfg.optim, cfg.data
+        if o.num_threads:
+            torch.set_num_threads(o.num_threads)
+        if o.batch_size % (o.grad_accum * ctx.world):
+            raise ConfigError(f"optim.batch_size {o.batch_size} must divide into grad_accum {o.grad_accum} x "
+                              f"{ctx.world} processes")
+        self.out = Path(cfg.log.out_dir)
+        if ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        dev = ctx.device
+        self.ae = load_autoencoder_for(d, dev)
+        patch = int(cfg.model.get("patch_size", 1))
+        self.train_set, self.held_set, self.val_set = build_datasets(
+            d, (self.ae.spatial_factor if self.ae else 1) * patch)
+        self.cond = Conditioner(d.condition, d.text_encoder, d.txt_size, self.train_set, dev)
+        self.item_shape = tuple(self.train_set.item_shape())
+        self.model_cfg = resolve_model_config(cfg, self.item_shape, self.cond, self.ae)
+        if self.model_cfg.learnable_self_denoiser and not (d.noise_std > 0 or d.noise_levels):
+            raise ConfigError("the learnable denoiser learns to remove the training noise: set data.noise_std")
+        torch.manual_seed(cfg.seed)  # identical initial weights on every process
+        model = StarFlow(self.model_cfg).to(dev)
+        if o.grad_checkpoint:
+            for t in list(model.blocks) + [model.learnable_self_denoiser]:
+                if t is not None:
+                    t.gradient_checkpointing = True
+        if o.dropout > 0:
+            add_dropout(model, o.dropout)
+        self.has_denoiser = model.learnable_self_denoiser is not None
+        self.module = TrainModule(model, o.latent_norm_reg > 0).train()
+        self.pipe = InputPipeline(d, cfg.seed, self.cond, self.ae, dev, ctx.rank, ctx.world)
+        bf16 = str(o.bf16).lower()
+        self.autocast = bf16 == "true" or (bf16 == "auto" and dev.type == "cuda")
+        if bf16 == "auto" and dev.type == "cpu":  # probe before wrapping: the plain model, no collectives inside
+            self.autocast = self._bf16_faster_on_cpu()
+        self.wrapped = wrap_model(self.module, ctx, find_unused=self.has_denoiser)
+        named = list(self.module.named_parameters())  # after wrapping: FSDP's sharded parameters
+        self.main_params = [p for n, p in named if ".learnable_self_denoiser." not in f".{n}"]
+        self.den_params = [p for n, p in named if ".learnable_self_denoiser." in f".{n}"]
+        kw = dict(betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.opt = torch.optim.AdamW(self.main_params, lr=o.lr, **kw)
+        self.den_opt = torch.optim.AdamW(self.den_params, lr=o.denoiser_lr, **kw) if self.has_denoiser else None
+        self.ema = EMA(self.module, o.ema) if o.ema > 0 else None
+        self.sampler = BatchSampler(len(self.train_set), o.batch_size, cfg.seed, self.train_set.bucket_ids())
+        self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.log.keep_last)
+        self.step, self.elapsed, self.skipped, self.samples = 0, 0.0, 0, 0
+        self.metrics: list[dict] = []
+
+    def _bf16_faster_on_cpu(self) -> bool:
+        """Time a few forward/backward passes on a real batch with and without bf16 autocast (small models
+        lose to the casts; wide ones win where the CPU has bf16 matrix units). Rank 0 decides for all."""
+        if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        o = self.cfg.optim
+        lb = max(1, o.batch_size // (o.grad_accum * self.ctx.world))
+        batch = self.train_set.get_batch(torch.arange(min(lb, len(self.train_set))))
+        n = batch.values.size(0)
+        inp = self.pipe.make(batch, self.pipe.draws(step_generator(0, -1), n, self.pipe.item_shape(batch)), 0.0)
+        model = self.module.model
+        times = {}
+        for flag in (False, True, False, True):
+            t0 = time.perf_counter()
+            for _ in range(2):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=flag):
+                    out = model(inp.x, inp.y)
+                    lz, ll = model.loss_terms(out.z, out.logdets)
+                (lz + ll).mean().backward()
+            times[flag] = time.perf_counter() - t0  # the second round of each counts (the first warms up)
+        model.zero_grad(set_to_none=True)
+        faster = times[True] < 0.9 * times[False]
+        return self.ctx.any(faster) if self.ctx.is_main else self.ctx.any(False)
+
+    # ---- schedule --------------------------------------------------------------------------------------
+    def lr_shape(self) -> float:
+        """In [0, 1]: linear warm-up, then cosine decay over max_steps (or over max_seconds of training
+        time). lr = min_lr + (lr - min_lr) * shape, for the flow and (its own range) the denoiser."""
+        o = self.cfg.optim
+        if self.step < o.warmup_steps:
+            return (self.step + 1) / o.warmup_steps
+        if o.max_steps:
+            t = (self.step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps)
+        else:
+            t = self.elapsed / o.max_seconds
+        t = min(max(t, 0.0), 1.0)
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+    def _set_lr(self) -> float:
+        s, o = self.lr_shape(), self.cfg.optim
+        lr = o.min_lr + (o.lr - o.min_lr) * s
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        if self.den_opt is not None:
+            for g in self.den_opt.param_groups:
+                g["lr"] = o.denoiser_min_lr + (o.denoiser_lr - o.denoiser_min_lr) * s
+        return lr
+
+    def _done(self) -> bool:
+        o = self.cfg.optim
+        stop = (o.max_steps is not None and self.step >= o.max_steps) or \
+               (o.max_seconds is not None and self.elapsed >= o.max_seconds)
+        return self.ctx.any(stop)
+
+    # ---- one optimiser step ------------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        cfg, ctx, o = self.cfg, self.ctx, self.cfg.optim
+        lr = self._set_lr()
+        idx = self.sampler.indices(self.step)
+        mb = o.batch_size // o.grad_accum
+        lb = mb // ctx.world
+        sums = torch.zeros(4, dtype=torch.float64)  # loss, nll-bpd, denoiser loss, samples
+        g, draws = step_generator(cfg.seed, self.step), None
+        for m in range(o.grad_accum):
+            lo = m * mb + ctx.rank * lb                    # this process's items of micro-batch m
+            batch = self.train_set.get_batch(idx[lo:lo + lb])
+            if draws is None:  # one set of draws for the whole global batch
+                draws = self.pipe.draws(g, o.batch_size, self.pipe.item_shape(batch))
+            inp = self.pipe.make(batch, draws.slice(lo, lo + lb), cfg.data.caption_dropout)
+            x = inp.x.requires_grad_(self.has_denoiser)
+            with no_sync(self.wrapped, m == o.grad_accum - 1):
+                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                    loss_z, loss_logdet, reg = self.wrapped(x, inp.y)
+                per = loss_z.float() + loss_logdet.float()                       # (b,) official loss terms
+                loss = (per * inp.weights).mean() if inp.weights is not None else per.mean()
+                loss = loss + o.latent_norm_reg * reg
+                (loss / o.grad_accum).backward()
+                if self.has_denoiser:
+                    # the flow's score, scaled to ~unit variance as the official recipe: d(per-sample NLL)/dx * sigma
+                    score = denoiser_target(x.grad, o.grad_accum, inp.sigma)
+                    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                        pred = self.wrapped(x.detach(), inp.y, denoise=True)
+                    loss_d = F.mse_loss(pred.float(), score.float())
+                    (loss_d / o.grad_accum).backward()
+                    sums[2] += loss_d.detach().double() * x.size(0)
+            dims = x[0].numel()
+            nll = self.pipe.nll_of_data(dims * per.detach().double() + 0.5 * dims * LOG_2PI, inp)
+            sums[0] += loss.detach().double() * x.size(0)
+            sums[1] += self.pipe.nll_to_bpd(nll, dims, batch.levels).sum().cpu()
+            sums[3] += x.size(0)
+        clip = o.grad_clip if o.grad_clip > 0 else float("inf")
+        norm = float(to_local_scalar(torch.nn.utils.clip_grad_norm_(self.main_params, clip)))
+        den_norm = float(to_local_scalar(torch.nn.utils.clip_grad_norm_(self.den_params, clip))) \
+            if self.has_denoiser else 0.0
+        sums = ctx.all_sum(sums)
+        finite = math.isfinite(float(sums[0])) and math.isfinite(norm) and math.isfinite(den_norm)
+        too_big = (o.grad_skip_threshold > 0 and self.step >= o.grad_skip_after
+                   and max(norm, den_norm) > o.grad_skip_threshold)
+        if finite and not too_big:
+            self.opt.step()
+            if self.den_opt is not None:
+                self.den_opt.step()
+            if self.ema is not None:
+                self.ema.update()
+        else:
+            self.skipped += 1
+        self.opt.zero_grad(set_to_none=True)
+        if self.den_opt is not None:
+            self.den_opt.zero_grad(set_to_none=True)
+        n = float(sums[3])
+        out = {"loss": float(sums[0]) / n, "bpd": float(sums[1]) / n, "lr": lr, "grad_norm": norm,
+               "skipped": self.skipped}
+        if self.has_denoiser:
+            out["loss_denoiser"] = float(sums[2]) / n
+            out["denoiser_grad_norm"] = den_norm
+        self.samples += o.batch_size
+        return out
+
+    # ---- evaluation, samples, checkpoints --------------------------------------------------------------
+    def evaluate(self, dataset=None) -> float | None:
+        """Bits/dim of the current (EMA) weights on `dataset` (default: the held-out test split)."""
+        dataset = self.held_set if dataset is None else dataset
+        if dataset is None:
+            return None
+        self.module.eval()
+        try:
+            with (self.ema.swapped_in() if self.ema is not None else _null()):
+                return heldout_bpd(self.wrapped, dataset, self.pipe, self.ctx, self.cfg.log.eval_draws,
+                                   max_items=self.cfg.log.eval_max_items)
+        finally:
+            self.module.train()
+
+    def _selected(self) -> list[torch.Tensor]:
+        """The tensors that are the model being evaluated: EMA averages, or the parameters."""
+        return self.ema.shadow if self.ema is not None else [p for p in self.module.parameters() if p.requires_grad]
+
+    def snapshot(self) -> list[torch.Tensor]:
+        return [t.detach().clone() for t in self._selected()]
+
+    @torch.no_grad()
+    def restore(self, snap: list[torch.Tensor]) -> None:
+        for t, s in zip(self._selected(), snap):
+            t.copy_(s)
+
+    def plain_model(self) -> StarFlow | None:
+        """A single-process copy of the current (EMA) weights on rank 0; collective under FSDP."""
+        with (self.ema.swapped_in() if self.ema is not None else _null()):
+            sd = full_model_state(self.wrapped, self.ctx)
+        if not self.ctx.is_main:
+            return None
+        model = StarFlow(self.model_cfg)
+        model.load_state_dict(strip_prefix(sd), strict=True)
+        return model.to(self.ctx.device).eval()
+
+    def write_samples(self, model: StarFlow | None) -> None:
+        if model is None or self.cfg.log.sample_every < 0:
+            return
+        d, log = self.cfg.data, self.cfg.log
+        shape = self.ae.latent_shape((1,) + self.item_shape)[1:] if self.ae is not None else self.item_shape
+        if self.train_set.bucket_ids() is not None:  # buckets: sample the first bucket's shape
+            shape = tuple(self.train_set.load(0).shape) if self.ae is None else shape
+        sigma = max(d.noise_levels) if d.noise_levels else d.noise_std
+        captions = sorted(set(self.train_set.captions))[:log.sample_count]
+        sample_grid(model, self.cond, shape, self.out / "samples" / f"step_{self.step:08d}.png",
+                    count=log.sample_count, guidance=log.sample_guidance, noise_std=sigma, ae=self.ae,
+                    class_count=self.train_set.num_classes, captions=captions, seed=self.cfg.seed,
+                    to_data=self.pipe.to_data_space)
+
+    def info(self) -> dict:
+        return {"model": self.model_cfg.to_dict(), "conditioning": self.cond.spec_info,
+                "class_names": self.train_set.class_names, "item_shape": list(self.item_shape),
+                "levels": self.train_set.levels,
+                # what the flow models: samples go through sigmoid when logit_alpha > 0 (see inputs.logit_inverse)
+                "input_transform": {"logit_alpha": self.cfg.data.logit_alpha} if self.cfg.data.logit_alpha else None,
+                "train": {**self.cfg.to_dict(), "model": self.model_cfg.to_dict()}}
+
+    def save_checkpoint(self) -> None:
+        ctx = self.ctx
+        weights = {"model": strip_prefix(full_model_state(self.wrapped, ctx))}
+        state = {"step": self.step, "elapsed": self.elapsed, "skipped": self.skipped, "samples": self.samples,
+                 "optimizer": full_optim_state(self.wrapped, self.opt), "world": ctx.world}
+        if self.den_opt is not None:
+            state["denoiser_optimizer"] = full_optim_state(self.wrapped, self.den_opt)
+        if self.ema is not None:
+            weights["ema"] = strip_prefix(self.ema.state())
+            state["ema_updates"] = self.ema.updates
+        rng = torch.get_rng_state()
+        states = [rng]
+        if ctx.distributed:
+            states = [None] * ctx.world
+            torch.distributed.all_gather_object(states, rng)
+        state["rng"] = states
+        if ctx.is_main:
+            self.ckpt.save(self.step, weights, state, {"config.json": json.dumps(self.info(), indent=2,
+                                                                                  default=str)})
+        ctx.barrier()
+
+    def resume(self) -> bool:
+        folder = self.ckpt.latest()
+        if folder is None:
+            return False
+        weights, state = self.ckpt.load(folder)
+        load_model_state(self.wrapped, self.ctx, {f"model.{k}": v for k, v in weights["model"].items()})
+        load_optim_state(self.wrapped, self.opt, state["optimizer"])
+        if self.den_opt is not None:
+            load_optim_state(self.wrapped, self.den_opt, state["denoiser_optimizer"])
+        if self.ema is not None:
+            src = weights.get("ema", weights["model"])  # a run that turns EMA on starts it from the weights
+            self.ema.load({f"model.{k}": v for k, v in src.items()}, int(state.get("ema_updates", 0)))
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.skipped, self.samples = int(state["skipped"]), int(state["samples"])
+        rng = state.get("rng") or []
+        if len(rng) == self.ctx.world:
+            torch.set_rng_state(rng[self.ctx.rank])
+        mpath = self.out / "metrics.jsonl"
+        if mpath.exists():  # rows logged after the checkpoint will be logged again
+            rows = [json.loads(r) for r in mpath.read_text().splitlines() if r.strip()]
+            self.metrics = [r for r in rows if r.get("step", 0) <= self.step]
+            if self.ctx.is_main:
+                mpath.write_text("".join(json.dumps(r) + "\n" for r in self.metrics))
+        self.ctx.barrier()
+        return True
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+    def log_row(self, row: dict) -> None:
+        self.metrics.append(row)
+        if self.ctx.is_main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def run(self) -> TrainResult:
+        from .loop import run_loop
+        return run_loop(self)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
