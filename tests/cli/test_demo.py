@@ -1,8 +1,6 @@
 """`starflow demo` end to end on tiny training configs: trains, caches, reuses, writes and prints what it should."""
 import re
 
-import pytest
-import torch
 from PIL import Image
 
 from starflow.cli.main import main
@@ -33,13 +31,6 @@ VIDEO = MODEL.format(extra="  temporal_causal: 1\n  shallow_block_local: 1\n"
                            "data:\n  dataset: moving_digits\n  condition: labels\n  num_frames: 3\n"
                            "  num_videos: 8\n  canvas: 12\n  noise_std: 0.3")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_demo_trains_caches_and_writes(tmp_path, capsys):

@@ -15,13 +15,6 @@ TINY = dict(channel_size=1, img_size=4, patch_size=1, channels=48, blocks=2, lay
             seq_order="L2R")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)        # tiny models: avoid oversubscribing shared cores
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny_flow(seed=0, **overrides):
     flow = StarFlow(ModelConfig.from_dict({**TINY, **overrides}))

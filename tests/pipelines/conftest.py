@@ -59,14 +59,6 @@ def make_flow(seed: int = 0, **overrides) -> StarFlow:
     return randomize(StarFlow(cfg), seed).eval()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest, and avoids oversubscribing the cores shared with other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture
 def flow_factory():
