@@ -23,10 +23,12 @@ def test_stopped_and_resumed_run_gives_the_same_losses(tiny_cfg, tmp_path, losse
     assert resumed.test_bpd == pytest.approx(full.test_bpd, abs=1e-5)
 
 
-def test_gradient_accumulation_matches_one_batch(tiny_cfg, losses):
+def test_gradient_accumulation_and_checkpointing_match_one_batch(tiny_cfg, losses):
     one = train(tiny_cfg("optim.max_steps=3", out="a1"))
     four = train(tiny_cfg("optim.max_steps=3", "optim.grad_accum=4", out="a4"))
     assert losses(four) == pytest.approx(losses(one), rel=1e-5, abs=1e-6)
+    ckpt = train(tiny_cfg("optim.max_steps=3", "optim.grad_checkpoint=true", out="gc"))
+    assert losses(ckpt) == pytest.approx(losses(one), rel=1e-5, abs=1e-6)
 
 
 def test_learning_happens_and_outputs_are_written(tiny_cfg, tmp_path, losses):
@@ -165,3 +167,22 @@ def test_keep_best_needs_a_validation_split(tiny_cfg):
     from starflow.config import ConfigError
     with pytest.raises(ConfigError, match="val_items"):
         tiny_cfg("log.keep_best=true", "log.eval_every=2")
+
+
+def test_logit_transform_is_exact_and_counted(tiny_cfg):
+    from starflow.training.inputs import logit_inverse, logit_transform
+
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64) * 2 - 1
+    t, logdet = logit_transform(x, 0.05)
+    torch.testing.assert_close(logit_inverse(t, 0.05), x)
+    xd = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(logit_transform(xd, 0.05)[0].sum(), xd)   # elementwise map: diagonal Jacobian
+    torch.testing.assert_close(g.log().flatten(1).sum(1), logdet)
+    r = train(tiny_cfg("data.logit_alpha=0.05", "optim.max_steps=2", "log.sample_every=2", "log.sample_count=2"))
+    assert 0 < r.test_bpd < 8
+
+
+def test_logit_needs_dequantisation(tiny_cfg):
+    from starflow.config import ConfigError
+    with pytest.raises(ConfigError, match="logit_alpha"):
+        tiny_cfg("data.logit_alpha=0.05", "data.dequantize=false")
