@@ -33,7 +33,7 @@ def test_gradient_accumulation_and_checkpointing_match_one_batch(tiny_cfg, losse
 
 def test_learning_happens_and_outputs_are_written(tiny_cfg, tmp_path, losses):
     r = train(tiny_cfg("optim.max_steps=12", "log.eval_every=6", "log.sample_every=12", "log.plot=true",
-                       "data.caption_dropout=0.5"))
+                       "data.caption_dropout=0.5", "optim.bf16=auto"))   # auto: the CPU bf16 probe runs
     ls = losses(r)
     assert sum(ls[-3:]) < sum(ls[:3])                      # the weights really update
     evals = [m["eval_bpd"] for m in r.metrics if "eval_bpd" in m]
@@ -169,20 +169,67 @@ def test_keep_best_needs_a_validation_split(tiny_cfg):
         tiny_cfg("log.keep_best=true", "log.eval_every=2")
 
 
-def test_logit_transform_is_exact_and_counted(tiny_cfg):
-    from starflow.training.inputs import logit_inverse, logit_transform
+@pytest.mark.parametrize("kind", ["logit", "gaussianize"])
+def test_input_transforms_are_exact_bijections(kind):
+    from starflow.data import DigitsDataset
+    from starflow.training.transforms import Gaussianize, LogitTransform
 
-    x = torch.rand(3, 1, 4, 4, dtype=torch.float64) * 2 - 1
-    t, logdet = logit_transform(x, 0.05)
-    torch.testing.assert_close(logit_inverse(t, 0.05), x)
+    v = DigitsDataset("test").values                                   # (297, 1, 8, 8) 0..16
+    tr = LogitTransform(0.01) if kind == "logit" else Gaussianize.fit(v, 17)
+    x = (v[:5].double() + torch.rand(5, 1, 8, 8, dtype=torch.float64)) * 2 / 17 - 1
+    t, logdet = tr.forward(x)
+    torch.testing.assert_close(tr.inverse(t), x)
     xd = x.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(logit_transform(xd, 0.05)[0].sum(), xd)   # elementwise map: diagonal Jacobian
+    (g,) = torch.autograd.grad(tr.forward(xd)[0].sum(), xd)            # elementwise: diagonal Jacobian
     torch.testing.assert_close(g.log().flatten(1).sum(1), logdet)
-    r = train(tiny_cfg("data.logit_alpha=0.05", "optim.max_steps=2", "log.sample_every=2", "log.sample_count=2"))
+    if kind == "gaussianize":  # every pixel's marginal becomes ~N(0, 1) on the data it was fitted on
+        xs = (v.double() + torch.rand(v.shape, dtype=torch.float64)) * 2 / 17 - 1
+        ts = tr.forward(xs)[0]
+        assert abs(float(ts.mean())) < 0.1 and abs(float(ts.std()) - 1) < 0.1
+
+
+@pytest.mark.parametrize("extra", [("data.logit_alpha=0.05",), ("data.gaussianize=true",)])
+def test_training_with_an_input_transform(tiny_cfg, tmp_path, extra):
+    from starflow.training.transforms import load_transform
+
+    r = train(tiny_cfg(*extra, "optim.max_steps=2", "log.sample_every=2", "log.sample_count=2"))
     assert 0 < r.test_bpd < 8
+    import json
+    info = json.loads((r.checkpoint_dir / "config.json").read_text())["input_transform"]
+    tr = load_transform(info, r.checkpoint_dir)
+    assert tr is not None and tr.kind == info["kind"]
+    # a pipeline from the trained folder samples in t-space and gives pictures of x = T^-1(t), also after a
+    # save_pretrained / from_pretrained round trip
+    from starflow.pipelines import StarFlowPipeline
+    pipe = StarFlowPipeline.from_trained(r.checkpoint_dir)
+    kw = dict(seed=3, guidance=0.0, denoise="none", progress=False)
+    t = pipe(["3"], output_type="latent", **kw).images
+    x = pipe(["3"], output_type="pt", **kw).images
+    torch.testing.assert_close(x, ((tr.inverse(t).clamp(-1, 1) + 1) / 2))
+    assert not torch.allclose(x, ((t.clamp(-1, 1) + 1) / 2))           # the transform really is undone
+    pipe.save_pretrained(tmp_path / "pipe")
+    again = StarFlowPipeline.from_pretrained(tmp_path / "pipe")
+    assert again.input_transform.kind == tr.kind
+    torch.testing.assert_close(again(["3"], output_type="pt", **kw).images, x)
 
 
 def test_logit_needs_dequantisation(tiny_cfg):
     from starflow.config import ConfigError
     with pytest.raises(ConfigError, match="logit_alpha"):
         tiny_cfg("data.logit_alpha=0.05", "data.dequantize=false")
+
+
+def test_gaussianize_is_fitted_on_the_training_items_only():
+    from starflow.data import DigitsDataset
+    from starflow.data.base import Subset
+    from starflow.training.config import DataConfig
+    from starflow.training.transforms import Gaussianize, build_transform
+
+    ds = DigitsDataset("train")
+    idx = torch.arange(0, len(ds), 3)
+    tr = build_transform(DataConfig(dataset="digits", dequantize=True, gaussianize=True), Subset(ds, idx))
+    torch.testing.assert_close(tr.probs, Gaussianize.fit(ds.values[idx], 17).probs)
+    counts = torch.nn.functional.one_hot(ds.values[idx].long(), 17).double().sum(0) + 1   # the direct count
+    torch.testing.assert_close(tr.probs, counts / counts.sum(-1, keepdim=True))
+    with pytest.raises(ValueError, match="pixel values"):
+        Gaussianize.fit(ds.values[:4] + 17, 17)

@@ -16,6 +16,7 @@ __all__ = ["BasePipeline", "load_text_encoder_spec", "load_autoencoder_spec", "P
 
 PIPELINE_FILE = "pipeline.json"
 FLOW_FILE = "flow.safetensors"
+TRANSFORM_INFO_FILE = "input_transform.json"   # a fixed input transform the flow was trained behind (if any)
 
 
 def load_text_encoder_spec(spec: str | None, length: int, root: Path | None = None):
@@ -74,6 +75,8 @@ class BasePipeline:
         c = flow.config
         self.flow = flow.eval()
         self.train_config = None          # set by from_trained
+        # a likelihood model trained on t = T(x) (training.transforms): samples go through T's inverse
+        self.input_transform = None
         self.text_encoder = text_encoder
         self.autoencoder = autoencoder
         self.defaults = defaults if isinstance(defaults, PipelineDefaults) else PipelineDefaults.from_dict(defaults)
@@ -159,6 +162,12 @@ class BasePipeline:
             spec.autoencoder = _copy_component(spec.autoencoder, directory, "autoencoder")
         sd = {k: v.detach().to("cpu").contiguous() for k, v in self.flow.state_dict().items()}
         save_file(sd, str(directory / FLOW_FILE), metadata={"format": "starflow-flow"})
+        tr = self.input_transform
+        if tr is not None:
+            import json
+            if tr.tensors():
+                save_file(tr.tensors(), str(directory / tr.info()["file"]))
+            (directory / TRANSFORM_INFO_FILE).write_text(json.dumps(tr.info(), indent=2))
         spec.write_json(directory / PIPELINE_FILE)
         return directory
 
@@ -197,7 +206,12 @@ class BasePipeline:
         if not (directory / FLOW_FILE).exists():
             raise FileNotFoundError(f"{directory / FLOW_FILE} not found")
         load_state_dict_strict(flow, load_file(str(directory / FLOW_FILE)))
-        return cls._assemble(spec, flow, text_encoder, autoencoder, directory, device)
+        pipe = cls._assemble(spec, flow, text_encoder, autoencoder, directory, device)
+        if (directory / TRANSFORM_INFO_FILE).exists():
+            import json
+            from ..training.transforms import load_transform
+            pipe.input_transform = load_transform(json.loads((directory / TRANSFORM_INFO_FILE).read_text()), directory)
+        return pipe
 
     @classmethod
     def _assemble(cls, spec: PipelineSpec, flow: StarFlow, text_encoder, autoencoder, root: Path | None, device):
@@ -216,6 +230,9 @@ class BasePipeline:
         components and noise level it was trained with."""
         from ..training import load_trained
 
+        import json
+        from ..training.transforms import load_transform
+
         model, tcfg = load_trained(directory)
         if tcfg is None:
             raise ValueError(f"{directory}/config.json has no training config: cannot tell which text encoder, "
@@ -224,6 +241,8 @@ class BasePipeline:
         cls._check_kind(spec, str(directory))
         pipe = cls._assemble(spec, model, None, None, None, device)
         pipe.train_config = tcfg          # how the pixels were scaled, the data it saw...
+        info = json.loads((Path(directory) / "config.json").read_text()).get("input_transform")
+        pipe.input_transform = load_transform(info, directory)
         return pipe
 
     @classmethod
@@ -368,6 +387,8 @@ class BasePipeline:
         return aspect_ratio_to_size(self.config.img_size * self.spatial_factor, aspect_ratio, multiple)
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.input_transform is not None:
+            z = self.input_transform.inverse(z)
         if self.autoencoder is None:
             return z
         with torch.no_grad():

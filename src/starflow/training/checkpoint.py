@@ -137,14 +137,18 @@ class CheckpointManager:
         return weights, state
 
 
-def save_trained(folder: str | Path, state_dict: dict[str, torch.Tensor], info: dict[str, Any]) -> Path:
-    """Export `config.json` + `model.safetensors` into `folder` (atomically, via a temporary folder)."""
+def save_trained(folder: str | Path, state_dict: dict[str, torch.Tensor], info: dict[str, Any],
+                 extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Export `config.json` + `model.safetensors` (+ `<stem>.safetensors` for each extra entry, e.g. the
+    input transform) into `folder`, atomically via a temporary folder."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     _save_tensors(tmp / "model.safetensors", state_dict)
+    for stem, sd in (extra_tensors or {}).items():
+        _save_tensors(tmp / f"{stem}.safetensors", sd)
     (tmp / "config.json").write_text(json.dumps(info, indent=2, default=str))
     old = folder.with_name(folder.name + ".old")
     if folder.exists():

@@ -47,6 +47,8 @@ class DataConfig:
     dequantize: bool = False             # uniform dequantisation x = (v + u) 2/L - 1: likelihood runs
     logit_alpha: float = 0.0             # > 0: the flow models logit(a + (1-2a)(x+1)/2) (RealNVP), its Jacobian
                                          # counted in every likelihood; needs dequantize (x in [-1, 1))
+    gaussianize: bool = False            # the flow models Phi^-1(per-pixel training CDF of x) (see transforms.py)
+    gaussianize_pseudo_count: float = 1.0
     autoencoder: str | None = None       # None/"identity" (pixels), "kl:<dir>", "sd-vae:<dir>", "wan:<dir>"
     cache_latents: bool = True           # encode each item once (small datasets; noise is added after)
     cache: bool | None = None            # folders: keep decoded items in memory (None: when <= 4096 items)
@@ -70,6 +72,8 @@ class DataConfig:
             raise ConfigError("noise levels must be positive")
         if self.logit_alpha and not (self.dequantize and 0 < self.logit_alpha < 0.5):
             raise ConfigError("data.logit_alpha needs data.dequantize and a value in (0, 0.5)")
+        if self.gaussianize and (not self.dequantize or self.logit_alpha):
+            raise ConfigError("data.gaussianize needs data.dequantize, and excludes data.logit_alpha")
         if self.val_items < 0:
             raise ConfigError("data.val_items must be >= 0")
         if self.noise_weighting and not (self.noise_levels or self.noise_std > 0):

@@ -17,23 +17,8 @@ from ..data import (Batch, DigitsDataset, ImageFolderDataset, MovingDigitsDatase
                     VideoFolderDataset, dequantize, to_unit_range)
 from .config import DataConfig, TrainConfig
 
-__all__ = ["logit_transform", "logit_inverse", "build_datasets", "Conditioner", "resolve_model_config", "InputPipeline", "Inputs", "Draws",
+__all__ = ["build_datasets", "Conditioner", "resolve_model_config", "InputPipeline", "Inputs", "Draws",
            "step_generator", "load_autoencoder_for"]
-
-
-def logit_transform(x: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """x in [-1, 1) -> t = logit(alpha + (1 - 2 alpha)(x + 1)/2), and log|dt/dx| summed per sample (b,).
-
-    Saturated pixels (the digits' many 0s and 16s) become long tails that an affine flow fits far better
-    than the hard edges of [-1, 1]; the exact Jacobian keeps every reported likelihood a density of x."""
-    s = alpha + (1 - 2 * alpha) * (x.double() + 1) / 2
-    t = torch.log(s) - torch.log1p(-s)
-    logdet = (math.log((1 - 2 * alpha) / 2) - torch.log(s) - torch.log1p(-s)).flatten(1).sum(1)
-    return t.to(x.dtype), logdet
-
-
-def logit_inverse(t: torch.Tensor, alpha: float) -> torch.Tensor:
-    return (torch.sigmoid(t.double()) - alpha) / (1 - 2 * alpha) * 2 - 1
 
 
 def step_generator(seed: int, *key: int) -> torch.Generator:
@@ -210,8 +195,9 @@ class InputPipeline:
     """Batch -> Inputs for training (random draws keyed by step) and evaluation (keyed by draw index)."""
 
     def __init__(self, data: DataConfig, seed: int, cond: Conditioner, ae, device: torch.device, rank: int,
-                 world: int):
+                 world: int, transform=None):
         self.data, self.seed, self.cond, self.ae = data, seed, cond, ae
+        self.transform = transform  # fixed elementwise input transform (transforms.py), or None
         self.device, self.rank, self.world = device, rank, world
         self._latents: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -270,14 +256,14 @@ class InputPipeline:
             if self.data.noise_weighting:
                 weights = sigma / self.data.noise_ref
         logdet = None
-        if self.data.logit_alpha > 0:
-            x, logdet = logit_transform(x, self.data.logit_alpha)
+        if self.transform is not None:
+            x, logdet = self.transform.forward(x)
         y = self.cond.embed(batch.captions, batch.labels, draws.drop < drop_p)
         return Inputs(x, y, sigma, weights, logdet)
 
     def to_data_space(self, x: torch.Tensor) -> torch.Tensor:
-        """Model space -> [-1, 1] pixels (undoes the logit transform; latents are decoded elsewhere)."""
-        return logit_inverse(x, self.data.logit_alpha) if self.data.logit_alpha > 0 else x
+        """Model space -> [-1, 1] pixels (undoes the input transform; latents are decoded elsewhere)."""
+        return self.transform.inverse(x) if self.transform is not None else x
 
     def nll_of_data(self, nll_model: torch.Tensor, inp: Inputs) -> torch.Tensor:
         """-log p(x) from -log p(model input): subtract the input transform's log-Jacobian."""

@@ -96,7 +96,9 @@ def run_loop(tr):
     model = tr.plain_model()
     final = tr.out / "final"
     if ctx.is_main:
-        save_trained(final, {k: v.detach().cpu() for k, v in model.state_dict().items()}, tr.info())
+        extra = {"input_transform": tr.transform.tensors()} if tr.transform is not None else {}
+        save_trained(final, {k: v.detach().cpu() for k, v in model.state_dict().items()}, tr.info(),
+                     {k: v for k, v in extra.items() if v})
         if log.sample_every >= 0:
             tr.write_samples(model)
         if log.plot:

@@ -26,6 +26,7 @@ from .ema import EMA
 from .evaluate import heldout_bpd, sample_grid
 from .inputs import Conditioner, InputPipeline, build_datasets, load_autoencoder_for, resolve_model_config, \
     step_generator
+from .transforms import build_transform
 
 __all__ = ["TrainResult", "TrainModule", "train", "Trainer", "denoiser_target"]
 
@@ -126,7 +127,8 @@ class Trainer:
             add_dropout(model, o.dropout)
         self.has_denoiser = model.learnable_self_denoiser is not None
         self.module = TrainModule(model, o.latent_norm_reg > 0).train()
-        self.pipe = InputPipeline(d, cfg.seed, self.cond, self.ae, dev, ctx.rank, ctx.world)
+        self.transform = build_transform(d, self.train_set)
+        self.pipe = InputPipeline(d, cfg.seed, self.cond, self.ae, dev, ctx.rank, ctx.world, self.transform)
         bf16 = str(o.bf16).lower()
         self.autocast = bf16 == "true" or (bf16 == "auto" and dev.type == "cuda")
         if bf16 == "auto" and dev.type == "cpu":  # probe before wrapping: the plain model, no collectives inside
@@ -316,13 +318,15 @@ class Trainer:
         return {"model": self.model_cfg.to_dict(), "conditioning": self.cond.spec_info,
                 "class_names": self.train_set.class_names, "item_shape": list(self.item_shape),
                 "levels": self.train_set.levels,
-                # what the flow models: samples go through sigmoid when logit_alpha > 0 (see inputs.logit_inverse)
-                "input_transform": {"logit_alpha": self.cfg.data.logit_alpha} if self.cfg.data.logit_alpha else None,
+                # what the flow models: t = T(x); samples need T's inverse (starflow.training.transforms.load_transform)
+                "input_transform": self.transform.info() if self.transform is not None else None,
                 "train": {**self.cfg.to_dict(), "model": self.model_cfg.to_dict()}}
 
     def save_checkpoint(self) -> None:
         ctx = self.ctx
         weights = {"model": strip_prefix(full_model_state(self.wrapped, ctx))}
+        if self.transform is not None and self.transform.tensors():
+            weights["input_transform"] = self.transform.tensors()
         state = {"step": self.step, "elapsed": self.elapsed, "skipped": self.skipped, "samples": self.samples,
                  "optimizer": full_optim_state(self.wrapped, self.opt), "world": ctx.world}
         if self.den_opt is not None:
