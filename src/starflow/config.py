@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -187,12 +188,32 @@ class ModelConfig:
         return bool(self.temporal_causal or self.shallow_block_local)
 
 
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 without base-60 numbers (`1:1` must stay the aspect ratio "1:1", not the integer 61) and
+    with `1e-3` read as a float, as people write it (plain YAML 1.1 reads it as a string)."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag not in (
+    "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")] for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(
+    r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"), list("-+0123456789"))
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+    r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """Our YAML reading, for every config file (ours and the official ones)."""
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def load_official_yaml(path: str | Path) -> dict[str, Any]:
     """Read an official config file (`arguments:` list of one-key dicts) or a plain mapping."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text())
+    data = load_yaml(path.read_text())
     if isinstance(data, dict) and "arguments" in data:
         out: dict[str, Any] = {}
         for item in data["arguments"]:

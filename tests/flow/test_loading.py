@@ -50,3 +50,11 @@ def test_model_sizes_build_configs():
     for name, d in MODEL_SIZES.items():
         cfg = ModelConfig.from_dict(d)
         assert cfg.layers_per_block_full[-1] == 24, name
+
+
+def test_official_yaml_reads_numbers_as_people_write_them(tmp_path):
+    # plain YAML 1.1 reads 1e-4 as a string and 1:1 as the base-60 integer 61
+    (tmp_path / "o.yaml").write_text("arguments:\n  - lr: 1e-4\n  - channels: 64\n  - aspect: 1:1\n  - drop: .5\n")
+    args = load_official_yaml(tmp_path / "o.yaml")
+    assert args == {"lr": 1e-4, "channels": 64, "aspect": "1:1", "drop": 0.5}
+    assert isinstance(args["lr"], float) and isinstance(args["channels"], int)

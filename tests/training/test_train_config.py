@@ -97,3 +97,43 @@ def test_shipped_configs_load(name, mode, dim, shape):
     m = resolve_model_config(cfg, shape, c, None)
     assert m.txt_dim == dim and m.channel_size == 1
     StarFlow(m)  # builds
+
+
+@pytest.mark.parametrize("override, bad", [("model.chanels=64", "model.chanels"), ("model.lr=1", "model.lr"),
+                                           ("model.noise_std=0.3", "model.noise_std")])
+def test_unknown_model_keys_are_errors_at_load_time(tmp_path, override, bad):
+    # official non-model keys (lr, noise_std) are no model keys: only an official file may bring them
+    with pytest.raises(ConfigError, match=f"unknown key.*{bad}"):
+        load_train_config(None, ["optim.max_steps=1", override])
+    p = tmp_path / "train.yaml"
+    p.write_text(f"model:\n  {bad.split('.')[1]}: 1\noptim:\n  max_steps: 1\n")
+    with pytest.raises(ConfigError, match=f"unknown key.*{bad}"):
+        load_train_config(p)
+
+
+def test_unknown_model_keys_are_errors_when_the_model_is_built():
+    # a TrainConfig made in code (no validate) still cannot smuggle a non-model key into the model
+    class NoCond:
+        mode, dim, txt_size = "none", 0, 0
+    for key in ("chanels", "lr"):
+        cfg = TrainConfig(model={"channels": 32, key: 1})
+        with pytest.raises(ConfigError, match=f"model.{key}"):
+            resolve_model_config(cfg, (1, 8, 8), NoCond(), None)
+    m = resolve_model_config(TrainConfig(model={"channels": 32, "head_dim": 16}), (1, 8, 8), NoCond(), None)
+    assert m.channels == 32 and m.extra == {}
+
+
+def test_official_extras_come_only_from_the_official_file(tmp_path):
+    off = tmp_path / "official.yaml"
+    off.write_text("arguments:\n- channels: 64\n- head_dim: 32\n- lr: 0.0001\n- noise_std: 0.3\n")
+    ok = load_train_config(None, ["optim.max_steps=1", f"model.official_yaml={off}", "model.blocks=3"])
+
+    class NoCond:
+        mode, dim, txt_size = "none", 0, 0
+    m = resolve_model_config(ok, (1, 8, 8), NoCond(), None)
+    assert m.blocks == 3 and m.extra == {"lr": 0.0001, "noise_std": 0.3}
+    with pytest.raises(ConfigError, match="unknown key.*model.lr"):  # the same key beside official_yaml
+        load_train_config(None, ["optim.max_steps=1", f"model.official_yaml={off}", "model.lr=1"])
+    # a resolved model dict with its extras (what load_trained hands back) still loads
+    cfg = TrainConfig.from_dict({"model": m.to_dict(), "optim": {"max_steps": 1}})
+    assert cfg.model["extra"] == {"lr": 0.0001, "noise_std": 0.3}

@@ -13,9 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
-from ..config import ConfigError, ModelConfig, load_official_yaml
+from ..config import ConfigError, ModelConfig, load_official_yaml, load_yaml
 
 __all__ = ["ASPECT_RATIOS", "aspect_ratio_to_size", "PipelineDefaults", "PipelineSpec", "read_spec",
            "spec_from_official", "spec_from_train_config", "official_text_spec", "official_autoencoder_spec", "SPEC_FORMAT"]
@@ -138,7 +137,7 @@ def read_spec(path: str | Path) -> PipelineSpec:
     if not path.exists():
         raise FileNotFoundError(f"pipeline config not found: {path}")
     text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    data = json.loads(text) if path.suffix == ".json" else load_yaml(text)
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping")
     if "arguments" in data or _is_official(data):

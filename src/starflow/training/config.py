@@ -12,14 +12,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import re
-
-import yaml
-
-from ..config import ConfigError
+from ..config import ConfigError, ModelConfig, load_yaml
 
 __all__ = ["DataConfig", "OptimConfig", "LogConfig", "DistConfig", "TrainConfig", "load_train_config",
-           "apply_overrides", "ConfigError"]
+           "apply_overrides", "ConfigError", "check_model_section"]
 
 DATASETS = ("digits", "moving_digits", "image_folder", "video_folder")
 CONDITIONS = ("none", "labels", "text")
@@ -150,6 +146,25 @@ class DistConfig:
             raise ConfigError(f"dist.strategy must be auto, none, ddp or fsdp, not {self.strategy!r}")
 
 
+# keys of the `model:` section that are not ModelConfig fields: where the model part comes from
+MODEL_SECTION_SOURCES = ("official_yaml", "size")
+
+
+def check_model_section(model: Any) -> None:
+    """The training config's own `model:` keys must be model keys (or official_yaml / size). Official
+    non-model keys (lr, noise_std, vae...) are accepted only from the file named by `official_yaml`, so that
+    a typo (`model.chanels`) or a stray training key (`model.lr`) is an error instead of being ignored.
+    `extra` (an explicit mapping of official extras, as `ModelConfig.to_dict` writes it) is allowed."""
+    if not isinstance(model, dict):
+        raise ConfigError("model: expected a mapping of model keys")
+    known = {f.name for f in fields(ModelConfig)} | set(MODEL_SECTION_SOURCES)
+    unknown = sorted(k for k in model if k not in known)
+    if unknown:
+        names = sorted(known - {"extra"})
+        raise ConfigError(f"unknown key(s) {', '.join('model.' + str(k) for k in unknown)}; known in model: "
+                          f"{', '.join(names)} (training keys belong in optim / data / log)")
+
+
 @dataclass
 class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)   # ModelConfig keys, or official_yaml / size + overrides
@@ -163,6 +178,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.log.keep_best and not (self.data.val_items > 0 and self.log.eval_every > 0):
             raise ConfigError("log.keep_best needs data.val_items > 0 and log.eval_every > 0")
+        check_model_section(self.model)
         self.data.validate()
         self.optim.validate()
         self.dist.validate()
@@ -176,22 +192,8 @@ class TrainConfig:
         return _build(cls, d, "").validate()
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 without base-60 numbers (`1:1` must stay the aspect ratio "1:1", not the integer 61) and
-    with `1e-3` read as a float, as people write it."""
-
-
-_Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag not in (
-    "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")] for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(
-    r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"), list("-+0123456789"))
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
-    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
-    r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
-
-
 def _yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
+    return load_yaml(text)
 
 
 _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "log": LogConfig, "dist": DistConfig}

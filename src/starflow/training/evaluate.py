@@ -43,8 +43,8 @@ def heldout_bpd(forward, dataset: QuantizedDataset, pipe: InputPipeline, ctx: Di
             lo = ctx.rank * local
             sl = slice(lo, lo + local)
             batch = dataset.get_batch(idx[sl])
-            draws = pipe.draws(step_generator(EVAL_SEED, d, c0), len(idx), pipe.item_shape(batch))
-            inp = pipe.make(batch, draws.slice(lo, lo + local), drop_p=0.0)
+            drawn = pipe.draws(step_generator(EVAL_SEED, d, c0), len(idx), pipe.item_shape(batch))
+            inp = pipe.make(batch, drawn.slice(lo, lo + local), drop_p=0.0)
             loss_z, loss_logdet, _ = forward(inp.x, inp.y)
             dims = inp.x[0].numel()
             nll = pipe.nll_of_data(dims * (loss_z.double() + loss_logdet.double()) + 0.5 * dims * LOG_2PI, inp)

@@ -15,7 +15,7 @@ import torch
 from ..config import MODEL_SIZES, ConfigError, ModelConfig, load_official_yaml
 from ..data import (Batch, DigitsDataset, ImageFolderDataset, MovingDigitsDataset, QuantizedDataset, Subset,
                     VideoFolderDataset, dequantize, to_unit_range)
-from .config import DataConfig, TrainConfig
+from .config import DataConfig, TrainConfig, check_model_section
 
 __all__ = ["build_datasets", "Conditioner", "resolve_model_config", "InputPipeline", "Inputs", "Draws",
            "step_generator", "load_autoencoder_for"]
@@ -134,10 +134,12 @@ class Conditioner:
 def resolve_model_config(cfg: TrainConfig, item_shape: tuple[int, ...], cond: Conditioner, ae) -> ModelConfig:
     """The `model:` section, completed from the data: channels and side (through the autoencoder),
     and the condition's token count and width. Explicit values that contradict the data are errors."""
+    check_model_section(cfg.model)  # the section's own keys: model keys only (official extras come from files)
     section = dict(cfg.model)
     d: dict = {}
     factor = ae.spatial_factor if ae is not None else 1
-    if "official_yaml" in section:
+    official = "official_yaml" in section
+    if official:
         path = Path(str(section.pop("official_yaml")))
         d.update(load_official_yaml(path))
         if "img_size" in d:  # official files give the side in pixels; the model reads latents
@@ -168,7 +170,7 @@ def resolve_model_config(cfg: TrainConfig, item_shape: tuple[int, ...], cond: Co
         d.setdefault("txt_size", cond.txt_size)
         if int(d["txt_size"]) != cond.txt_size:
             raise ConfigError(f"model.txt_size={d['txt_size']} differs from data.txt_size={cond.txt_size}")
-    return ModelConfig.from_dict(d)
+    return ModelConfig.from_dict(d, allow_official_extras=official)
 
 
 @dataclass

@@ -46,6 +46,7 @@ def run_loop(tr):
     window: list[tuple[dict, float]] = []
     last_ckpt, last_ckpt_step = time.monotonic(), tr.step
     last_eval: tuple[int, float | None] = (-1, None)
+    sampled_at = -1                     # step of the last sample grid
     best: tuple[int, float, list | None] = (-1, float("inf"), None)   # step, validation bpd, weights
     while not tr._done():
         t0 = time.perf_counter()
@@ -73,6 +74,7 @@ def run_loop(tr):
                 bar.write(f"step {tr.step}: held-out {bpd:.4f} bits/dim")
         if log.sample_every > 0 and tr.step % log.sample_every == 0:
             tr.write_samples(tr.plain_model())
+            sampled_at = tr.step
         by_time = log.ckpt_every_seconds > 0 and ctx.any(time.monotonic() - last_ckpt >= log.ckpt_every_seconds)
         if (log.ckpt_every and tr.step % log.ckpt_every == 0) or by_time:
             tr.save_checkpoint()
@@ -87,6 +89,7 @@ def run_loop(tr):
         if best[2] is not None and best[1] < val:  # the final weights are not the best: take the best
             tr.restore(best[2])
             last_eval = (-1, None)
+            sampled_at = -1       # other weights: the last grid is not theirs
             tr.log_row({"step": tr.step, "best_step": best[0], "val_bpd": best[1], "time": round(tr.elapsed, 3)})
             if ctx.is_main and log.progress:
                 print(f"keeping the weights of step {best[0]} (validation {best[1]:.4f} bits/dim)", flush=True)
@@ -99,7 +102,7 @@ def run_loop(tr):
         extra = {"input_transform": tr.transform.tensors()} if tr.transform is not None else {}
         save_trained(final, {k: v.detach().cpu() for k, v in model.state_dict().items()}, tr.info(),
                      {k: v for k, v in extra.items() if v})
-        if log.sample_every >= 0:
+        if log.sample_every >= 0 and sampled_at != tr.step:   # not twice for the same step and weights
             tr.write_samples(model)
         if log.plot:
             plot_curves(tr.metrics, tr.out / "curves.png")
