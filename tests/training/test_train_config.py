@@ -37,6 +37,7 @@ def test_override_syntax_error():
         load_train_config(None, ["optim.lr"])
 
 
+@pytest.mark.filterwarnings("ignore:.*official settings that are not part of the model")
 def test_official_yaml_gives_the_model_part(tmp_path):
     off = tmp_path / "official.yaml"
     off.write_text("arguments:\n- img_size: 16\n- channel_size: 1\n- patch_size: 2\n- channels: 64\n"
@@ -51,7 +52,7 @@ def test_official_yaml_gives_the_model_part(tmp_path):
         mode, dim, txt_size = "none", 0, 0
     m = resolve_model_config(cfg, (1, 16, 16), NoCond(), None)
     assert (m.channels, m.blocks, m.layers_per_block, m.use_softplus, m.img_size) == (32, 3, [1, 1, 2], 1, 16)
-    assert m.txt_dim == 0 and m.extra["noise_std"] == 0.3
+    assert m.txt_dim == 0 and m.extra["noise_std"] == 0.3 and m.extra["lr"] == 1e-4   # 1e-4: a number
 
     class FakeAE:
         spatial_factor, latent_channels = 4, 1
@@ -130,7 +131,8 @@ def test_official_extras_come_only_from_the_official_file(tmp_path):
 
     class NoCond:
         mode, dim, txt_size = "none", 0, 0
-    m = resolve_model_config(ok, (1, 8, 8), NoCond(), None)
+    with pytest.warns(UserWarning, match=r"not used: lr=0.0001, noise_std=0.3.*optim.lr"):  # said, not dropped silently
+        m = resolve_model_config(ok, (1, 8, 8), NoCond(), None)
     assert m.blocks == 3 and m.extra == {"lr": 0.0001, "noise_std": 0.3}
     with pytest.raises(ConfigError, match="unknown key.*model.lr"):  # the same key beside official_yaml
         load_train_config(None, ["optim.max_steps=1", f"model.official_yaml={off}", "model.lr=1"])

@@ -7,6 +7,7 @@ So a batch does not depend on the number of processes, nor on whether the run wa
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,7 +171,12 @@ def resolve_model_config(cfg: TrainConfig, item_shape: tuple[int, ...], cond: Co
         d.setdefault("txt_size", cond.txt_size)
         if int(d["txt_size"]) != cond.txt_size:
             raise ConfigError(f"model.txt_size={d['txt_size']} differs from data.txt_size={cond.txt_size}")
-    return ModelConfig.from_dict(d, allow_official_extras=official)
+    mc = ModelConfig.from_dict(d, allow_official_extras=official)
+    if mc.extra:  # the official file's training settings (lr, noise_std...) do not reach data / optim by themselves
+        warnings.warn(f"{path}: official settings that are not part of the model are not used: "
+                      f"{', '.join(f'{k}={v}' for k, v in sorted(mc.extra.items()))}; set the ones you want "
+                      f"under data / optim (e.g. data.noise_std, optim.lr)", UserWarning, stacklevel=2)
+    return mc
 
 
 @dataclass
