@@ -318,3 +318,21 @@ def test_training_in_a_small_kl_latent_space(tiny_cfg, tmp_path, monkeypatch):
     assert pipe.item_shape(batch) == (3, 4, 4)
     z = ae.encode(to_unit_range(batch.values, batch.levels), sample=False)
     torch.testing.assert_close(pipe.make(batch, draws, 0.0).x, z + 0.3 * draws.noise, rtol=0, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_runs_under_bf16_autocast(tiny_cfg, monkeypatch):
+    """One GPU: the trainer takes the CUDA device and, with bf16=auto, trains under CUDA bf16 autocast
+    without the CPU probe."""
+    monkeypatch.setattr(Trainer, "_bf16_faster_on_cpu", lambda self: pytest.fail("CPU probe on a GPU run"))
+    tr = _trainer(tiny_cfg, "optim.bf16=auto")
+    assert tr.ctx.device.type == "cuda" and tr.autocast
+    seen = []
+    forward = TrainModule.forward
+
+    def spy(self, x, y, denoise=False):
+        seen.append((x.device.type, torch.is_autocast_enabled("cuda")))
+        return forward(self, x, y, denoise)
+    monkeypatch.setattr(TrainModule, "forward", spy)
+    rows = [tr.train_step() for _ in range(3)]
+    assert seen[0] == ("cuda", True) and all(math.isfinite(r["loss"]) for r in rows)
