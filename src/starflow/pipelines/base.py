@@ -1,7 +1,6 @@
 """What the image and video pipelines share: components, persistence, prompt encoding, denoising, sizes."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -9,6 +8,7 @@ import torch
 
 from ..config import ModelConfig, load_official_yaml
 from ..flow.model import StarFlow
+from .components import copy_component, load_autoencoder_spec, load_text_encoder_spec, spec_of
 from .spec import (PipelineDefaults, PipelineSpec, aspect_ratio_to_size, read_spec, spec_from_official,
                    spec_from_train_config)
 
@@ -17,51 +17,6 @@ __all__ = ["BasePipeline", "load_text_encoder_spec", "load_autoencoder_spec", "P
 PIPELINE_FILE = "pipeline.json"
 FLOW_FILE = "flow.safetensors"
 TRANSFORM_INFO_FILE = "input_transform.json"   # a fixed input transform the flow was trained behind (if any)
-
-
-def load_text_encoder_spec(spec: str | None, length: int, root: Path | None = None):
-    """Spec -> text encoder (None for unconditional models). `kind:./x` paths are relative to `root`."""
-    if spec is None:
-        return None
-    from ..conditioning import load_text_encoder   # lazily: pulls in transformers
-
-    return load_text_encoder(_resolve_local(spec, root), length)
-
-
-def _spec_of(component: Any) -> str | None:
-    """The spec a loaded component was built from, when it says (`spec`, or a spec-like `name`)."""
-    if component is None:
-        return None
-    spec = getattr(component, "spec", None)
-    if isinstance(spec, str):
-        return spec
-    name = getattr(component, "name", None)
-    if isinstance(name, str) and name:
-        return name
-    if type(component).__name__ == "LabelEncoder" and hasattr(component, "num_classes"):
-        return f"labels:{component.num_classes}"
-    return None
-
-
-def load_autoencoder_spec(spec: str | None, root: Path | None = None):
-    """Spec -> autoencoder; None / "identity" -> None (the flow models pixels; the pipeline skips coding)."""
-    if spec is None or _split_spec(spec)[0] in ("identity", "none", "pixels"):
-        return None
-    from ..autoencoders import load_autoencoder   # lazily: pulls in diffusers
-
-    return load_autoencoder(_resolve_local(spec, root))
-
-
-def _split_spec(spec: str) -> tuple[str, str]:
-    kind, _, rest = spec.partition(":")
-    return kind, rest
-
-
-def _resolve_local(spec: str, root: Path | None) -> str:
-    kind, rest = _split_spec(spec)
-    if root is not None and rest.startswith("./"):
-        return f"{kind}:{(root / rest).resolve()}"
-    return spec
 
 
 class BasePipeline:
@@ -80,8 +35,8 @@ class BasePipeline:
         self.text_encoder = text_encoder
         self.autoencoder = autoencoder
         self.defaults = defaults if isinstance(defaults, PipelineDefaults) else PipelineDefaults.from_dict(defaults)
-        self.text_encoder_spec = text_encoder_spec or _spec_of(text_encoder)
-        self.autoencoder_spec = autoencoder_spec or _spec_of(autoencoder)
+        self.text_encoder_spec = text_encoder_spec or spec_of(text_encoder)
+        self.autoencoder_spec = autoencoder_spec or spec_of(autoencoder)
         if c.txt_dim > 0:
             if text_encoder is None:
                 raise ValueError(f"this flow reads text (txt_dim={c.txt_dim}): a text encoder is required")
@@ -158,8 +113,8 @@ class BasePipeline:
                 and type(self.autoencoder).__name__ != "IdentityAutoencoder":
             raise ValueError("cannot save: the autoencoder has no spec (pass autoencoder_spec= to the pipeline)")
         if copy_components:
-            spec.text_encoder = _copy_component(spec.text_encoder, directory, "text_encoder")
-            spec.autoencoder = _copy_component(spec.autoencoder, directory, "autoencoder")
+            spec.text_encoder = copy_component(spec.text_encoder, directory, "text_encoder")
+            spec.autoencoder = copy_component(spec.autoencoder, directory, "autoencoder")
         sd = {k: v.detach().to("cpu").contiguous() for k, v in self.flow.state_dict().items()}
         save_file(sd, str(directory / FLOW_FILE), metadata={"format": "starflow-flow"})
         tr = self.input_transform
@@ -200,8 +155,8 @@ class BasePipeline:
             raise FileNotFoundError(f"{directory / PIPELINE_FILE} not found: not a pipeline directory{hint}")
         spec = read_spec(directory / PIPELINE_FILE)
         cls._check_kind(spec, str(directory))
-        spec.text_encoder = text_encoder_spec or _spec_of(text_encoder) or spec.text_encoder
-        spec.autoencoder = autoencoder_spec or _spec_of(autoencoder) or spec.autoencoder
+        spec.text_encoder = text_encoder_spec or spec_of(text_encoder) or spec.text_encoder
+        spec.autoencoder = autoencoder_spec or spec_of(autoencoder) or spec.autoencoder
         flow = StarFlow(spec.model_config())
         if not (directory / FLOW_FILE).exists():
             raise FileNotFoundError(f"{directory / FLOW_FILE} not found")
@@ -270,15 +225,15 @@ class BasePipeline:
         if "model" in args and "kind" in args:          # our format: the architecture is spelled out
             spec = PipelineSpec.from_dict(args, where=str(config))
             cls._check_kind(spec, str(config))
-            spec.text_encoder = text_encoder_spec or _spec_of(text_encoder) or spec.text_encoder
-            spec.autoencoder = autoencoder_spec or _spec_of(autoencoder) or spec.autoencoder
+            spec.text_encoder = text_encoder_spec or spec_of(text_encoder) or spec.text_encoder
+            spec.autoencoder = autoencoder_spec or spec_of(autoencoder) or spec.autoencoder
             flow = StarFlow(spec.model_config())
             if checkpoint is not None:
                 load_state_dict_strict(flow, read_state_dict(checkpoint) if isinstance(checkpoint, (str, Path))
                                        else checkpoint)
             return cls._assemble(spec, flow, text_encoder, autoencoder, None, device)
-        te_spec = text_encoder_spec or _spec_of(text_encoder) or official_text_spec(args.get("text"))
-        ae_spec = autoencoder_spec or _spec_of(autoencoder) or official_autoencoder_spec(args.get("vae"))
+        te_spec = text_encoder_spec or spec_of(text_encoder) or official_text_spec(args.get("text"))
+        ae_spec = autoencoder_spec or spec_of(autoencoder) or official_autoencoder_spec(args.get("vae"))
         if text_encoder is None and te_spec is not None:
             text_encoder = load_text_encoder_spec(te_spec, int(args.get("txt_size", 1)))
         if autoencoder is None:
@@ -398,16 +353,3 @@ class BasePipeline:
     def _check_output_type(output_type: str) -> None:
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', not {output_type!r}")
-
-
-def _copy_component(spec: str | None, directory: Path, name: str) -> str | None:
-    if not spec:
-        return spec
-    kind, rest = _split_spec(spec)
-    src = Path(rest) if rest else None
-    if src is None or not src.is_dir():
-        return spec   # a hub id, a built-in or a label count: kept as a reference
-    dst = directory / name
-    if src.resolve() != dst.resolve():
-        shutil.copytree(src, dst, dirs_exist_ok=True)
-    return f"{kind}:./{name}"
