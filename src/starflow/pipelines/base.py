@@ -1,6 +1,7 @@
 """What the image and video pipelines share: components, persistence, prompt encoding, denoising, sizes."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -119,7 +120,6 @@ class BasePipeline:
         save_file(sd, str(directory / FLOW_FILE), metadata={"format": "starflow-flow"})
         tr = self.input_transform
         if tr is not None:
-            import json
             if tr.tensors():
                 save_file(tr.tensors(), str(directory / tr.info()["file"]))
             (directory / TRANSFORM_INFO_FILE).write_text(json.dumps(tr.info(), indent=2))
@@ -163,7 +163,6 @@ class BasePipeline:
         load_state_dict_strict(flow, load_file(str(directory / FLOW_FILE)))
         pipe = cls._assemble(spec, flow, text_encoder, autoencoder, directory, device)
         if (directory / TRANSFORM_INFO_FILE).exists():
-            import json
             from ..training.transforms import load_transform
             pipe.input_transform = load_transform(json.loads((directory / TRANSFORM_INFO_FILE).read_text()), directory)
         return pipe
@@ -184,8 +183,6 @@ class BasePipeline:
         """A folder written by `starflow train` (config.json + model.safetensors) -> pipeline, with the
         components and noise level it was trained with."""
         from ..training import load_trained
-
-        import json
         from ..training.transforms import load_transform
 
         model, tcfg = load_trained(directory)
