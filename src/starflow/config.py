@@ -189,6 +189,13 @@ class ModelConfig:
 
 
 
+def unknown_keys(cls, d: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(unknown, known) key names of mapping `d` for dataclass `cls`, sorted: every typed config rejects
+    unknown keys with its own message."""
+    known = {f.name for f in fields(cls)}
+    return sorted(set(d) - known), sorted(known)
+
+
 class _YamlLoader(yaml.SafeLoader):
     """YAML 1.1 without base-60 numbers (`1:1` must stay the aspect ratio "1:1", not the integer 61) and
     with `1e-3` read as a float, as people write it (plain YAML 1.1 reads it as a string)."""

@@ -9,7 +9,7 @@ them), plus `perceptual_weight` * LPIPS when its weights are available locally.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm import tqdm
 
+from ..config import unknown_keys
 from .base import Autoencoder, randn_like
 
 __all__ = ["FinetuneConfig", "finetune_decoder"]
@@ -34,10 +35,9 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FinetuneConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown, known = unknown_keys(cls, d)
         if unknown:
-            raise ValueError(f"unknown finetune config keys {unknown} (known: {sorted(known)})")
+            raise ValueError(f"unknown finetune config keys {unknown} (known: {known})")
         cfg = cls(**d)
         cfg.validate()
         return cfg

@@ -13,12 +13,13 @@ import platform
 import resource
 import statistics
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from ..config import unknown_keys
 from ..flow.likelihood import official_loss
 from ..flow.loading import load_official
 from ..flow.model import StarFlow
@@ -57,10 +58,9 @@ class BenchOptions:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BenchOptions":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown, known = unknown_keys(cls, d)
         if unknown:
-            raise ValueError(f"unknown bench option(s) {unknown}; known: {sorted(known)}")
+            raise ValueError(f"unknown bench option(s) {unknown}; known: {known}")
         return cls(**d)
 
     def __post_init__(self):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 
-from ..config import ConfigError, ModelConfig, load_official_yaml, load_yaml
+from ..config import ConfigError, ModelConfig, load_official_yaml, load_yaml, unknown_keys
 
 __all__ = ["ASPECT_RATIOS", "aspect_ratio_to_size", "PipelineDefaults", "PipelineSpec", "read_spec",
            "spec_from_official", "spec_from_train_config", "official_text_spec", "official_autoencoder_spec", "SPEC_FORMAT"]
@@ -41,10 +41,9 @@ def aspect_ratio_to_size(target: int, ratio: str | None, multiple: int) -> tuple
 
 
 def _strict(cls, d: Mapping[str, Any], where: str) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - names)
+    unknown, known = unknown_keys(cls, d)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
     return dict(d)
 
 
