@@ -26,6 +26,8 @@ class JacobiStats:
     iterations: int = 0     # trunk calls made by the Jacobi loop
     chunks: int = 0         # chunks solved (official schedule) / window moves (sliding)
     tokens: int = 0         # token positions run through the trunk, over all iterations
+    draft_iterations: int = 0   # the same for the low-precision drafts (sampling.draft), when used
+    draft_tokens: int = 0
 
 
 class BlockInverse:
@@ -56,6 +58,7 @@ class BlockInverse:
         self.cache: KVCache = block.new_cache(zp.size(0), length, p.device, p.dtype)
         self.prime_text()
         self.start = 0
+        self.initialised = False                                        # x_full holds a draft (start_from)
         if prefix is not None:
             if block.order == "flip":
                 raise ValueError("a prefix needs a block order that keeps frames in time order (temporal_causal)")
@@ -82,6 +85,16 @@ class BlockInverse:
         scale, shift = self.block.params(raw, guidance)
         j = p + 1 - self.off
         return inverse_affine(self.zp[:, j:j + raw.size(1)], scale, shift)
+
+    def start_from(self, draft: "BlockInverse") -> None:
+        """Take a draft's solution (the same inputs, solved by a copy of the block in another precision)
+        as the first iterate of every unknown token. The samplers still accept each token by their own
+        rule, evaluated in this block's precision: the draft only changes where the iteration starts."""
+        if draft.x_full.shape != self.x_full.shape or draft.start != self.start:
+            raise ValueError("a draft must solve the same inputs (shape and prefix) as the block it starts")
+        s = self.start + 1
+        self.x_full[:, s:] = draft.x_full[:, s:].to(self.x_full.dtype)
+        self.initialised = True
 
     def result(self) -> torch.Tensor:
         x = self.x_full[:, self.off:]
@@ -190,7 +203,8 @@ def _official_chunks(inv: BlockInverse, start: int, target: int, block_size: int
         # that leaves nothing inexact ends the chunk.
         exact = 0
         for i in range(max_iter):
-            prev_frame = i == 0 and start > F   # previous frame as the first iterate: nothing is exact yet
+            # previous frame as the first iterate (unless a draft is there): nothing is exact yet
+            prev_frame = i == 0 and start > F and not inv.initialised
             p = start if prev_frame else start + exact
             inp = x_full[:, start - F:end - F] if prev_frame else x_full[:, p:end]
             new = inv.solve(inv.run(inp, p), p, inv.guidance)
@@ -221,9 +235,15 @@ def _sliding_window(inv: BlockInverse, start: int, target: int, block_size: int,
     F, x_full = inv.frame_tokens, inv.x_full
     seen = start            # x_full[start + 1 .. seen] have a first estimate
     age = torch.zeros(inv.U + 1, dtype=torch.long)   # iterations each token has been through
+    # over a draft, the first iteration checks the whole draft in one parallel pass (most of it usually
+    # settles there, as in speculative decoding); windows of block_size take over from the first
+    # token that did not
+    verify = inv.initialised
     while start < target:
-        end = min(start + (block_size if start <= F else block_size * later_frame_factor), target)
-        if end > seen and F < inv.U:
+        size = target - start if verify else (block_size if start <= F else block_size * later_frame_factor)
+        verify = False
+        end = min(start + size, target)
+        if end > seen and F < inv.U and not inv.initialised:
             # video: a token entering the window starts from the same token one frame earlier
             q = torch.arange(seen + 1, end + 1)
             q = q[q > F]

@@ -8,6 +8,7 @@ import torch
 from ..flow.block import IdentityFlowBlock
 from ..flow.model import StarFlow
 from ..nn.precision import upcast
+from .draft import DRAFT_DTYPES, draft_copy
 from .inverse import JACOBI_SCHEDULES, BlockInverse, JacobiStats, jacobi_inverse, sequential_inverse
 
 __all__ = ["SamplerOptions", "sample"]
@@ -21,6 +22,8 @@ class SamplerOptions:
     jacobi_th: float = 1e-3               # relative squared change that stops a chunk; 0: never early
     jacobi_max_iter: int = 32
     jacobi_schedule: str = "official"     # "official" chunks, or "sliding" (per-token convergence, faster)
+    jacobi_draft: str = "none"            # "bf16": solve each block in bfloat16 first (see sampling.draft)
+    jacobi_draft_block_size: int = 0      # the draft's window (sliding schedule); 0: the whole sequence
     context_length: int | None = None     # long videos: frames of re-encoded context
     attn_temp: float = 1.0                # sequential only: attention temperature
     annealed_guidance: bool = False       # sequential only: guidance grows linearly over the tokens
@@ -33,6 +36,10 @@ class SamplerOptions:
             raise ValueError(f"jacobi_schedule must be one of {JACOBI_SCHEDULES}, not {self.jacobi_schedule!r}")
         if self.guidance < 0:
             raise ValueError("guidance must be >= 0")
+        if self.jacobi_draft not in DRAFT_DTYPES:
+            raise ValueError(f"jacobi_draft must be one of {sorted(DRAFT_DTYPES)}, not {self.jacobi_draft!r}")
+        if self.jacobi_draft_block_size < 0:
+            raise ValueError("jacobi_draft_block_size must be >= 0 (0: the whole sequence)")
 
 
 @torch.no_grad()
@@ -90,10 +97,22 @@ def sample(model: StarFlow, z: torch.Tensor, y: torch.Tensor | None = None, y_nu
             pre = prefix_inputs[i].reshape(B, -1, ch) if prefix is not None else None
         rope = model.rope_tables(block, gh, gw, rope_frames, text.size(1) if text is not None else 0, z.device)
         window = c.local_attn_window if (deep and video and opt.method == "jacobi") else None
-        inv = BlockInverse(block, tok, text, rope, frames, w if guided else 0.0, pre, window)
+        def inverse(b):
+            return BlockInverse(b, tok, text, rope, frames, w if guided else 0.0, pre, window)
+        inv = inverse(block)
         if opt.method == "sequential":
             out = sequential_inverse(inv, opt.attn_temp, opt.annealed_guidance, opt.progress)
         else:
+            low = draft_copy(block, opt.jacobi_draft)
+            if low is not None:
+                draft, ds = inverse(low), JacobiStats()
+                # large windows: a low-precision trunk call costs little per token, much per call
+                jacobi_inverse(draft, opt.jacobi_draft_block_size or draft.U, opt.jacobi_th, opt.jacobi_max_iter,
+                               opt.context_length, window, progress=opt.progress, stats=ds, schedule="sliding")
+                inv.start_from(draft)
+                if stats is not None:
+                    stats.draft_iterations += ds.iterations
+                    stats.draft_tokens += ds.tokens
             out = jacobi_inverse(inv, opt.jacobi_block_size, opt.jacobi_th, opt.jacobi_max_iter,
                                  opt.context_length, window, progress=opt.progress, stats=stats,
                                  schedule=opt.jacobi_schedule)
