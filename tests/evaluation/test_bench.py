@@ -24,9 +24,14 @@ def test_bench_reports_every_figure(model_file):
                 "peak_rss_mb"):
         assert res[key] > 0, key
     assert res["device"] == "cpu" and res["dtype"] == "fp32" and res["threads"] == 1
-    # both schedules are measured against the exact (sequential) sample and stay close to it
-    assert 0 < res["jacobi_max_abs_err"] < 0.5 and 0 < res["jacobi_official_max_abs_err"] < 0.5
-    assert res["jacobi_trunk_calls"] > 0 and res["jacobi_tokens"] >= res["jacobi_trunk_calls"]
+    # the default (bf16 draft, float32 acceptance), float32 only, and the official algorithm: each is
+    # measured against the exact (sequential) sample and stays close to it
+    assert res["jacobi_draft"] == "bf16" and res["jacobi_draft_trunk_calls"] > 0
+    assert "jacobi_fp32_draft_trunk_calls" not in res and "jacobi_official_draft_trunk_calls" not in res
+    for key in ("", "_fp32", "_official"):
+        assert 0 < res[f"jacobi{key}_max_abs_err"] < 0.5, key
+        assert res[f"jacobi{key}_trunk_calls"] > 0 and res[f"jacobi{key}_tokens"] >= res[f"jacobi{key}_trunk_calls"]
+    assert res["sample_jacobi_fp32_s"] > 0
     assert set(res["targets"]) >= {"train_step_ms_ok", "sample_jacobi_s_ok", "all_ok"}
 
 
@@ -34,6 +39,7 @@ def test_bench_parts_and_bf16(model_file):
     res = bench(model_file, BenchOptions(dtype="bf16", parts=("forward", "jacobi"), compare_official=False, **FAST))
     assert res["dtype"] == "bf16" and res["forward_ms"] > 0 and "train_step_ms" not in res
     assert "sample_jacobi_official_s" not in res and "targets" not in res   # targets are for float32
+    assert res["jacobi_draft"] == "none" and "jacobi_draft_trunk_calls" not in res   # no bf16 draft of bf16
     assert res["jacobi_max_abs_err"] < 0.5                                   # against a bf16 sequential sample
 
 
@@ -42,6 +48,10 @@ def test_cli_prints_json(model_file, capsys):
                  "--warmup", "0", "--threads", "1", "--parts", "forward,sequential"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["forward_ms"] > 0 and res["sample_sequential_s"] > 0 and "sample_jacobi_s" not in res
+    assert main(["bench", "--model", str(model_file), "--json", "--sample-repeats", "1", "--warmup", "0",
+                 "--threads", "1", "--parts", "jacobi", "--jacobi-draft", "none", "--no-official"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["jacobi_draft"] == res["options"]["jacobi_draft"] == "none" and "sample_jacobi_fp32_s" not in res
 
 
 def test_bad_options_are_refused(tmp_path):
@@ -53,6 +63,8 @@ def test_bad_options_are_refused(tmp_path):
         BenchOptions.from_dict({"batch": 2, "bacth": 3})
     with pytest.raises(ValueError, match="schedule"):
         BenchOptions(jacobi_schedule="fast")
+    with pytest.raises(ValueError, match="jacobi_draft"):
+        BenchOptions(jacobi_draft="int8")
     with pytest.raises(FileNotFoundError, match="bench model not found"):
         bench(tmp_path / "missing.pt")
 

@@ -20,8 +20,13 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jacobi-schedule", choices=["sliding", "official"], default="sliding",
                    help="Jacobi schedule timed as sample_jacobi_s (default sliding; official is timed too)")
+    p.add_argument("--jacobi-draft", choices=["bf16", "none"], default="bf16",
+                   help="bf16 (default): each block is first solved in bfloat16 and every token is then accepted by "
+                        "the float32 rule; none: float32 only")
+    p.add_argument("--jacobi-draft-block-size", type=int, default=0,
+                   help="window of the draft's Jacobi solve (default 0: the whole sequence)")
     p.add_argument("--no-official", action="store_true",
-                   help="do not also time the official Jacobi schedule")
+                   help="do not also time the official Jacobi algorithm (and the float32-only variant)")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer layers")
     p.add_argument("--parts", default="forward,train,sequential,jacobi",
                    help="comma-separated subset of forward,train,sequential,jacobi")
@@ -34,6 +39,7 @@ def run(args) -> int:
     opt = BenchOptions(device=args.device or "cpu", dtype=args.dtype, threads=args.threads, repeats=args.repeats,
                        sample_repeats=args.sample_repeats, warmup=args.warmup, seed=args.seed, compile=args.compile,
                        jacobi_schedule=args.jacobi_schedule, compare_official=not args.no_official,
+                       jacobi_draft=args.jacobi_draft, jacobi_draft_block_size=args.jacobi_draft_block_size,
                        parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()))
     log = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     res = bench(args.model, opt, log)

@@ -23,6 +23,7 @@ from ..config import unknown_keys
 from ..flow.likelihood import official_loss
 from ..flow.loading import load_official
 from ..flow.model import StarFlow
+from ..sampling.draft import DRAFT_DTYPES
 from ..sampling.inverse import JACOBI_SCHEDULES, JacobiStats
 from ..sampling.sample import SamplerOptions, sample
 
@@ -47,7 +48,10 @@ class BenchOptions:
     jacobi_th: float = 1e-3
     jacobi_max_iter: int = 32
     jacobi_schedule: str = "sliding"  # "official" or "sliding" (see sampling.inverse.jacobi_inverse)
-    compare_official: bool = True    # also time the official Jacobi schedule when another one is measured
+    jacobi_draft: str = "bf16"       # "none", or "bf16": each block drafted in bfloat16, accepted in float32
+    jacobi_draft_block_size: int = 0  # the draft's window; 0: the whole sequence
+    compare_official: bool = True    # also time the official algorithm (official schedule, no draft) and,
+                                     # when a draft is used, the same schedule without it
     warmup: int = 1
     repeats: int = 5                 # timed runs of the forward pass and the training step
     sample_repeats: int = 3          # timed runs of each sampler
@@ -76,6 +80,10 @@ class BenchOptions:
             raise ValueError("warmup must be >= 0")
         if self.jacobi_schedule not in JACOBI_SCHEDULES:
             raise ValueError(f"jacobi_schedule must be one of {JACOBI_SCHEDULES}, not {self.jacobi_schedule!r}")
+        if self.jacobi_draft not in DRAFT_DTYPES:
+            raise ValueError(f"jacobi_draft must be one of {sorted(DRAFT_DTYPES)}, not {self.jacobi_draft!r}")
+        if self.jacobi_draft_block_size < 0:
+            raise ValueError("jacobi_draft_block_size must be >= 0 (0: the whole sequence)")
         self.parts = tuple(self.parts)
 
 
@@ -126,8 +134,8 @@ def _inputs(model: StarFlow, batch: int, seed: int, device, dtype):
 
 
 def _sample(model, z, y, y_null, options: SamplerOptions, method: str, schedule: str = "official",
-            stats: JacobiStats | None = None) -> torch.Tensor:
-    opts = dict(options.__dict__, method=method, jacobi_schedule=schedule)
+            stats: JacobiStats | None = None, draft: str = "none") -> torch.Tensor:
+    opts = dict(options.__dict__, method=method, jacobi_schedule=schedule, jacobi_draft=draft)
     return sample(model, z, y, y_null, SamplerOptions(**opts), stats=stats)
 
 
@@ -234,7 +242,7 @@ def _bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None])
 
     z, y, y_null = _inputs(base, opt.sample_batch, opt.seed + 1, device, dtype)
     so = SamplerOptions(guidance=opt.guidance, jacobi_block_size=opt.jacobi_block_size, jacobi_th=opt.jacobi_th,
-                        jacobi_max_iter=opt.jacobi_max_iter)
+                        jacobi_max_iter=opt.jacobi_max_iter, jacobi_draft_block_size=opt.jacobi_draft_block_size)
     seq = None
     if "sequential" in opt.parts or "jacobi" in opt.parts:
         # the exact sample is the Jacobi reference even when sequential sampling is not timed
@@ -246,23 +254,32 @@ def _bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None])
             res["sample_sequential_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
             log(f"sample_sequential_s {res['sample_sequential_s']}")
     if "jacobi" in opt.parts:
-        schedules = [opt.jacobi_schedule]
-        if opt.compare_official and opt.jacobi_schedule != "official":
-            schedules.append("official")
-        for sched in schedules:
-            key = "" if sched == opt.jacobi_schedule else f"_{sched}"
-            ts, jac = _timed(lambda: _sample(infer, z, y, y_null, so, "jacobi", sched), device, opt.warmup,
-                             opt.sample_repeats)
+        # (key suffix, schedule, draft): the configured sampler, then the comparisons
+        variants = [("", opt.jacobi_schedule, opt.jacobi_draft)]
+        if opt.compare_official:
+            if opt.jacobi_draft != "none":
+                variants.append(("_fp32", opt.jacobi_schedule, "none"))
+            if (opt.jacobi_schedule, opt.jacobi_draft) != ("official", "none"):
+                variants.append(("_official", "official", "none"))
+        for key, sched, draft in variants:
+            run = (lambda: _sample(infer, z, y, y_null, so, "jacobi", sched, None, draft))
+            ts, jac = _timed(run, device, opt.warmup, opt.sample_repeats)
             stats = JacobiStats()
-            _sample(infer, z, y, y_null, so, "jacobi", sched, stats)
+            _sample(infer, z, y, y_null, so, "jacobi", sched, stats, draft)
             res[f"sample_jacobi{key}_s"] = round(statistics.median(ts), 3)
             res[f"sample_jacobi{key}_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
             res[f"jacobi{key}_max_abs_err"] = round((jac.float() - seq.float()).abs().max().item(), 5)
             res[f"jacobi{key}_trunk_calls"] = stats.iterations
             res[f"jacobi{key}_tokens"] = stats.tokens
-            log(f"sample_jacobi{key}_s {res[f'sample_jacobi{key}_s']} ({sched}: {stats.iterations} trunk calls, "
-                f"{stats.tokens} tokens, max err {res[f'jacobi{key}_max_abs_err']})")
+            if stats.draft_iterations:
+                res[f"jacobi{key}_draft_trunk_calls"] = stats.draft_iterations
+                res[f"jacobi{key}_draft_tokens"] = stats.draft_tokens
+            log(f"sample_jacobi{key}_s {res[f'sample_jacobi{key}_s']} ({sched}, draft {draft}: {stats.iterations} "
+                f"trunk calls, {stats.tokens} tokens, draft {stats.draft_iterations} calls, {stats.draft_tokens} "
+                f"tokens, max err {res[f'jacobi{key}_max_abs_err']})")
         res["jacobi_schedule"] = opt.jacobi_schedule
+        # a model already in bf16 gets no bf16 draft (sampling.draft.draft_copy)
+        res["jacobi_draft"] = opt.jacobi_draft if res.get("jacobi_draft_trunk_calls") else "none"
     if "forward_ms" in res and "sample_jacobi_s" in res:
         # the forward pass of batch `batch` (8) is the doubled batch of the guided samples (2 x 4)
         res["jacobi_over_forward"] = round(1000 * res["sample_jacobi_s"] / res["forward_ms"], 2)
