@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from starflow import CheckpointError, ConfigError, ModelConfig, StarFlow
-from starflow.flow.loading import load_official, load_state_dict_strict, read_state_dict
+from starflow.flow.loading import load_state_dict_strict, read_state_dict
 from starflow.sampling.sample import sample
 
 

@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from starflow import ModelConfig, load_official
