@@ -77,7 +77,7 @@ def test_generate_video_gif_and_mp4(video_dir, tmp_path):
     Image.fromarray(np.full((4, 4), 200, np.uint8), "L").save(first)
     mp4 = tmp_path / "v.mp4"
     assert run("generate-video", "4", "5", "--model", video_dir, "--out", mp4, "--frames", "5", "--fps", "10",
-               "--image", first, "--no-progress") == 0
+               "--image", first, "--jacobi-draft", "bf16", "--no-progress") == 0
     import av
     with av.open(str(mp4)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]

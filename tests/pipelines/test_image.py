@@ -91,6 +91,12 @@ def test_guidance_negative_prompt_denoise_and_samplers(image_pipe):
     seq = image_pipe(["1"], guidance=2.0, denoise="none", sampler="sequential", **kw).images
     exact = image_pipe(["1"], guidance=2.0, denoise="none", jacobi_threshold=0.0, jacobi_max_iter=16, **kw).images
     torch.testing.assert_close(seq, exact, atol=1e-4, rtol=1e-4)
+    # a bf16 draft changes where Jacobi starts, not what it accepts: still the exact sample
+    drafted = image_pipe(["1"], guidance=2.0, denoise="none", jacobi_threshold=0.0, jacobi_max_iter=16,
+                         jacobi_draft="bf16", **kw).images
+    torch.testing.assert_close(seq, drafted, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="jacobi_draft"):
+        image_pipe(["1"], jacobi_draft="fp8", **kw)
     with pytest.raises(ValueError, match="learnable self-denoiser"):
         image_pipe(["1"], denoise="learned", **kw)
     with pytest.raises(ValueError, match="sampler"):

@@ -50,7 +50,8 @@ class StarFlowPipeline(BasePipeline):
     def __call__(self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
                  *, num_images_per_prompt: int = 1, guidance: float | None = None, sampler: str | None = None,
                  jacobi_block_size: int | None = None, jacobi_threshold: float | None = None,
-                 jacobi_max_iter: int | None = None, height: int | None = None, width: int | None = None,
+                 jacobi_max_iter: int | None = None, jacobi_draft: str | None = None,
+                 height: int | None = None, width: int | None = None,
                  aspect_ratio: str | None = None, generator: torch.Generator | None = None, seed: int | None = None,
                  denoise: str | None = None, output_type: str = "pil", batch_size: int | None = None,
                  progress: bool = True, num_images: int | None = None) -> ImagePipelineOutput:
@@ -91,7 +92,8 @@ class StarFlowPipeline(BasePipeline):
         opts = SamplerOptions(method=sampler, guidance=guidance,
                               jacobi_block_size=jacobi_block_size or d.jacobi_block_size,
                               jacobi_th=d.jacobi_threshold if jacobi_threshold is None else jacobi_threshold,
-                              jacobi_max_iter=jacobi_max_iter or d.jacobi_max_iter, progress=False)
+                              jacobi_max_iter=jacobi_max_iter or d.jacobi_max_iter,
+                              jacobi_draft=jacobi_draft or d.jacobi_draft, progress=False)
         bs = batch_size or n_total
         starts = range(0, n_total, bs)
         outs = []

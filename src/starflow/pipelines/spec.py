@@ -57,6 +57,7 @@ class PipelineDefaults:
     jacobi_block_size: int = 32
     jacobi_threshold: float = 1e-3
     jacobi_max_iter: int = 32
+    jacobi_draft: str = "none"        # "bf16": draft each block in bfloat16, accept tokens in full precision
     denoise: str = "none"             # "score", "learned" or "none"
     fps_cond: bool = False            # official flags: what the prompt template carries
     cond_noise_level: bool = False

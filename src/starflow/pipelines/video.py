@@ -122,7 +122,8 @@ class StarFlowVideoPipeline(BasePipeline):
                  *, num_videos_per_prompt: int = 1, num_frames: int | None = None, fps: int | None = None,
                  image=None, guidance: float | None = None, sampler: str | None = None,
                  jacobi_block_size: int | None = None, jacobi_threshold: float | None = None,
-                 jacobi_max_iter: int | None = None, context_length: int | None = None,
+                 jacobi_max_iter: int | None = None, jacobi_draft: str | None = None,
+                 context_length: int | None = None,
                  height: int | None = None, width: int | None = None, aspect_ratio: str | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None, denoise: str | None = None,
                  output_type: str = "pil", batch_size: int | None = None, progress: bool = True,
@@ -173,7 +174,8 @@ class StarFlowVideoPipeline(BasePipeline):
             opts = SamplerOptions(method=sampler, guidance=guidance,
                                   jacobi_block_size=jacobi_block_size or d.jacobi_block_size,
                                   jacobi_th=d.jacobi_threshold if jacobi_threshold is None else jacobi_threshold,
-                                  jacobi_max_iter=jacobi_max_iter or d.jacobi_max_iter, context_length=ctx)
+                                  jacobi_max_iter=jacobi_max_iter or d.jacobi_max_iter,
+                                  jacobi_draft=jacobi_draft or d.jacobi_draft, context_length=ctx)
             for s in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
                 sl = slice(s, s + bs)
                 yb = y[sl] if y is not None else None
