@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from starflow.sampling.draft import draft_copy
+from starflow.sampling import draft as draft_mod
+from starflow.sampling.draft import draft_copy, fast_bf16
 from starflow.sampling.inverse import JacobiStats
 from starflow.sampling.sample import SamplerOptions, sample
 
@@ -13,6 +14,15 @@ def _noise(model, B=2, seed=3):
     y = torch.randn(B, c.txt_size, c.txt_dim, generator=g, dtype=torch.float64)
     y_null = torch.randn(B, c.txt_size, c.txt_dim, generator=g, dtype=torch.float64)
     return z, y, y_null
+
+
+def test_auto_drafts_only_where_bf16_is_native(make_model, monkeypatch):
+    block = make_model().deep
+    monkeypatch.setattr(draft_mod, "fast_bf16", lambda device: False)
+    assert draft_copy(block, "auto") is None and draft_copy(block, "bf16") is not None
+    monkeypatch.setattr(draft_mod, "fast_bf16", lambda device: True)
+    assert draft_copy(block, "auto") is draft_copy(block, "bf16")
+    assert isinstance(fast_bf16(torch.device("cpu")), bool) and not fast_bf16(torch.device("meta"))
 
 
 def test_draft_copy_is_cached_and_follows_the_weights(make_model):

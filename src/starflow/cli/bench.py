@@ -20,9 +20,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jacobi-schedule", choices=["sliding", "official"], default="sliding",
                    help="Jacobi schedule timed as sample_jacobi_s (default sliding; official is timed too)")
-    p.add_argument("--jacobi-draft", choices=["bf16", "none"], default="bf16",
-                   help="bf16 (default): each block is first solved in bfloat16 and every token is then accepted by "
-                        "the float32 rule; none: float32 only")
+    p.add_argument("--jacobi-draft", choices=["auto", "bf16", "none"], default="auto",
+                   help="bf16: each block is first solved in bfloat16 and every token is then accepted by the "
+                        "float32 rule; auto (default): bf16 where the hardware has native bf16 (AMX, CUDA); none")
     p.add_argument("--jacobi-draft-block-size", type=int, default=0,
                    help="window of the draft's Jacobi solve (default 0: the whole sequence)")
     p.add_argument("--no-official", action="store_true",

@@ -63,9 +63,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jacobi-block-size", type=int, default=None)
     p.add_argument("--jacobi-threshold", type=float, default=None)
     p.add_argument("--jacobi-max-iter", type=int, default=None)
-    p.add_argument("--jacobi-draft", choices=["bf16", "none"], default=None,
+    p.add_argument("--jacobi-draft", choices=["auto", "bf16", "none"], default=None,
                    help="bf16: solve each flow block in bfloat16 first, then accept every token by the full-precision "
-                        "rule (faster on CPUs with AMX and on GPUs; same accuracy)")
+                        "rule (faster on CPUs with AMX and on GPUs; same accuracy); auto: bf16 where that holds")
     p.add_argument("--denoise", choices=["score", "learned", "none"], default=None)
     p.add_argument("--height", type=int, default=None, help="pixels")
     p.add_argument("--width", type=int, default=None, help="pixels")

@@ -48,7 +48,8 @@ class BenchOptions:
     jacobi_th: float = 1e-3
     jacobi_max_iter: int = 32
     jacobi_schedule: str = "sliding"  # "official" or "sliding" (see sampling.inverse.jacobi_inverse)
-    jacobi_draft: str = "bf16"       # "none", or "bf16": each block drafted in bfloat16, accepted in float32
+    jacobi_draft: str = "auto"       # "bf16": each block drafted in bfloat16, accepted in float32; "auto": bf16
+                                     # where the hardware multiplies bf16 natively (AMX, CUDA); "none"
     jacobi_draft_block_size: int = 0  # the draft's window; 0: the whole sequence
     compare_official: bool = True    # also time the official algorithm (official schedule, no draft) and,
                                      # when a draft is used, the same schedule without it
@@ -278,8 +279,8 @@ def _bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None])
                 f"trunk calls, {stats.tokens} tokens, draft {stats.draft_iterations} calls, {stats.draft_tokens} "
                 f"tokens, max err {res[f'jacobi{key}_max_abs_err']})")
         res["jacobi_schedule"] = opt.jacobi_schedule
-        # a model already in bf16 gets no bf16 draft (sampling.draft.draft_copy)
-        res["jacobi_draft"] = opt.jacobi_draft if res.get("jacobi_draft_trunk_calls") else "none"
+        # the draft actually used: a model already in bf16, or "auto" without native bf16, gets none
+        res["jacobi_draft"] = "bf16" if res.get("jacobi_draft_trunk_calls") else "none"
     if "forward_ms" in res and "sample_jacobi_s" in res:
         # the forward pass of batch `batch` (8) is the doubled batch of the guided samples (2 x 4)
         res["jacobi_over_forward"] = round(1000 * res["sample_jacobi_s"] / res["forward_ms"], 2)

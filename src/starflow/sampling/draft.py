@@ -16,9 +16,26 @@ import torch
 
 from ..flow.block import FlowBlock
 
-__all__ = ["DRAFT_DTYPES", "draft_copy"]
+__all__ = ["DRAFT_DTYPES", "draft_copy", "fast_bf16"]
 
-DRAFT_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16}
+# "auto": bf16 where the hardware multiplies bf16 natively (see fast_bf16), else no draft
+DRAFT_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "auto": torch.bfloat16}
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively here: a CUDA GPU with bf16 support, or a CPU with AMX tiles.
+
+    Elsewhere (AVX2 / plain AVX-512 CPUs) bf16 is emulated and a bf16 draft would cost more than it saves.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probe = getattr(torch.cpu, "_is_amx_tile_supported", None)   # private, hence the guard
+        try:
+            return bool(probe()) if probe is not None else False
+        except RuntimeError:
+            return False
+    return False
 
 _CACHE = "_starflow_draft"
 
@@ -26,8 +43,8 @@ _CACHE = "_starflow_draft"
 def draft_copy(block: FlowBlock, draft: str) -> FlowBlock | None:
     """The block in the draft's precision, or None when there is no draft to make.
 
-    None for draft "none", and for a block that already runs in a format no wider than the draft's
-    (a bfloat16 model has nothing to gain from a bfloat16 draft). The copy is kept on the block and
+    None for draft "none", for "auto" on hardware without native bf16 matmuls, and for a block that
+    already runs in a format no wider than the draft's (a bfloat16 model gains nothing from a bf16 draft). The copy is kept on the block and
     made again when any of its weights changes (load_state_dict, an optimiser step, `.to()`).
     """
     if draft not in DRAFT_DTYPES:
@@ -35,6 +52,8 @@ def draft_copy(block: FlowBlock, draft: str) -> FlowBlock | None:
     dtype = DRAFT_DTYPES[draft]
     w = block.proj_in.weight
     if dtype is None or w.element_size() <= torch.empty((), dtype=dtype).element_size():
+        return None
+    if draft == "auto" and not fast_bf16(w.device):
         return None
     key = tuple((p.data_ptr(), p._version, p.dtype) for p in block.parameters())
     cached = block.__dict__.get(_CACHE)

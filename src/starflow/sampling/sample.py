@@ -22,7 +22,7 @@ class SamplerOptions:
     jacobi_th: float = 1e-3               # relative squared change that stops a chunk; 0: never early
     jacobi_max_iter: int = 32
     jacobi_schedule: str = "official"     # "official" chunks, or "sliding" (per-token convergence, faster)
-    jacobi_draft: str = "none"            # "bf16": solve each block in bfloat16 first (see sampling.draft)
+    jacobi_draft: str = "none"            # "bf16" / "auto": solve each block in bfloat16 first (sampling.draft)
     jacobi_draft_block_size: int = 0      # the draft's window (sliding schedule); 0: the whole sequence
     context_length: int | None = None     # long videos: frames of re-encoded context
     attn_temp: float = 1.0                # sequential only: attention temperature
