@@ -22,10 +22,15 @@ def _rank_inputs(rank):
     return torch.randn(1, 2, 4, 4, generator=g) * (0.01 if rank == 0 else 1.0), torch.randn(1, 3, 5, generator=g)
 
 
-def _iterations(model, z, y) -> int:
+def _iterations(model, z, y, **kw) -> int | tuple[int, int]:
     stats = JacobiStats()
-    sample(model.eval(), z, y, method="jacobi", jacobi_block_size=16, jacobi_th=1e-3, jacobi_max_iter=16, stats=stats)
-    return stats.iterations
+    opts = {**dict(jacobi_block_size=16, jacobi_th=1e-3, jacobi_max_iter=16), **kw}
+    sample(model.eval(), z, y, method="jacobi", stats=stats, **opts)
+    return (stats.iterations, stats.draft_iterations) if kw else stats.iterations
+
+
+# the sliding schedule with a bf16 draft: window moves and the draft's own iterations must agree too
+SLIDING_DRAFT = dict(jacobi_schedule="sliding", jacobi_draft="bf16", jacobi_block_size=4)
 
 
 def _worker(rank, port, cfg, state, out):
@@ -35,6 +40,7 @@ def _worker(rank, port, cfg, state, out):
     model = StarFlow(ModelConfig.from_dict(cfg))
     model.load_state_dict(state)
     out[rank] = _iterations(model, *_rank_inputs(rank))
+    out[f"draft{rank}"] = _iterations(model, *_rank_inputs(rank), **SLIDING_DRAFT)
     dist.destroy_process_group()
 
 
@@ -46,6 +52,9 @@ def test_ranks_agree_on_jacobi_convergence(make_model):
     out = ctx.Manager().dict()
     mp.spawn(_worker, args=(_free_port(), model.config.to_dict(), model.state_dict(), out), nprocs=2, join=True)
     assert out[0] == out[1] == max(alone)
+    drafted = [_iterations(model, *_rank_inputs(r), **SLIDING_DRAFT) for r in range(2)]
+    assert drafted[0] != drafted[1]
+    assert out["draft0"] == out["draft1"]
 
 
 def test_single_process_needs_no_process_group(make_model):
