@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from .kv_cache import KVCache
 from .precision import upcast
-from .rope import apply_rotary, apply_rotary_cis, rotary_cis
+from .rope import apply_rotary, apply_rotary_cis
 
 __all__ = ["RMSNorm", "make_norm", "Attention", "MLP", "TransformerLayer", "causal_mask", "linear"]
 
@@ -25,6 +25,8 @@ def linear(mod: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     Training, CUDA and large batches go through the module itself (its numbers bit for bit); the
     cached path differs from it only by the order BLAS sums in (float32 rounding).
     """
+    if torch.compiler.is_compiling():   # the compiler packs weights itself
+        return mod(x)
     w = mod.weight
     use = CPU_TRANSPOSED_WEIGHTS
     if use == "auto":
@@ -90,7 +92,8 @@ class Attention(torch.nn.Module):
         """x (B, L, D) -> (B, L, D).
 
         rope: (cos, sin) tables (L, head_dim) for this call's positions, optionally with a third entry,
-        their complex form (L, 1, head_dim/2) from `rotary_cis` (the trunk makes it once for all layers).
+        their complex form (L, 1, head_dim/2) from `rotary_cis` (the trunk makes it once for all layers;
+        without it the pairwise real form gives the same numbers).
         attn_mask: bool (True = attend) or additive float mask (L, S); it replaces the causal rule.
         """
         B, L, _ = x.shape                                                  # (B, L, D)
@@ -102,8 +105,10 @@ class Attention(torch.nn.Module):
             # q and k side by side (B, L, H + Hkv, d): one rotation pass for both
             qk = qk.view(B, L, H + Hk, d)
             if rope is not None:
-                cis = rope[2] if len(rope) > 2 else rotary_cis(*rope[:2])[:, None]
-                qk = apply_rotary_cis(qk, cis)
+                if len(rope) > 2:
+                    qk = apply_rotary_cis(qk, rope[2])
+                else:
+                    qk = apply_rotary(qk, rope[0][:, None], rope[1][:, None])
             q, k = qk.split([H, Hk], dim=2)
         else:
             q, k = qk.split([self.q_size, self.kv_size], dim=-1)
@@ -121,7 +126,7 @@ class Attention(torch.nn.Module):
         prefix = 0
         if cache is not None:
             prefix = cache.pos
-            ct = cache.k.dtype
+            ct = cache.dtype
             k, v = cache.write(layer, k if k.dtype == ct else k.to(ct), v if v.dtype == ct else v.to(ct))
             if ct != dt:
                 k, v = k.to(dt), v.to(dt)

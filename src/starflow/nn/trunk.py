@@ -84,8 +84,9 @@ class Trunk(torch.nn.Module):
                 raise ValueError(f"sequence of {start + L} tokens is longer than the position table "
                                  f"({cos.size(0)})")
             cos, sin = cos[start:start + L], sin[start:start + L]
-            # the complex form of the tables, made once here rather than in every layer
-            tables = (cos, sin, rotary_cis(cos, sin)[:, None])
+            # the complex form of the tables, made once here rather than in every layer; under torch.compile
+            # the layers use the real pairwise form instead (the same products: inductor has no complex codegen)
+            tables = (cos, sin) if torch.compiler.is_compiling() else (cos, sin, rotary_cis(cos, sin)[:, None])
         if causal and attn_mask is None and start > 0 and L > 1:
             # queries after cached keys: one explicit mask for all layers (SDPA's is_causal aligns top-left),
             # additive (0 / -inf) as SDPA would turn a boolean one in every layer

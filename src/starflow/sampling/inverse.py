@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..flow.affine import inverse_affine
 from ..flow.block import FlowBlock
+from ..nn.decode import CompiledStep
 from ..nn.kv_cache import KVCache
 from ..nn.precision import upcast
 
@@ -104,14 +105,31 @@ class BlockInverse:
 
 
 def sequential_inverse(inv: BlockInverse, attn_temp: float = 1.0, annealed_guidance: bool = False,
-                       progress: bool = False) -> torch.Tensor:
-    """Token by token with the KV cache: exact, U trunk calls of one token."""
+                       progress: bool = False, compiled: bool = False) -> torch.Tensor:
+    """Token by token with the KV cache: exact, U trunk calls of one token.
+
+    compiled: each step is one torch.compile'd graph of the same trunk (nn.decode.CompiledStep).
+    """
     steps = range(inv.start, inv.U)
+    run = _compiled_steps(inv) if compiled and len(steps) else inv.run
     for p in tqdm(steps, disable=not progress, desc="sequential", leave=False):
         w = inv.guidance * ((p + 1) / inv.U if annealed_guidance else 1.0)
-        raw = inv.run(inv.x_full[:, p:p + 1], p, attn_temp)
+        raw = run(inv.x_full[:, p:p + 1], p, attn_temp)
         inv.x_full[:, p + 1:p + 2] = inv.solve(raw, p, w)
     return inv.result()
+
+
+def _compiled_steps(inv: BlockInverse):
+    """inv.run for one token at a time, through a compiled step continuing inv's cache."""
+    step = CompiledStep(inv.block, inv.cache, inv.block.proj_in.weight.dtype)
+    n_txt = inv.cache.pos - inv.start      # trunk position p sits at cache position n_txt + p
+
+    def run(inp: torch.Tensor, p: int, attn_temp: float = 1.0) -> torch.Tensor:
+        q = n_txt + p
+        rows = (inv.rope[0][q:q + 1].clone(), inv.rope[1][q:q + 1].clone()) if inv.rope is not None else None
+        pe = inv.pos[p:p + 1].clone() if inv.pos is not None else None
+        return step(inp, rows, pe, attn_temp)
+    return run
 
 
 def _all_done(done: bool, device) -> bool:

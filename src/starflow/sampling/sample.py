@@ -27,6 +27,8 @@ class SamplerOptions:
     context_length: int | None = None     # long videos: frames of re-encoded context
     attn_temp: float = 1.0                # sequential only: attention temperature
     annealed_guidance: bool = False       # sequential only: guidance grows linearly over the tokens
+    compile: bool = False                 # sequential only: each token step as one torch.compile'd graph
+                                          # (nn.decode; compiles on first use, seconds per block)
     progress: bool = False
 
     def __post_init__(self):
@@ -101,7 +103,7 @@ def sample(model: StarFlow, z: torch.Tensor, y: torch.Tensor | None = None, y_nu
             return BlockInverse(b, tok, text, rope, frames, w if guided else 0.0, pre, window)
         inv = inverse(block)
         if opt.method == "sequential":
-            out = sequential_inverse(inv, opt.attn_temp, opt.annealed_guidance, opt.progress)
+            out = sequential_inverse(inv, opt.attn_temp, opt.annealed_guidance, opt.progress, opt.compile)
         else:
             low = draft_copy(block, opt.jacobi_draft)
             if low is not None:
