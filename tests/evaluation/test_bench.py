@@ -7,7 +7,7 @@ import torch
 from starflow.cli.main import main
 from starflow.evaluation.bench import BenchOptions, bench, check_targets
 
-FAST = dict(repeats=1, sample_repeats=1, warmup=0, jacobi_block_size=4, threads=1)
+FAST = dict(repeats=1, sample_repeats=1, warmup=0, jacobi_block_size=4, threads=1, sequential_compile=False)
 
 
 @pytest.fixture
@@ -19,7 +19,8 @@ def model_file(make_model, tmp_path):
 
 
 def test_bench_reports_every_figure(model_file):
-    res = bench(model_file, BenchOptions(jacobi_draft="bf16", **FAST))   # "auto" (default) needs AMX or CUDA
+    # "auto" (the default draft) needs AMX or CUDA; sequential steps compiled as by default
+    res = bench(model_file, BenchOptions(jacobi_draft="bf16", **{**FAST, "sequential_compile": True}))
     for key in ("forward_ms", "train_step_ms", "sample_sequential_s", "sample_jacobi_s", "sample_jacobi_official_s",
                 "peak_rss_mb"):
         assert res[key] > 0, key
@@ -32,6 +33,9 @@ def test_bench_reports_every_figure(model_file):
         assert 0 < res[f"jacobi{key}_max_abs_err"] < 0.5, key
         assert res[f"jacobi{key}_trunk_calls"] > 0 and res[f"jacobi{key}_tokens"] >= res[f"jacobi{key}_trunk_calls"]
     assert res["sample_jacobi_fp32_s"] > 0
+    # compiled sequential steps, and the eager baseline they are checked against
+    assert res["sequential_compiled"] and res["sample_sequential_eager_s"] > 0 and res["sample_sequential_first_s"] > 0
+    assert res["sequential_compiled_max_abs_diff"] < 1e-3
     assert set(res["targets"]) >= {"train_step_ms_ok", "sample_jacobi_s_ok", "all_ok"}
 
 
@@ -45,9 +49,10 @@ def test_bench_parts_and_bf16(model_file):
 
 def test_cli_prints_json(model_file, capsys):
     assert main(["bench", "--model", str(model_file), "--json", "--repeats", "1", "--sample-repeats", "1",
-                 "--warmup", "0", "--threads", "1", "--parts", "forward,sequential"]) == 0
+                 "--warmup", "0", "--threads", "1", "--parts", "forward,sequential", "--eager-sequential"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["forward_ms"] > 0 and res["sample_sequential_s"] > 0 and "sample_jacobi_s" not in res
+    assert res["sequential_compiled"] is False and "sample_sequential_eager_s" not in res
     assert main(["bench", "--model", str(model_file), "--json", "--sample-repeats", "1", "--warmup", "0",
                  "--threads", "1", "--parts", "jacobi", "--jacobi-draft", "none", "--no-official"]) == 0
     res = json.loads(capsys.readouterr().out)

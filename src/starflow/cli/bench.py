@@ -26,8 +26,11 @@ def register(sub) -> None:
     p.add_argument("--jacobi-draft-block-size", type=int, default=0,
                    help="window of the draft's Jacobi solve (default 0: the whole sequence)")
     p.add_argument("--no-official", action="store_true",
-                   help="do not also time the official Jacobi algorithm (and the float32-only variant)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the transformer layers")
+                   help="do not also time the baselines (official Jacobi, Jacobi without draft, eager sequential)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer layers for the forward pass and the training step")
+    p.add_argument("--eager-sequential", action="store_true",
+                   help="time sequential sampling in eager mode only (default: compiled one-token steps)")
     p.add_argument("--parts", default="forward,train,sequential,jacobi",
                    help="comma-separated subset of forward,train,sequential,jacobi")
     p.set_defaults(func=run)
@@ -40,6 +43,7 @@ def run(args) -> int:
                        sample_repeats=args.sample_repeats, warmup=args.warmup, seed=args.seed, compile=args.compile,
                        jacobi_schedule=args.jacobi_schedule, compare_official=not args.no_official,
                        jacobi_draft=args.jacobi_draft, jacobi_draft_block_size=args.jacobi_draft_block_size,
+                       sequential_compile=not args.eager_sequential,
                        parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()))
     log = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     res = bench(args.model, opt, log)

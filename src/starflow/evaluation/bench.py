@@ -51,14 +51,16 @@ class BenchOptions:
     jacobi_draft: str = "auto"       # "bf16": each block drafted in bfloat16, accepted in float32; "auto": bf16
                                      # where the hardware multiplies bf16 natively (AMX, CUDA); "none"
     jacobi_draft_block_size: int = 0  # the draft's window; 0: the whole sequence
-    compare_official: bool = True    # also time the official algorithm (official schedule, no draft) and,
-                                     # when a draft is used, the same schedule without it
+    compare_official: bool = True    # also time the baselines: the official Jacobi algorithm (official
+                                     # schedule, no draft), Jacobi without the draft, eager sequential
     warmup: int = 1
     repeats: int = 5                 # timed runs of the forward pass and the training step
     sample_repeats: int = 3          # timed runs of each sampler
     seed: int = 0
     threads: int | None = None       # torch intra-op threads (None: leave as is)
     compile: bool = False            # torch.compile the trunks' layers (likelihood pass and training)
+    sequential_compile: bool = True  # sequential sampling with compiled one-token steps (nn.decode); the
+                                     # eager figure is timed too unless compare_official is off
     parts: tuple[str, ...] = ("forward", "train", "sequential", "jacobi")
 
     @classmethod
@@ -245,15 +247,28 @@ def _bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None])
     so = SamplerOptions(guidance=opt.guidance, jacobi_block_size=opt.jacobi_block_size, jacobi_th=opt.jacobi_th,
                         jacobi_max_iter=opt.jacobi_max_iter, jacobi_draft_block_size=opt.jacobi_draft_block_size)
     seq = None
-    if "sequential" in opt.parts or "jacobi" in opt.parts:
-        # the exact sample is the Jacobi reference even when sequential sampling is not timed
-        reps = opt.sample_repeats if "sequential" in opt.parts else 1
-        ts, seq = _timed(lambda: _sample(infer, z, y, y_null, so, "sequential"), device,
-                         opt.warmup if "sequential" in opt.parts else 0, reps)
-        if "sequential" in opt.parts:
-            res["sample_sequential_s"] = round(statistics.median(ts), 3)
-            res["sample_sequential_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
-            log(f"sample_sequential_s {res['sample_sequential_s']}")
+    if "sequential" in opt.parts:
+        compiled = SamplerOptions(**{**so.__dict__, "compile": opt.sequential_compile})
+        # the first call compiles (when asked to) and stands in for one warm-up run
+        t0 = time.perf_counter()
+        _sample(infer, z, y, y_null, compiled, "sequential")
+        _sync(device)
+        res["sample_sequential_first_s"] = round(time.perf_counter() - t0, 3)
+        ts, seq = _timed(lambda: _sample(infer, z, y, y_null, compiled, "sequential"), device,
+                         max(opt.warmup - 1, 0), opt.sample_repeats)
+        res["sample_sequential_s"] = round(statistics.median(ts), 3)
+        res["sample_sequential_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
+        res["sequential_compiled"] = opt.sequential_compile
+        log(f"sample_sequential_s {res['sample_sequential_s']} (first call {res['sample_sequential_first_s']})")
+        if opt.sequential_compile and opt.compare_official:
+            ts, eager = _timed(lambda: _sample(infer, z, y, y_null, so, "sequential"), device, opt.warmup,
+                               opt.sample_repeats)
+            res["sample_sequential_eager_s"] = round(statistics.median(ts), 3)
+            res["sample_sequential_eager_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
+            res["sequential_compiled_max_abs_diff"] = round((eager.float() - seq.float()).abs().max().item(), 7)
+            log(f"sample_sequential_eager_s {res['sample_sequential_eager_s']}")
+    elif "jacobi" in opt.parts:
+        seq = _sample(infer, z, y, y_null, so, "sequential")   # the exact sample: the Jacobi reference
     if "jacobi" in opt.parts:
         # (key suffix, schedule, draft): the configured sampler, then the comparisons
         variants = [("", opt.jacobi_schedule, opt.jacobi_draft)]
