@@ -301,6 +301,30 @@ class BasePipeline:
             y_null = y_null.to(dev, dt).repeat_interleave(repeat, 0)
         return y, y_null
 
+    def _call_setup(self, guidance: float | None, denoise: str | None, sampler: str | None, height: int | None,
+                    width: int | None, aspect_ratio: str | None) -> tuple[float, str, str, str | None, int, int]:
+        """The arguments every generation call shares, checked and defaulted:
+        -> guidance, denoise, sampler, aspect_ratio, H, W (pixels)."""
+        d = self.defaults
+        guidance = d.guidance if guidance is None else float(guidance)
+        if guidance < 0:
+            raise ValueError("guidance must be >= 0")
+        denoise, sampler = self._resolve(denoise, sampler)
+        aspect_ratio = aspect_ratio if aspect_ratio is not None or height or width else d.aspect_ratio
+        H, W = self._pixel_size(height, width, aspect_ratio)
+        return guidance, denoise, sampler, aspect_ratio, H, W
+
+    def _sampler_options(self, sampler: str, guidance: float, block_size: int | None, threshold: float | None,
+                         max_iter: int | None, draft: str | None, **extra):
+        """SamplerOptions from a call's Jacobi arguments, the pipeline's defaults filling the gaps."""
+        from ..sampling.sample import SamplerOptions
+
+        d = self.defaults
+        return SamplerOptions(method=sampler, guidance=guidance, jacobi_block_size=block_size or d.jacobi_block_size,
+                              jacobi_th=d.jacobi_threshold if threshold is None else threshold,
+                              jacobi_max_iter=max_iter or d.jacobi_max_iter, jacobi_draft=draft or d.jacobi_draft,
+                              **extra)
+
     def _resolve(self, denoise: str | None, sampler: str | None) -> tuple[str, str]:
         denoise = denoise if denoise is not None else self.defaults.denoise
         sampler = sampler if sampler is not None else self.defaults.sampler

@@ -72,12 +72,8 @@ class StarFlowPipeline(BasePipeline):
         if num_images_per_prompt < 1:
             raise ValueError("num_images_per_prompt must be >= 1")
         d = self.defaults
-        guidance = d.guidance if guidance is None else float(guidance)
-        if guidance < 0:
-            raise ValueError("guidance must be >= 0")
-        denoise, sampler = self._resolve(denoise, sampler)
-        aspect_ratio = aspect_ratio if aspect_ratio is not None or height or width else d.aspect_ratio
-        H, W = self._pixel_size(height, width, aspect_ratio)
+        guidance, denoise, sampler, aspect_ratio, H, W = self._call_setup(guidance, denoise, sampler, height, width,
+                                                                          aspect_ratio)
         sf = self.spatial_factor
         n_total = len(prompts) * num_images_per_prompt if prompts is not None else (num_images or 1)
 
@@ -88,12 +84,9 @@ class StarFlowPipeline(BasePipeline):
         z = torch.randn((n_total, self.latent_channels, H // sf, W // sf), generator=g)   # (N, C, h, w)
         z = z.to(self.device, self.dtype)
 
-        from ..sampling.sample import SamplerOptions, sample
-        opts = SamplerOptions(method=sampler, guidance=guidance,
-                              jacobi_block_size=jacobi_block_size or d.jacobi_block_size,
-                              jacobi_th=d.jacobi_threshold if jacobi_threshold is None else jacobi_threshold,
-                              jacobi_max_iter=jacobi_max_iter or d.jacobi_max_iter,
-                              jacobi_draft=jacobi_draft or d.jacobi_draft, progress=False)
+        from ..sampling.sample import sample
+        opts = self._sampler_options(sampler, guidance, jacobi_block_size, jacobi_threshold, jacobi_max_iter,
+                                     jacobi_draft, progress=False)
         bs = batch_size or n_total
         starts = range(0, n_total, bs)
         outs = []

@@ -145,12 +145,8 @@ class StarFlowVideoPipeline(BasePipeline):
             raise ValueError("give num_frames (this pipeline has no trained length stored)")
         fps = int(fps or d.fps or 8)
         T = self.latent_frames(num_frames)
-        guidance = d.guidance if guidance is None else float(guidance)
-        if guidance < 0:
-            raise ValueError("guidance must be >= 0")
-        denoise, sampler = self._resolve(denoise, sampler)
-        aspect_ratio = aspect_ratio if aspect_ratio is not None or height or width else d.aspect_ratio
-        H, W = self._pixel_size(height, width, aspect_ratio)
+        guidance, denoise, sampler, aspect_ratio, H, W = self._call_setup(guidance, denoise, sampler, height, width,
+                                                                          aspect_ratio)
         sf = self.spatial_factor
         n_total = len(prompts) * num_videos_per_prompt if prompts is not None else (num_videos or 1)
         if image is not None and T < 2:
@@ -163,7 +159,7 @@ class StarFlowVideoPipeline(BasePipeline):
         z = z.to(self.device, self.dtype)
         prefix = self._first_frame(image, n_total, H, W, g) if image is not None else None
 
-        from ..sampling.sample import SamplerOptions, sample
+        from ..sampling.sample import sample
         bs = batch_size or n_total
         starts = range(0, n_total, bs)
         outs = []
@@ -171,11 +167,8 @@ class StarFlowVideoPipeline(BasePipeline):
             ctx = context_length or d.context_length or (window - 1 if window else None)
             if ctx is not None and window and not 0 < ctx < window:
                 raise ValueError(f"context_length must be in [1, {window - 1}] for a window of {window} latent frames")
-            opts = SamplerOptions(method=sampler, guidance=guidance,
-                                  jacobi_block_size=jacobi_block_size or d.jacobi_block_size,
-                                  jacobi_th=d.jacobi_threshold if jacobi_threshold is None else jacobi_threshold,
-                                  jacobi_max_iter=jacobi_max_iter or d.jacobi_max_iter,
-                                  jacobi_draft=jacobi_draft or d.jacobi_draft, context_length=ctx)
+            opts = self._sampler_options(sampler, guidance, jacobi_block_size, jacobi_threshold, jacobi_max_iter,
+                                         jacobi_draft, context_length=ctx)
             for s in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
                 sl = slice(s, s + bs)
                 yb = y[sl] if y is not None else None
