@@ -1,4 +1,5 @@
 """Compiled one-token steps (torch.compile of the same Trunk.run) agree with the eager steps."""
+import pytest
 import torch
 
 from starflow.nn.decode import CompiledStep, compiled_run
@@ -49,6 +50,17 @@ def test_compiled_sequential_sampling_with_guidance_and_prefix(make_model):
     assert torch.equal(out[:, :1], x[:, :1])
     torch.testing.assert_close(out, sample(model, z, y, method="sequential", prefix=x[:, :1]), atol=1e-4, rtol=1e-4)
     y_null = torch.randn(2, 3, 5, generator=g)
+    opts = dict(method="sequential", guidance=2.0)
+    torch.testing.assert_close(sample(model, z, y, y_null, compile=True, **opts), sample(model, z, y, y_null, **opts),
+                               atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_compiled_sequential_on_cuda(make_model):
+    model = make_model(dtype=torch.float32).cuda()
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(2, 2, 4, 4, generator=g).cuda()
+    y, y_null = torch.randn(2, 3, 5, generator=g).cuda(), torch.randn(2, 3, 5, generator=g).cuda()
     opts = dict(method="sequential", guidance=2.0)
     torch.testing.assert_close(sample(model, z, y, y_null, compile=True, **opts), sample(model, z, y, y_null, **opts),
                                atol=1e-4, rtol=1e-4)

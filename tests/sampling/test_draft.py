@@ -93,3 +93,15 @@ def test_draft_with_video_prefix_and_attention_window(make_model):
                 context_length=1)
     torch.testing.assert_close(sample(model, zz, yy, jacobi_draft="bf16", **opts), sample(model, zz, yy, **opts),
                                atol=1e-9, rtol=0)
+
+
+@pytest.mark.gpu
+def test_draft_on_cuda_is_accepted_in_float32(make_model):
+    model = make_model(dtype=torch.float32).cuda()
+    z, y, y_null = (t.float().cuda() for t in _noise(model))
+    seq = sample(model, z, y, y_null, method="sequential", guidance=2.0)
+    stats = JacobiStats()
+    out = sample(model, z, y, y_null, method="jacobi", guidance=2.0, jacobi_schedule="sliding", jacobi_draft="auto",
+                 jacobi_block_size=4, jacobi_th=1e-12, jacobi_max_iter=40, stats=stats)
+    assert stats.draft_iterations > 0                      # auto drafts on a GPU with bf16
+    torch.testing.assert_close(out, seq, atol=1e-4, rtol=1e-4)
