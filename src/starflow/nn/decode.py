@@ -51,6 +51,8 @@ class CompiledStep:
         for t in cache.k + cache.v:   # masked entries are still multiplied by 0: they must not hold NaN garbage
             t[:, :, cache.pos:].zero_()
         self.run = compiled_run()
+        import torch._inductor.config as inductor_config   # imported on first use: it is slow to import
+        self._inductor_config = inductor_config
 
     def __call__(self, x: torch.Tensor, rope_rows: tuple[torch.Tensor, torch.Tensor] | None,
                  pos_embed: torch.Tensor | None = None, attn_temp: float = 1.0) -> torch.Tensor:
@@ -58,10 +60,9 @@ class CompiledStep:
         p = self.cache.pos
         self.where.fill_(p)
         self.mask[:, p] = 0
-        import torch._inductor.config as inductor_config
         # cpp_wrapper: the generated graph is called from C++, not Python (read when a call compiles).
         # Weights stay graph inputs (no `freezing`): a step after an optimiser update sees the new weights.
-        with inductor_config.patch(cpp_wrapper=True):
+        with self._inductor_config.patch(cpp_wrapper=True):
             out = self.run(self.trunk, x.contiguous(), None, rope=rope_rows, cache=self.slot, pos_embed=pos_embed,
                            attn_mask=self.mask, attn_temp=attn_temp)
         self.cache.advance(1)

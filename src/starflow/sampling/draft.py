@@ -44,8 +44,9 @@ def draft_copy(block: FlowBlock, draft: str) -> FlowBlock | None:
     """The block in the draft's precision, or None when there is no draft to make.
 
     None for draft "none", for "auto" on hardware without native bf16 matmuls, and for a block that
-    already runs in a format no wider than the draft's (a bfloat16 model gains nothing from a bf16 draft). The copy is kept on the block and
-    made again when any of its weights changes (load_state_dict, an optimiser step, `.to()`).
+    already runs in a format no wider than the draft's (a bfloat16 model gains nothing from a bf16
+    draft). The copy is kept on the block and made again when any of its weights changes
+    (load_state_dict, an optimiser step, `.to()`).
     """
     if draft not in DRAFT_DTYPES:
         raise ValueError(f"jacobi draft must be one of {sorted(DRAFT_DTYPES)}, not {draft!r}")
