@@ -47,7 +47,7 @@ def test_bench_parts_and_bf16(model_file):
     assert res["jacobi_max_abs_err"] < 0.5                                   # against a bf16 sequential sample
 
 
-def test_cli_prints_json(model_file, capsys):
+def test_cli_prints_json(model_file, capsys, tmp_path):
     assert main(["bench", "--model", str(model_file), "--json", "--repeats", "1", "--sample-repeats", "1",
                  "--warmup", "0", "--threads", "1", "--parts", "forward,sequential", "--eager-sequential"]) == 0
     res = json.loads(capsys.readouterr().out)
@@ -57,6 +57,17 @@ def test_cli_prints_json(model_file, capsys):
                  "--threads", "1", "--parts", "jacobi", "--jacobi-draft", "none", "--no-official"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["jacobi_draft"] == res["options"]["jacobi_draft"] == "none" and "sample_jacobi_fp32_s" not in res
+    # targets against official figures measured just before (benchmarks/official_baseline.py's JSON)
+    ref = tmp_path / "official.json"
+    ref.write_text(json.dumps({"impl": "official", "sample_jacobi_s": 1000.0, "jacobi_max_abs_err": 0.3}))
+    assert main(["bench", "--model", str(model_file), "--json", "--sample-repeats", "1", "--warmup", "0",
+                 "--threads", "1", "--parts", "jacobi", "--no-official", "--reference", str(ref)]) == 0
+    t = json.loads(capsys.readouterr().out)["targets"]
+    assert t["sample_jacobi_s_ok"] and t["sample_jacobi_s_vs_official"] < 0.01
+    assert t["reference"]["source"] == "--reference" and t["reference"]["figures"]["train_step_ms"] == 824.0
+    ref.write_text("[1, 2]")
+    assert main(["bench", "--model", str(model_file), "--parts", "jacobi", "--reference", str(ref)]) != 0
+    assert "expected a JSON object" in capsys.readouterr().err
 
 
 def test_bad_options_are_refused(tmp_path):

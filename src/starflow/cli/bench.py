@@ -31,6 +31,9 @@ def register(sub) -> None:
                    help="torch.compile the transformer layers for the forward pass and the training step")
     p.add_argument("--eager-sequential", action="store_true",
                    help="time sequential sampling in eager mode only (default: compiled one-token steps)")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="JSON of official figures measured just before on this machine "
+                        "(benchmarks/official_baseline.py); default: the speed issue's figures")
     p.add_argument("--parts", default="forward,train,sequential,jacobi",
                    help="comma-separated subset of forward,train,sequential,jacobi")
     p.set_defaults(func=run)
@@ -39,11 +42,19 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..evaluation.bench import BenchOptions, bench
 
+    reference = None
+    if args.reference is not None:
+        try:
+            reference = json.loads(args.reference.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--reference {args.reference}: not a readable JSON file ({e})") from None
+        if not isinstance(reference, dict):
+            raise ValueError(f"--reference {args.reference}: expected a JSON object of figures")
     opt = BenchOptions(device=args.device or "cpu", dtype=args.dtype, threads=args.threads, repeats=args.repeats,
                        sample_repeats=args.sample_repeats, warmup=args.warmup, seed=args.seed, compile=args.compile,
                        jacobi_schedule=args.jacobi_schedule, compare_official=not args.no_official,
                        jacobi_draft=args.jacobi_draft, jacobi_draft_block_size=args.jacobi_draft_block_size,
-                       sequential_compile=not args.eager_sequential,
+                       sequential_compile=not args.eager_sequential, reference=reference,
                        parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()))
     log = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     res = bench(args.model, opt, log)

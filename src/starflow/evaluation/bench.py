@@ -62,6 +62,9 @@ class BenchOptions:
     sequential_compile: bool = True  # sequential sampling with compiled one-token steps (nn.decode); the
                                      # eager figure is timed too unless compare_official is off
     parts: tuple[str, ...] = ("forward", "train", "sequential", "jacobi")
+    # the official figures the targets compare with: None, the speed issue's (OFFICIAL_CPU); or figures
+    # measured just before on this machine by benchmarks/official_baseline.py (`--reference FILE.json`)
+    reference: dict[str, float] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BenchOptions":
@@ -304,7 +307,9 @@ def _bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None])
         res["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
     res["loadavg_1m_end"] = _loadavg()
     if device.type == "cpu" and opt.dtype == "fp32":
-        res["targets"] = check_targets(res)
+        ref = {**OFFICIAL_CPU, **{k: float(v) for k, v in (opt.reference or {}).items() if k in OFFICIAL_CPU}}
+        res["targets"] = check_targets(res, ref)
+        res["targets"]["reference"] = {"figures": ref, "source": "--reference" if opt.reference else "speed issue"}
     res["options"] = asdict(opt)
     return res
 
