@@ -39,6 +39,17 @@ def test_bench_reports_every_figure(model_file):
     assert set(res["targets"]) >= {"train_step_ms_ok", "sample_jacobi_s_ok", "all_ok"}
 
 
+def test_failed_compilation_falls_back_to_eager_steps(model_file, monkeypatch):
+    import starflow.nn.decode as decode
+
+    def broken():
+        raise RuntimeError("no C++ compiler")
+    monkeypatch.setattr(decode, "compiled_run", broken)
+    res = bench(model_file, BenchOptions(parts=("sequential",), **{**FAST, "sequential_compile": True}))
+    assert res["sequential_compiled"] is False and "no C++ compiler" in res["sequential_compile_error"]
+    assert res["sample_sequential_s"] > 0 and "sample_sequential_eager_s" not in res
+
+
 def test_bench_parts_and_bf16(model_file):
     res = bench(model_file, BenchOptions(dtype="bf16", parts=("forward", "jacobi"), compare_official=False, **FAST))
     assert res["dtype"] == "bf16" and res["forward_ms"] > 0 and "train_step_ms" not in res
