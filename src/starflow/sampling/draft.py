@@ -37,6 +37,7 @@ def fast_bf16(device: torch.device) -> bool:
             return False
     return False
 
+
 _CACHE = "_starflow_draft"
 
 

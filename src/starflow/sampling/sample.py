@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -99,8 +100,9 @@ def sample(model: StarFlow, z: torch.Tensor, y: torch.Tensor | None = None, y_nu
             pre = prefix_inputs[i].reshape(B, -1, ch) if prefix is not None else None
         rope = model.rope_tables(block, gh, gw, rope_frames, text.size(1) if text is not None else 0, z.device)
         window = c.local_attn_window if (deep and video and opt.method == "jacobi") else None
-        def inverse(b):
-            return BlockInverse(b, tok, text, rope, frames, w if guided else 0.0, pre, window)
+        # the same inputs for the block and for a low-precision copy of it (a Jacobi draft)
+        inverse = partial(BlockInverse, z=tok, text=text, rope=rope, frames=frames, guidance=w if guided else 0.0,
+                          prefix=pre, window_frames=window)
         inv = inverse(block)
         if opt.method == "sequential":
             out = sequential_inverse(inv, opt.attn_temp, opt.annealed_guidance, opt.progress, opt.compile)
