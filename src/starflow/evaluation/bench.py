@@ -249,65 +249,16 @@ def _bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None])
     z, y, y_null = _inputs(base, opt.sample_batch, opt.seed + 1, device, dtype)
     so = SamplerOptions(guidance=opt.guidance, jacobi_block_size=opt.jacobi_block_size, jacobi_th=opt.jacobi_th,
                         jacobi_max_iter=opt.jacobi_max_iter, jacobi_draft_block_size=opt.jacobi_draft_block_size)
+
+    def run(o: SamplerOptions, method: str, sched: str = "official", stats=None, draft: str = "none"):
+        return _sample(infer, z, y, y_null, o, method, sched, stats, draft)
     seq = None
     if "sequential" in opt.parts:
-        compiled = SamplerOptions(**{**so.__dict__, "compile": opt.sequential_compile})
-        # the first call compiles (when asked to) and stands in for one warm-up run
-        t0 = time.perf_counter()
-        try:
-            _sample(infer, z, y, y_null, compiled, "sequential")
-        except Exception as e:   # e.g. no C++ compiler for inductor: time the eager steps, say why
-            if not opt.sequential_compile:
-                raise
-            res["sequential_compile_error"] = f"{type(e).__name__}: {e}"[:500]
-            log(f"compiled sequential steps failed ({res['sequential_compile_error']}); timing eager steps")
-            compiled = so
-            t0 = time.perf_counter()
-            _sample(infer, z, y, y_null, compiled, "sequential")
-        _sync(device)
-        res["sample_sequential_first_s"] = round(time.perf_counter() - t0, 3)
-        ts, seq = _timed(lambda: _sample(infer, z, y, y_null, compiled, "sequential"), device,
-                         max(opt.warmup - 1, 0), opt.sample_repeats)
-        res["sample_sequential_s"] = round(statistics.median(ts), 3)
-        res["sample_sequential_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
-        res["sequential_compiled"] = compiled.compile
-        log(f"sample_sequential_s {res['sample_sequential_s']} (first call {res['sample_sequential_first_s']})")
-        if compiled.compile and opt.compare_official:
-            ts, eager = _timed(lambda: _sample(infer, z, y, y_null, so, "sequential"), device, opt.warmup,
-                               opt.sample_repeats)
-            res["sample_sequential_eager_s"] = round(statistics.median(ts), 3)
-            res["sample_sequential_eager_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
-            res["sequential_compiled_max_abs_diff"] = round((eager.float() - seq.float()).abs().max().item(), 7)
-            log(f"sample_sequential_eager_s {res['sample_sequential_eager_s']}")
+        seq = _bench_sequential(run, so, opt, device, res, log)
     elif "jacobi" in opt.parts:
-        seq = _sample(infer, z, y, y_null, so, "sequential")   # the exact sample: the Jacobi reference
+        seq = run(so, "sequential")   # the exact sample: the Jacobi reference
     if "jacobi" in opt.parts:
-        # (key suffix, schedule, draft): the configured sampler, then the comparisons
-        variants = [("", opt.jacobi_schedule, opt.jacobi_draft)]
-        if opt.compare_official:
-            if opt.jacobi_draft != "none":
-                variants.append(("_fp32", opt.jacobi_schedule, "none"))
-            if (opt.jacobi_schedule, opt.jacobi_draft) != ("official", "none"):
-                variants.append(("_official", "official", "none"))
-        for key, sched, draft in variants:
-            run = (lambda: _sample(infer, z, y, y_null, so, "jacobi", sched, None, draft))
-            ts, jac = _timed(run, device, opt.warmup, opt.sample_repeats)
-            stats = JacobiStats()
-            _sample(infer, z, y, y_null, so, "jacobi", sched, stats, draft)
-            res[f"sample_jacobi{key}_s"] = round(statistics.median(ts), 3)
-            res[f"sample_jacobi{key}_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
-            res[f"jacobi{key}_max_abs_err"] = round((jac.float() - seq.float()).abs().max().item(), 5)
-            res[f"jacobi{key}_trunk_calls"] = stats.iterations
-            res[f"jacobi{key}_tokens"] = stats.tokens
-            if stats.draft_iterations:
-                res[f"jacobi{key}_draft_trunk_calls"] = stats.draft_iterations
-                res[f"jacobi{key}_draft_tokens"] = stats.draft_tokens
-            log(f"sample_jacobi{key}_s {res[f'sample_jacobi{key}_s']} ({sched}, draft {draft}: {stats.iterations} "
-                f"trunk calls, {stats.tokens} tokens, draft {stats.draft_iterations} calls, {stats.draft_tokens} "
-                f"tokens, max err {res[f'jacobi{key}_max_abs_err']})")
-        res["jacobi_schedule"] = opt.jacobi_schedule
-        # the draft actually used: a model already in bf16, or "auto" without native bf16, gets none
-        res["jacobi_draft"] = "bf16" if res.get("jacobi_draft_trunk_calls") else "none"
+        _bench_jacobi(run, so, opt, device, res, log, seq)
     if "forward_ms" in res and "sample_jacobi_s" in res:
         # the forward pass of batch `batch` (8) is the doubled batch of the guided samples (2 x 4)
         res["jacobi_over_forward"] = round(1000 * res["sample_jacobi_s"] / res["forward_ms"], 2)
@@ -321,6 +272,67 @@ def _bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None])
         res["targets"]["reference"] = {"figures": ref, "source": "--reference" if opt.reference else "speed issue"}
     res["options"] = asdict(opt)
     return res
+
+
+def _bench_sequential(run, so: SamplerOptions, opt: BenchOptions, device, res: dict, log) -> torch.Tensor:
+    """Time sequential sampling (compiled steps unless opt says otherwise); returns the exact sample."""
+    compiled = SamplerOptions(**{**so.__dict__, "compile": opt.sequential_compile})
+    # the first call compiles (when asked to) and stands in for one warm-up run
+    t0 = time.perf_counter()
+    try:
+        run(compiled, "sequential")
+    except Exception as e:   # e.g. no C++ compiler for inductor: time the eager steps, say why
+        if not opt.sequential_compile:
+            raise
+        res["sequential_compile_error"] = f"{type(e).__name__}: {e}"[:500]
+        log(f"compiled sequential steps failed ({res['sequential_compile_error']}); timing eager steps")
+        compiled = so
+        t0 = time.perf_counter()
+        run(compiled, "sequential")
+    _sync(device)
+    res["sample_sequential_first_s"] = round(time.perf_counter() - t0, 3)
+    ts, seq = _timed(lambda: run(compiled, "sequential"), device, max(opt.warmup - 1, 0), opt.sample_repeats)
+    res["sample_sequential_s"] = round(statistics.median(ts), 3)
+    res["sample_sequential_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
+    res["sequential_compiled"] = compiled.compile
+    log(f"sample_sequential_s {res['sample_sequential_s']} (first call {res['sample_sequential_first_s']})")
+    if compiled.compile and opt.compare_official:
+        ts, eager = _timed(lambda: run(so, "sequential"), device, opt.warmup, opt.sample_repeats)
+        res["sample_sequential_eager_s"] = round(statistics.median(ts), 3)
+        res["sample_sequential_eager_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
+        res["sequential_compiled_max_abs_diff"] = round((eager.float() - seq.float()).abs().max().item(), 7)
+        seq = eager   # Jacobi's reference: the eager exact sample
+        log(f"sample_sequential_eager_s {res['sample_sequential_eager_s']}")
+    return seq
+
+
+def _bench_jacobi(run, so: SamplerOptions, opt: BenchOptions, device, res: dict, log, seq: torch.Tensor) -> None:
+    """Time Jacobi as configured, then (compare_official) without the draft and the official algorithm."""
+    # (key suffix, schedule, draft): the configured sampler, then the comparisons
+    variants = [("", opt.jacobi_schedule, opt.jacobi_draft)]
+    if opt.compare_official:
+        if opt.jacobi_draft != "none":
+            variants.append(("_fp32", opt.jacobi_schedule, "none"))
+        if (opt.jacobi_schedule, opt.jacobi_draft) != ("official", "none"):
+            variants.append(("_official", "official", "none"))
+    for key, sched, draft in variants:
+        ts, jac = _timed(lambda: run(so, "jacobi", sched, None, draft), device, opt.warmup, opt.sample_repeats)
+        stats = JacobiStats()
+        run(so, "jacobi", sched, stats, draft)
+        res[f"sample_jacobi{key}_s"] = round(statistics.median(ts), 3)
+        res[f"sample_jacobi{key}_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
+        res[f"jacobi{key}_max_abs_err"] = round((jac.float() - seq.float()).abs().max().item(), 5)
+        res[f"jacobi{key}_trunk_calls"] = stats.iterations
+        res[f"jacobi{key}_tokens"] = stats.tokens
+        if stats.draft_iterations:
+            res[f"jacobi{key}_draft_trunk_calls"] = stats.draft_iterations
+            res[f"jacobi{key}_draft_tokens"] = stats.draft_tokens
+        log(f"sample_jacobi{key}_s {res[f'sample_jacobi{key}_s']} ({sched}, draft {draft}: {stats.iterations} "
+            f"trunk calls, {stats.tokens} tokens, draft {stats.draft_iterations} calls, {stats.draft_tokens} "
+            f"tokens, max err {res[f'jacobi{key}_max_abs_err']})")
+    res["jacobi_schedule"] = opt.jacobi_schedule
+    # the draft actually used: a model already in bf16, or "auto" without native bf16, gets none
+    res["jacobi_draft"] = "bf16" if res.get("jacobi_draft_trunk_calls") else "none"
 
 
 def _device_name(device: torch.device) -> str:
