@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, ModelConfig, load_yaml
+from ..config import ConfigError, ModelConfig, load_yaml, unknown_keys
 
 __all__ = ["DataConfig", "OptimConfig", "LogConfig", "DistConfig", "TrainConfig", "load_train_config",
            "apply_overrides", "ConfigError", "check_model_section"]
@@ -157,10 +157,9 @@ def check_model_section(model: Any) -> None:
     `extra` (an explicit mapping of official extras, as `ModelConfig.to_dict` writes it) is allowed."""
     if not isinstance(model, dict):
         raise ConfigError("model: expected a mapping of model keys")
-    known = {f.name for f in fields(ModelConfig)} | set(MODEL_SECTION_SOURCES)
-    unknown = sorted(k for k in model if k not in known)
+    unknown, known = unknown_keys(ModelConfig, {k: v for k, v in model.items() if k not in MODEL_SECTION_SOURCES})
     if unknown:
-        names = sorted(known - {"extra"})
+        names = sorted((set(known) | set(MODEL_SECTION_SOURCES)) - {"extra"})
         raise ConfigError(f"unknown key(s) {', '.join('model.' + str(k) for k in unknown)}; known in model: "
                           f"{', '.join(names)} (training keys belong in optim / data / log)")
 
