@@ -6,15 +6,16 @@ script times the official apple/ml-starflow code on the same model file and the 
 `starflow bench` (same seeds, batches, guidance, Jacobi settings), so the two can run back to back:
 
     python benchmarks/official_baseline.py --code PATH/TO/ml-starflow --model ../shared/bench/bench_t2i_small.pt \\
-        > official.json
+        --autocast > official.json
     starflow bench --model ../shared/bench/bench_t2i_small.pt --reference official.json
 
 PATH/TO/ml-starflow is a checkout of https://github.com/apple/ml-starflow (its `transformer_flow.py`
 and `misc/` are imported from there, nothing of it is copied here). It runs on the CPU in float32.
 The official `Model` is built the way its `utils/model_setup.py` builds it from the config keys, and
 the state dict must load strictly. Training step: the official `Model.get_loss` on the forward
-outputs, backward, fused AdamW (the same optimiser as `starflow bench`). Prints one JSON object with
-the keys `starflow bench --reference` reads.
+outputs, backward, fused AdamW (the same optimiser as `starflow bench`); with `--autocast` also under
+bf16 autocast, for `starflow bench`'s train_step_autocast_ms. Prints one JSON object with the keys
+`starflow bench --reference` reads.
 """
 from __future__ import annotations
 
@@ -77,6 +78,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sample-repeats", type=int, default=3)
     ap.add_argument("--parts", default="forward,train,sequential,jacobi")
+    ap.add_argument("--autocast", action="store_true",
+                    help="also time the training step under bf16 autocast (train_step_autocast_ms): the official "
+                         "train.py's autocast, which names device 'cuda' and so does nothing on a CPU, pointed "
+                         "at this device")
     args = ap.parse_args(argv)
     if not (args.code / "transformer_flow.py").is_file():
         raise SystemExit(f"{args.code}: no transformer_flow.py (give a checkout of apple/ml-starflow)")
@@ -108,14 +113,16 @@ def main(argv=None) -> int:
         params = [p for k, p in model.named_parameters() if not k.startswith("learnable_self_denoiser")]
         opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4, fused=True)
 
-        def step():
-            z, _, _, logdets = model(x, y)
-            loss = model.get_loss(z, logdets)["loss"]
+        def step(autocast: bool):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                z, _, _, logdets = model(x, y)
+                loss = model.get_loss(z, logdets)["loss"]
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        ts, _ = timed(step, 1, args.repeats)
-        res["train_step_ms"] = round(1000 * med(ts), 2)
+        for key, autocast in [("train_step_ms", False)] + [("train_step_autocast_ms", True)] * args.autocast:
+            ts, _ = timed(lambda: step(autocast), 1, args.repeats)
+            res[key] = round(1000 * med(ts), 2)
         model.load_state_dict(cfg["state_dict"], strict=True)   # undo the steps before sampling
     z, y, y_null = _inputs(ours, 4, 1, "cpu", torch.float32)
     model.eval()

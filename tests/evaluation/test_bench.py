@@ -39,6 +39,26 @@ def test_bench_reports_every_figure(model_file):
     assert set(res["targets"]) >= {"train_step_ms_ok", "sample_jacobi_s_ok", "all_ok"}
 
 
+def test_training_step_under_autocast(model_file):
+    # float32 weights and AdamW under bf16 autocast: timed beside the float32 step, never instead of it
+    res = bench(model_file, BenchOptions(parts=("train",), train_autocast="bf16", **FAST))
+    assert res["train_step_ms"] > 0 and res["train_step_autocast_ms"] > 0
+    t = res["targets"]
+    assert t["train_step_autocast_official_precision"] == "float32"      # the figures are float32
+    assert t["train_step_autocast_vs_official"] == round(res["train_step_autocast_ms"] / 824.0, 3)
+    assert "train_step_ms_ok" in t and not any(k.startswith("train_step_autocast") and k.endswith("_ok") for k in t)
+    # against an official step measured under the same autocast (official_baseline.py --autocast)
+    ref = {"train_step_ms": 1e6, "train_step_autocast_ms": 2e6}
+    t = bench(model_file, BenchOptions(parts=("train",), train_autocast="bf16", reference=ref, **FAST))["targets"]
+    assert t["train_step_autocast_official_precision"] == "bf16 autocast" and t["train_step_autocast_vs_official"] < 0.01
+    assert t["train_step_ms_ok"] and t["all_ok"]
+    assert "train_step_autocast_ms" not in bench(model_file, BenchOptions(parts=("train",), train_autocast="none",
+                                                                         **FAST))
+    # a bf16 run's training step is already under autocast: no second figure
+    res = bench(model_file, BenchOptions(dtype="bf16", parts=("train",), train_autocast="bf16", **FAST))
+    assert res["train_step_ms"] > 0 and "train_step_autocast_ms" not in res
+
+
 def test_failed_compilation_falls_back_to_eager_steps(model_file, monkeypatch):
     import starflow.nn.decode as decode
 
@@ -92,6 +112,8 @@ def test_bad_options_are_refused(tmp_path):
         BenchOptions(jacobi_schedule="fast")
     with pytest.raises(ValueError, match="jacobi_draft"):
         BenchOptions(jacobi_draft="int8")
+    with pytest.raises(ValueError, match="train_autocast"):
+        BenchOptions(train_autocast="fp16")
     with pytest.raises(FileNotFoundError, match="bench model not found"):
         bench(tmp_path / "missing.pt")
 

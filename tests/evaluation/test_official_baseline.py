@@ -35,3 +35,55 @@ def test_config_maps_onto_the_official_constructor(make_model):
 def test_needs_an_official_checkout(tmp_path):
     with pytest.raises(SystemExit, match="transformer_flow.py"):
         _load().main(["--code", str(tmp_path), "--model", str(tmp_path / "m.pt")])
+
+
+FAKE_CHECKOUT = '''
+import json
+import torch
+from starflow.flow.loading import load_official
+from starflow.flow.model import StarFlow
+
+CONFIG = json.loads({config!r})
+AUTOCAST = []   # whether each forward ran under CPU autocast
+
+
+class _Official(StarFlow):
+    """Stands in for the official Model: its call and loss signatures, our numbers."""
+
+    def forward(self, x, y):
+        AUTOCAST.append(torch.is_autocast_enabled("cpu"))
+        out = super().forward(x, y)
+        return out.z, None, out.block_outputs, out.logdets
+
+    def get_loss(self, z, logdets):
+        lz, ll = self.loss_terms(z, logdets)
+        return {{"loss": (lz + ll).mean()}}
+
+
+def Model(**kw):
+    m = load_official(CONFIG)
+    m.__class__ = _Official
+    return m
+'''
+
+
+def test_training_step_with_and_without_autocast(make_model, tmp_path, capsys, monkeypatch):
+    import json
+    import sys
+    model = make_model(dtype=torch.float32, img_size=4, txt_size=3, txt_dim=5)
+    cfg = model.config.to_dict()
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "transformer_flow.py").write_text(FAKE_CHECKOUT.format(config=json.dumps(cfg)))
+    torch.save({"config": cfg, "state_dict": model.state_dict()}, tmp_path / "m.pt")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "transformer_flow", raising=False)
+    args = ["--code", str(tmp_path / "code"), "--model", str(tmp_path / "m.pt"), "--parts", "train",
+            "--repeats", "1"]
+    assert _load().main(args + ["--autocast"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["train_step_ms"] > 0 and res["train_step_autocast_ms"] > 0
+    autocast = sys.modules["transformer_flow"].AUTOCAST
+    assert autocast == [False, False, True, True]       # warm-up + one timed step, each way
+    monkeypatch.delitem(sys.modules, "transformer_flow")
+    assert _load().main(args) == 0
+    assert "train_step_autocast_ms" not in json.loads(capsys.readouterr().out)

@@ -25,6 +25,10 @@ def register(sub) -> None:
                         "float32 rule; auto (default): bf16 where the hardware has native bf16 (AMX, CUDA); none")
     p.add_argument("--jacobi-draft-block-size", type=int, default=0,
                    help="window of the draft's Jacobi solve (default 0: the whole sequence)")
+    p.add_argument("--train-autocast", choices=["auto", "bf16", "none"], default="auto",
+                   help="float32 runs: also time the training step under bf16 autocast (float32 weights, the "
+                        "official training precision) as train_step_autocast_ms; auto (default): where bf16 is "
+                        "native (AMX, CUDA)")
     p.add_argument("--no-official", action="store_true",
                    help="do not also time the baselines (official Jacobi, Jacobi without draft, eager sequential)")
     p.add_argument("--compile", action="store_true",
@@ -53,7 +57,8 @@ def run(args) -> int:
     opt = BenchOptions(device=args.device or "cpu", dtype=args.dtype, threads=args.threads, repeats=args.repeats,
                        sample_repeats=args.sample_repeats, warmup=args.warmup, seed=args.seed, compile=args.compile,
                        jacobi_schedule=args.jacobi_schedule, compare_official=not args.no_official,
-                       jacobi_draft=args.jacobi_draft, jacobi_draft_block_size=args.jacobi_draft_block_size,
+                       jacobi_draft=args.jacobi_draft, train_autocast=args.train_autocast,
+                       jacobi_draft_block_size=args.jacobi_draft_block_size,
                        sequential_compile=not args.eager_sequential, reference=reference,
                        parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()))
     log = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
