@@ -222,6 +222,14 @@ def test_bf16_auto_on_cpu_follows_the_probe(tiny_cfg, monkeypatch, faster):
     assert seen == [faster] and math.isfinite(row["loss"])
 
 
+@pytest.mark.parametrize("flag, said", [("true", "bf16 autocast"), ("false", "float32")])
+def test_the_run_says_its_precision(tiny_cfg, capsys, flag, said):
+    # bf16=auto decides by a timed probe: the first line says what it chose
+    train(tiny_cfg(f"optim.bf16={flag}", "log.progress=true", "optim.max_steps=1", "log.eval_max_items=8"))
+    first = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("training "))
+    assert f", {said}, from scratch;" in first
+
+
 @pytest.mark.parametrize("flag, expected", [("true", True), ("false", False)])
 def test_explicit_bf16_skips_the_probe(tiny_cfg, monkeypatch, flag, expected):
     def probe(self):

@@ -39,8 +39,9 @@ def run_loop(tr):
     if ctx.is_main and log.progress:
         where = f"resumed at step {tr.step}" if resumed else "from scratch"
         n_params = sum(p.numel() for p in tr.module.model.parameters())
-        print(f"training {n_params / 1e6:.2f}M parameters, {ctx.world} process(es), {ctx.strategy}, {where}; "
-              f"writing to {tr.out}", flush=True)
+        precision = "bf16 autocast" if tr.autocast else "float32"
+        print(f"training {n_params / 1e6:.2f}M parameters, {ctx.world} process(es), {ctx.strategy}, {precision}, "
+              f"{where}; writing to {tr.out}", flush=True)
     bar = tqdm(total=o.max_steps, initial=tr.step, unit="step", dynamic_ncols=True,
                disable=not (log.progress and ctx.is_main))
     window: list[tuple[dict, float]] = []
