@@ -17,6 +17,13 @@ def mp4_frames(path):
 def test_to_uint8_maps_the_range():
     x = torch.tensor([-1.0, 0.0, 1.0, 2.0]).reshape(1, 1, 4)
     assert to_uint8(x).ravel().tolist() == [0, 128, 255, 255]
+    # an overflowed sample (NaN / inf, see sampling.sample) shows as black / clipped, never as stray bytes
+    bad = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0]).reshape(1, 1, 4)
+    assert to_uint8(bad).ravel().tolist() == [0, 255, 0, 128]
+    from starflow.pipelines.image import convert_images
+    from starflow.training.plots import to_uint8 as grid_uint8
+    assert grid_uint8(bad).ravel().tolist() == [0, 255, 0, 128]
+    assert convert_images(bad[None], "pt").ravel().tolist() == [0.0, 1.0, 0.0, 0.5]
 
 
 def test_grid_layout():

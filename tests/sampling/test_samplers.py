@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -5,7 +7,7 @@ from starflow.flow.affine import guide
 from starflow.flow.likelihood import nll
 from starflow.sampling.denoise import learned_denoise, score_denoise
 from starflow.sampling.inverse import JacobiStats
-from starflow.sampling.sample import SamplerOptions, sample
+from starflow.sampling.sample import NonFiniteSampleWarning, SamplerOptions, sample
 
 
 def _noise(model, B=2, T=None, seed=3):
@@ -153,3 +155,23 @@ def test_sliding_jacobi_schedule_without_early_stop_is_exact(make_model):
     assert stats.iterations == 16 * 3   # one token settled per trunk call, in each of 3 blocks
     with pytest.raises(ValueError, match="jacobi_schedule"):
         SamplerOptions(jacobi_schedule="gauss-seidel")
+
+
+def test_overflowing_samples_warn_and_leave_the_others(make_model):
+    # a sample whose inverse overflows (here: noise far out in the tail) comes out NaN / inf with a warning;
+    # the batch's other samples are what they would be alone, and the denoisers pass it through untouched
+    model = make_model(dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 2, 4, 4, generator=g)
+    y = torch.randn(3, 3, 5, generator=g)
+    z[1] *= 3e37
+    with pytest.warns(NonFiniteSampleWarning, match="1 of 3 samples"):
+        x = sample(model, z, y, method="sequential")
+    assert not torch.isfinite(x[1]).all() and torch.isfinite(x[[0, 2]]).all()
+    torch.testing.assert_close(x[[0, 2]], sample(model, z[[0, 2]], y[[0, 2]], method="sequential"))
+    d = score_denoise(model, x, y, 0.3)
+    torch.testing.assert_close(d[[0, 2]], score_denoise(model, x[[0, 2]], y[[0, 2]], 0.3))
+    torch.testing.assert_close(d[1], x[1], rtol=0, atol=0, equal_nan=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # finite samples: no warning
+        sample(model, z[[0, 2]], y[[0, 2]], method="sequential")

@@ -260,6 +260,28 @@ def test_periodic_samples_metrics_and_evaluations(tiny_cfg, tmp_path, monkeypatc
     assert evals[-1][1] == r.test_bpd and all(0 < b < 8 for _, b in evals)
 
 
+def test_overflowed_samples_do_not_end_a_run(tiny_cfg, tmp_path, monkeypatch, capsys):
+    # a sample grid with an overflowed (NaN) sample: the run finishes and says so in its log and metrics
+    import warnings
+
+    import starflow.sampling.sample as sampling
+    from starflow.sampling.sample import NonFiniteSampleWarning
+
+    real = sampling.sample
+
+    def overflowing(*args, **kwargs):
+        x = real(*args, **kwargs)
+        x[0] = float("nan")
+        warnings.warn("1 of 4 samples contain NaN or infinite values", NonFiniteSampleWarning)
+        return x
+    monkeypatch.setattr(sampling, "sample", overflowing)
+    r = train(tiny_cfg("optim.max_steps=2", "log.sample_count=4", "log.progress=true", "log.sample_every=0"))
+    assert r.steps == 2 and r.test_bpd is not None and (tmp_path / "run" / "samples" / "step_00000002.png").exists()
+    assert [m["step"] for m in r.metrics if "sample_warning" in m] == [2]
+    out = capsys.readouterr().out
+    assert "step 2: samples in step_00000002.png: 1 of 4 samples" in out and "done: 2 steps" in out
+
+
 def test_metric_rows_average_their_window(tiny_cfg, losses):
     every = train(tiny_cfg("optim.max_steps=5", out="every"))
     windows = train(tiny_cfg("optim.max_steps=5", "log.log_every=2", out="windows"))

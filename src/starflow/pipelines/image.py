@@ -23,7 +23,8 @@ def convert_images(x: torch.Tensor, output_type: str):
     """Decoded pixels (N, C, H, W) in [-1, 1] -> the requested output type."""
     from PIL import Image
 
-    x01 = ((x.detach().float().clamp(-1, 1) + 1) / 2).cpu()
+    # NaN (an overflowed sample, see sampling.sample) shows as black rather than as undefined bytes
+    x01 = ((x.detach().float().nan_to_num(nan=-1.0).clamp(-1, 1) + 1) / 2).cpu()
     if output_type == "pt":
         return x01
     arr = x01.movedim(1, -1).numpy()                     # (N, H, W, C)

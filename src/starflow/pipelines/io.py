@@ -28,7 +28,7 @@ def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
     t = torch.as_tensor(x).detach().float().cpu()
     if t.dim() < 3:
         raise ValueError(f"expected (..., C, H, W) pixels, got shape {tuple(t.shape)}")
-    t = ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    t = ((t.nan_to_num(nan=-1.0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)   # NaN: black
     return t.movedim(-3, -1).numpy()
 
 

@@ -1,6 +1,8 @@
 """One-step denoising after sampling: the flow's own score (Tweedie), or the learnable denoiser."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..flow.model import StarFlow
@@ -10,6 +12,22 @@ __all__ = ["score_denoise", "learned_denoise", "DENOISER_NOISE_CONST"]
 DENOISER_NOISE_CONST = 0.3  # official constant: the denoiser predicts noise in units of 0.3
 
 
+def _finite_items(fn):
+    """Apply fn(model, x, y, ...) to the items of x that are finite; the others (a sampler's overflow,
+    see sampling.sample) pass through untouched instead of failing the whole batch."""
+    @functools.wraps(fn)
+    def wrapper(model, x, y, *args, **kwargs):
+        ok = torch.isfinite(x.flatten(1)).all(1)                  # (B,)
+        if bool(ok.all()):
+            return fn(model, x, y, *args, **kwargs)
+        out = x.clone()
+        if bool(ok.any()):
+            out[ok] = fn(model, x[ok], None if y is None else y[ok], *args, **kwargs)
+        return out
+    return wrapper
+
+
+@_finite_items
 def score_denoise(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, noise_std: float) -> torch.Tensor:
     """x + noise_std^2 * grad_x log p(x | y), with log p the flow's exact log-likelihood (per sample)."""
     if noise_std <= 0:
@@ -24,6 +42,7 @@ def score_denoise(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, nois
     return (xg - noise_std ** 2 * grad).detach()
 
 
+@_finite_items
 @torch.no_grad()
 def learned_denoise(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, noise_std: float,
                     next_noise_std: float = 0.0) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Sampling a whole model: the deep block first (guided), then the shallow blocks back to data space."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -12,7 +13,11 @@ from ..nn.precision import upcast
 from .draft import DRAFT_DTYPES, draft_copy
 from .inverse import JACOBI_SCHEDULES, BlockInverse, JacobiStats, jacobi_inverse, sequential_inverse
 
-__all__ = ["SamplerOptions", "sample"]
+__all__ = ["SamplerOptions", "sample", "NonFiniteSampleWarning"]
+
+
+class NonFiniteSampleWarning(RuntimeWarning):
+    """Some samples came out NaN or infinite: the flow's inverse overflowed for them."""
 
 
 @dataclass
@@ -124,4 +129,12 @@ def sample(model: StarFlow, z: torch.Tensor, y: torch.Tensor | None = None, y_nu
     x = model.unpatchify(tokens.reshape(shape)).to(z.dtype)
     if prefix is not None:
         x[:, :prefix.size(1)] = prefix
+    bad = int((~torch.isfinite(x.flatten(1)).all(1)).sum())
+    if bad:
+        # the inverse multiplies by exp(scale) token after token: a model whose scales grow large (little
+        # training, no soft_clip, strong guidance) can overflow. The other samples are still good: say so
+        # instead of failing the batch (the denoisers pass such samples through untouched).
+        warnings.warn(f"{bad} of {B} samples contain NaN or infinite values: the flow's inverse overflowed for "
+                      f"them (lower guidance, more training or a model with soft_clip usually avoid it)",
+                      NonFiniteSampleWarning, stacklevel=3)   # 3: past torch.no_grad's wrapper
     return x

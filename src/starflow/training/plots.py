@@ -45,7 +45,7 @@ def plot_curves(rows: list[dict], path: str | Path) -> Path | None:
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] floats -> uint8 0..255."""
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    return ((x.detach().float().nan_to_num(nan=-1.0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
 def save_grid(samples: torch.Tensor, path: str | Path, scale: int = 0) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from ..config import ConfigError
 from ..data import BatchSampler
 from ..flow.model import StarFlow
+from ..sampling.sample import NonFiniteSampleWarning
 from .checkpoint import CheckpointManager, strip_prefix
 from .config import TrainConfig
 from .distributed import (DistContext, full_model_state, full_optim_state, load_model_state, load_optim_state,
@@ -309,10 +311,20 @@ class Trainer:
             shape = tuple(self.train_set.load(0).shape) if self.ae is None else shape
         sigma = max(d.noise_levels) if d.noise_levels else d.noise_std
         captions = sorted(set(self.train_set.captions))[:log.sample_count]
-        sample_grid(model, self.cond, shape, self.out / "samples" / f"step_{self.step:08d}.png",
-                    count=log.sample_count, guidance=log.sample_guidance, noise_std=sigma, ae=self.ae,
-                    class_count=self.train_set.num_classes, captions=captions, seed=self.cfg.seed,
-                    to_data=self.pipe.to_data_space)
+        path = self.out / "samples" / f"step_{self.step:08d}.png"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NonFiniteSampleWarning)
+            sample_grid(model, self.cond, shape, path, count=log.sample_count, guidance=log.sample_guidance,
+                        noise_std=sigma, ae=self.ae, class_count=self.train_set.num_classes, captions=captions,
+                        seed=self.cfg.seed, to_data=self.pipe.to_data_space)
+        for w in caught:
+            if issubclass(w.category, NonFiniteSampleWarning):
+                # a grid with black cells deserves a line in the run's log and metrics, not only a warning
+                self.log_row({"step": self.step, "sample_warning": str(w.message), "time": round(self.elapsed, 3)})
+                if self.cfg.log.progress:
+                    print(f"step {self.step}: samples in {path.name}: {w.message}", flush=True)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     def info(self) -> dict:
         return {"model": self.model_cfg.to_dict(), "conditioning": self.cond.spec_info,
