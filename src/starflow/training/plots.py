@@ -1,13 +1,11 @@
 """Training figures: loss / bits-per-dim curves and sample grids (images, or videos as frame strips)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
-__all__ = ["plot_curves", "save_grid", "to_uint8"]
+__all__ = ["plot_curves", "save_grid"]
 
 
 def plot_curves(rows: list[dict], path: str | Path) -> Path | None:
@@ -43,38 +41,18 @@ def plot_curves(rows: list[dict], path: str | Path) -> Path | None:
     return path
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> uint8 0..255."""
-    return ((x.detach().float().nan_to_num(nan=-1.0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-
-
 def save_grid(samples: torch.Tensor, path: str | Path, scale: int = 0) -> Path:
     """samples in [-1, 1]: (B, C, H, W) -> a near-square grid; (B, T, C, H, W) -> one row of frames per
-    sample. Small images are upscaled (nearest) to be visible; `scale` 0 picks a factor."""
-    from PIL import Image
+    sample. Small images are upscaled (nearest) to be visible; `scale` 0 picks a factor. The pixels go
+    through the pipelines' writer (pipelines.io), so training grids and generated files show the same bytes."""
+    from ..pipelines.io import make_grid, save_image
 
-    x = to_uint8(samples)
-    if x.dim() == 4:
-        B, C, H, W = x.shape
-        cols = math.ceil(math.sqrt(B))
-        rows = math.ceil(B / cols)
-        cells = [x[i] for i in range(B)] + [torch.zeros_like(x[0])] * (rows * cols - B)
-    elif x.dim() == 5:
-        B, T, C, H, W = x.shape
-        rows, cols = B, T
-        cells = [x[b, t] for b in range(B) for t in range(T)]
-    else:
+    x = samples.detach()
+    if x.dim() not in (4, 5):
         raise ValueError(f"samples must be (B, C, H, W) or (B, T, C, H, W), got {tuple(x.shape)}")
-    pad = 1
-    grid = torch.full((C, rows * (H + pad) + pad, cols * (W + pad) + pad), 128, dtype=torch.uint8)
-    for i, cell in enumerate(cells):
-        r, c = divmod(i, cols)
-        grid[:, pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = cell
-    arr = grid.permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr[..., 0] if C == 1 else arr[..., :3].astype(np.uint8))
-    scale = scale or max(1, 256 // max(img.size))
-    if scale > 1:
-        img = img.resize((img.size[0] * scale, img.size[1] * scale), Image.NEAREST)
-    path = Path(path)
-    img.save(path)
-    return path
+    nrow = x.size(1) if x.dim() == 5 else None
+    x = x.flatten(0, 1) if x.dim() == 5 else x
+    if x.size(1) not in (1, 3):   # e.g. 4 latent channels: the first three as RGB
+        x = x[:, :3]
+    grid = make_grid(x, nrow, padding=1, pad_value=128)
+    return save_image(grid, path, scale=scale or max(1, 256 // max(grid.shape[:2])))
