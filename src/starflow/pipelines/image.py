@@ -4,11 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .base import BasePipeline
+from .io import to_uint8
 
 __all__ = ["StarFlowPipeline", "ImagePipelineOutput", "convert_images"]
 
@@ -33,7 +33,7 @@ def convert_images(x: torch.Tensor, output_type: str):
     if arr.shape[-1] not in (1, 3):
         raise ValueError(f"output_type='pil' needs 1- or 3-channel pictures, these have {arr.shape[-1]}; "
                          "use output_type 'np', 'pt' or 'latent'")
-    u8 = (arr * 255).round().astype(np.uint8)
+    u8 = to_uint8(x)                                     # (N, H, W, C): the rule of the files we write
     return [Image.fromarray(a[..., 0], "L") if a.shape[-1] == 1 else Image.fromarray(a, "RGB") for a in u8]
 
 
