@@ -22,7 +22,7 @@ def test_to_uint8_maps_the_range():
     assert to_uint8(bad).ravel().tolist() == [0, 255, 0, 128]
     from starflow.pipelines.image import convert_images
     assert convert_images(bad[None], "pt").ravel().tolist() == [0.0, 1.0, 0.0, 0.5]
-    assert list(convert_images(bad[None], "pil")[0].getdata()) == [0, 255, 0, 128]
+    assert np.asarray(convert_images(bad[None], "pil")[0]).ravel().tolist() == [0, 255, 0, 128]
 
 
 def test_grid_layout():
