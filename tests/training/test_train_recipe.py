@@ -306,8 +306,8 @@ def test_heldout_bits_per_dim_is_the_protocol(tiny_cfg):
     y = load_text_encoder("labels:10", 1).encode(labels.tolist()).float()   # no dropout at evaluation
     per_draw = []
     with torch.no_grad():
-        for d in range(draws):   # the evaluator's draws: generator (EVAL_SEED, draw, chunk start), u first
-            u = torch.rand((n, 1, 8, 8), generator=step_generator(20250, d, 0))
+        for d in range(draws):   # the evaluator's draws: one generator per (EVAL_SEED, draw, item), u first
+            u = torch.cat([torch.rand((1, 1, 8, 8), generator=step_generator(20250, d, i)) for i in range(n)])
             x = (v.float() + u) * 2 / 17 - 1
             nats = nll(r.model, x, y).double()
             per_draw.append((nats - 64 * math.log(2 / 17)) / (64 * math.log(2)))
@@ -316,6 +316,16 @@ def test_heldout_bits_per_dim_is_the_protocol(tiny_cfg):
     assert float(bpd.mean(1).std()) > 0                          # the draws differ...
     assert r.test_bpd == pytest.approx(float(bpd.mean()), abs=2e-5)  # ...and the figure is the mean over both
     assert r.test_bpd != pytest.approx(float(bpd[0].mean()), abs=1e-4)
+
+
+def test_heldout_draws_do_not_depend_on_the_chunking(tiny_cfg):
+    # an item's draws are keyed by its index: chunks of 7 or of 512 (and so any process count) see the same
+    from starflow.training.evaluate import heldout_bpd
+
+    tr = _trainer(tiny_cfg)
+    tr.module.eval()
+    run = (lambda chunk: heldout_bpd(tr.wrapped, tr.held_set, tr.pipe, tr.ctx, draws=2, chunk=chunk, max_items=20))
+    assert run(7) == pytest.approx(run(512), rel=1e-12)
 
 
 # ---- 5. latent space ------------------------------------------------------------------------------------------

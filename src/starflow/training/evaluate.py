@@ -1,7 +1,8 @@
 """Held-out bits/dim and sample grids during training.
 
 Held-out bits/dim follows the likelihood protocol: every held-out item, `draws` dequantisation (or
-noise) draws each, from generators with fixed seeds, so the figure of two runs compares directly.
+noise) draws each, from a generator keyed by (fixed seed, draw, item index), so the figure of two runs
+compares directly, and an item's draws do not depend on the chunk, subset or process count it is in.
 Every process takes its slice of each chunk (padded to equal sizes: under FSDP all processes must run
 the same number of forward passes) and the sums are reduced.
 """
@@ -15,7 +16,7 @@ import torch
 from ..data import QuantizedDataset
 from ..flow.model import StarFlow
 from .distributed import DistContext
-from .inputs import Conditioner, InputPipeline, step_generator
+from .inputs import Conditioner, InputPipeline
 
 __all__ = ["heldout_bpd", "sample_grid", "EVAL_SEED"]
 
@@ -43,8 +44,8 @@ def heldout_bpd(forward, dataset: QuantizedDataset, pipe: InputPipeline, ctx: Di
             lo = ctx.rank * local
             sl = slice(lo, lo + local)
             batch = dataset.get_batch(idx[sl])
-            drawn = pipe.draws(step_generator(EVAL_SEED, d, c0), len(idx), pipe.item_shape(batch))
-            inp = pipe.make(batch, drawn.slice(lo, lo + local), drop_p=0.0)
+            drawn = pipe.item_draws(EVAL_SEED, (d,), idx[sl].tolist(), pipe.item_shape(batch))
+            inp = pipe.make(batch, drawn, drop_p=0.0)
             loss_z, loss_logdet, _ = forward(inp.x, inp.y)
             dims = inp.x[0].numel()
             nll = pipe.nll_of_data(dims * (loss_z.double() + loss_logdet.double()) + 0.5 * dims * LOG_2PI, inp)

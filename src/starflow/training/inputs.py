@@ -10,6 +10,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -240,6 +241,13 @@ class InputPipeline:
             noise = torch.randn((global_size,) + shape, generator=g)
         drop = torch.rand(global_size, generator=g)
         return Draws(noise, sigma, drop)
+
+    def item_draws(self, seed: int, key: tuple[int, ...], items: Sequence[int], shape: tuple[int, ...]) -> "Draws":
+        """Draws for each item from its own generator (seed, *key, item index): an item gets the same draws
+        whatever chunk, subset or number of processes it is evaluated in."""
+        parts = [self.draws(step_generator(seed, *key, int(i)), 1, shape) for i in items]
+        cat = (lambda ts: None if ts[0] is None else torch.cat(ts))
+        return Draws(cat([p.noise for p in parts]), cat([p.sigma for p in parts]), torch.cat([p.drop for p in parts]))
 
     def item_shape(self, batch: Batch) -> tuple[int, ...]:
         """Shape of one model input item (latent shape in latent space)."""
