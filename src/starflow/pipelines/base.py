@@ -150,6 +150,10 @@ class BasePipeline:
         from ..flow.loading import load_state_dict_strict
 
         directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory}: no such directory (a pipeline directory has {PIPELINE_FILE}: "
+                                    f"save_pretrained / `starflow convert` write one, `starflow train` writes "
+                                    f"a trained model folder that generate also takes)")
         if not (directory / PIPELINE_FILE).exists():
             hint = " (a trained model folder: use from_trained)" if (directory / "config.json").exists() else ""
             raise FileNotFoundError(f"{directory / PIPELINE_FILE} not found: not a pipeline directory{hint}")
