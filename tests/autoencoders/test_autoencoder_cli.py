@@ -27,6 +27,21 @@ def test_train_then_finetune(tmp_path, capsys):
     assert enc_same and not dec_same
 
 
+def test_train_on_moving_digit_frames(tmp_path, capsys):
+    from starflow.autoencoders.train_small import moving_digit_frames
+
+    frames = moving_digit_frames(canvas=12, num_frames=3, num_videos=5)
+    assert frames.shape == (15, 1, 12, 12) and frames.min() == -1 and frames.max() <= 1
+    out = tmp_path / "ae"
+    assert main(["train-autoencoder", "--data", "moving_digits", "--canvas", "12", "--num-frames", "3",
+                 "--num-videos", "5", "--out", str(out), "--steps", "2", "--hidden-channels", "8,8,8",
+                 "--latent-channels", "3", "--no-progress"]) == 0
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["num_images"] == 15                          # every frame of the 5 videos
+    ae = load_autoencoder(f"kl:{out}")
+    assert ae.latent_shape((1, 1, 12, 12)) == (1, 3, 3, 3)  # 4x smaller each side, 3 channels
+
+
 def test_missing_weights_is_a_clear_cli_error(tmp_path, capsys):
     rc = main(["finetune-decoder", "--autoencoder", "sd-vae:starflow-tests/no-such-vae", "--out", str(tmp_path),
                "--steps", "1", "--no-progress"])

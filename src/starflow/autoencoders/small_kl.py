@@ -135,7 +135,9 @@ class SmallKLAutoencoder(Autoencoder):
         cfg_file, weights = path / "config.json", path / "model.safetensors"
         if not cfg_file.exists() or not weights.exists():
             raise FileNotFoundError(f"small KL autoencoder: {path} needs config.json and model.safetensors; "
-                                    f"train one with `starflow train-autoencoder --out {path}`")
+                                    f"train one with `starflow train-autoencoder --out {path}` (on the digits by "
+                                    f"default; `--data moving_digits` for video frames, and --latent-channels / "
+                                    f"--hidden-channels as the config that uses it says)")
         raw = json.loads(cfg_file.read_text())
         if raw.get("type") != CONFIG_TYPE:
             raise ValueError(f"{cfg_file} is not a starflow small KL autoencoder (type={raw.get('type')!r}); "

@@ -7,8 +7,15 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train-autoencoder", help="train the small KL autoencoder on the bundled digits (offline)")
+    p = sub.add_parser("train-autoencoder", help="train the small KL autoencoder on the bundled digits or on "
+                                                 "moving-digit frames (offline)")
     p.add_argument("--out", type=Path, default=Path("runs/small-kl-ae"), help="output folder (default: %(default)s)")
+    p.add_argument("--data", choices=["digits", "moving_digits"], default="digits",
+                   help="the 8x8 digits, or the frames of the moving-digits training videos (default: %(default)s)")
+    p.add_argument("--canvas", type=int, default=16, help="moving_digits: frame side (default: %(default)s)")
+    p.add_argument("--num-frames", type=int, default=8, help="moving_digits: frames per video (default: %(default)s)")
+    p.add_argument("--num-videos", type=int, default=2000,
+                   help="moving_digits: training videos (default: %(default)s)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128)
@@ -44,14 +51,18 @@ def register(sub) -> None:
 
 def run_train(args) -> int:
     from ..autoencoders import train_small_autoencoder
+    from ..autoencoders.train_small import moving_digit_frames
 
     try:
         hidden = [int(c) for c in args.hidden_channels.split(",") if c.strip()]
     except ValueError:
         raise ValueError(f"--hidden-channels must be comma-separated ints, got {args.hidden_channels!r}") from None
+    images = (moving_digit_frames(args.canvas, args.num_frames, args.num_videos) if args.data == "moving_digits"
+              else None)
     out = train_small_autoencoder(args.out, steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
                                   latent_channels=args.latent_channels, hidden_channels=hidden,
-                                  kl_weight=args.kl_weight, device=args.device, progress=not args.no_progress)
+                                  kl_weight=args.kl_weight, device=args.device, progress=not args.no_progress,
+                                  images=images)
     log = json.loads((out / "train_log.json").read_text())
     print(f"saved small KL autoencoder to {out} (reconstruction MSE {log['recon_mse']:.5f}); "
           f"use it as --autoencoder kl:{out}")
