@@ -1,5 +1,7 @@
 """`starflow demo` end to end on tiny training configs: trains, caches, reuses, writes and prints what it should."""
+import json
 import re
+from pathlib import Path
 
 from PIL import Image
 
@@ -63,3 +65,32 @@ def test_demo_needs_enough_samples_and_its_configs(tmp_path, capsys):
     assert "must be >= 20" in capsys.readouterr().err
     assert main(["demo", "--configs", str(tmp_path)]) == 1
     assert "digits_t2i.yaml" in capsys.readouterr().err
+
+
+def test_latent_video_config_gets_its_autoencoder_trained_and_cached(tmp_path, capsys, monkeypatch):
+    # a moving-digits config that names a small KL autoencoder: the demo trains one on the config's frames
+    # (into its cache), points data.autoencoder at it, and reuses both next time
+    import starflow.cli.demo as demo
+
+    monkeypatch.setattr(demo, "VIDEO_AE", dict(steps=2, batch_size=8, latent_channels=3, hidden_channels=(8, 8)))
+    cfgs = tmp_path / "configs"
+    cfgs.mkdir()
+    (cfgs / "digits_t2i.yaml").write_text(DIGITS)
+    latent = VIDEO.replace("patch_size: 2", "patch_size: 1").replace(
+        "  noise_std: 0.3", "  noise_std: 0.3\n  autoencoder: kl:nowhere")
+    (cfgs / "moving_digits_t2v.yaml").write_text(latent)
+    argv = [str(a) for a in ["demo", "--configs", cfgs, "--cache", tmp_path / "cache", "--out", tmp_path / "demo"]]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "[autoencoder] training the small KL autoencoder" in first
+    assert re.search(r"^held-out bits/dim: digits \d+\.\d+, moving digits \d+\.\d+ \(per latent dimension\)$",
+                     first, re.M)
+    (ae,) = (tmp_path / "cache").glob("moving_digits_ae-*")
+    trained = json.loads(next((tmp_path / "cache").glob("moving_digits_t2v-*/demo.json")).read_text())["model_dir"]
+    assert json.loads((Path(trained) / "config.json").read_text())["train"]["data"]["autoencoder"] == f"kl:{ae}"
+    # decoded back to 12x12 pixel frames (not 6x6 latents): 4 videos in a row, scale 4, 2-pixel borders x 4
+    assert Image.open(tmp_path / "demo" / "moving_digit.gif").size == (4 * 12 * 4 + 5 * 8, 12 * 4 + 2 * 8)
+    assert main(argv) == 0
+    second = capsys.readouterr().out
+    assert "reusing the autoencoder trained earlier" in second and "training" not in second.replace(
+        "trained", "")

@@ -1,7 +1,8 @@
 """`starflow demo`: the embedded default, offline on a CPU in minutes.
 
 Trains (or reuses from the cache) the digits text-to-image model and the moving-digits text-to-video model
-from configs/digits_t2i.yaml and configs/moving_digits_t2v.yaml, then writes
+from configs/digits_t2i.yaml and configs/moving_digits_t2v.yaml (the latter in the latent space of a small
+KL autoencoder that the demo trains on the moving-digit frames first, as STARFlow-V runs in Wan's), then writes
 - demo/digits.png: one row per prompt "a handwritten digit zero" ... "nine" (guidance + Jacobi + denoising),
 - demo/moving_digit.gif / .mp4: prompted moving digits; demo/moving_digit_continued.gif / .mp4: a given first
   frame (held-out) and the model's continuation beside the real video,
@@ -20,6 +21,8 @@ DIGITS_CONFIG = "digits_t2i.yaml"
 VIDEO_CONFIG = "moving_digits_t2v.yaml"
 VIDEO_PROMPTS = [(3, 1), (7, 3), (0, 0), (5, 2)]        # (digit, direction): right, down, left, up
 SCALE = 4                                                # 8x8 digits are tiny: enlarge the written files
+# the small KL autoencoder of a latent-space moving-digits config (the commands in its comments train the same)
+VIDEO_AE = dict(steps=600, batch_size=128, latent_channels=8, hidden_channels=(32, 64, 64))
 
 
 def register(sub) -> None:
@@ -52,12 +55,37 @@ def cache_root(explicit: Path | None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "starflow" / "demo"
 
 
-def trained_model(name: str, config: Path, cache: Path, retrain: bool) -> tuple[Path, float | None]:
-    """-> (trained model folder, held-out bits/dim). The cache key is the config's content and our version,
-    so editing a config retrains and an unchanged one is reused."""
+def trained_autoencoder(config: Path, cache: Path, retrain: bool) -> Path | None:
+    """The small KL autoencoder that a latent-space moving-digits config names (`data.autoencoder: kl:...`),
+    trained on that config's training frames into the cache, keyed like the models; None in pixel space."""
+    from .. import __version__
+    from ..autoencoders import train_small_autoencoder
+    from ..autoencoders.train_small import moving_digit_frames
+    from ..training import load_train_config
+
+    data = load_train_config(config).data
+    if data.dataset != "moving_digits" or not str(data.autoencoder or "").startswith("kl:"):
+        return None
+    frames = dict(canvas=data.canvas, num_frames=data.num_frames, num_videos=data.num_videos)
+    key = hashlib.sha256((json.dumps({**VIDEO_AE, **frames}, sort_keys=True) + __version__).encode()).hexdigest()[:12]
+    root = cache / f"moving_digits_ae-{key}"
+    if (root / "train_log.json").exists() and not retrain:   # written last: a complete autoencoder
+        print(f"[autoencoder] reusing the autoencoder trained earlier: {root}")
+        return root
+    print(f"[autoencoder] training the small KL autoencoder on the moving-digit frames into {root} ...", flush=True)
+    t0 = time.time()
+    train_small_autoencoder(root, images=moving_digit_frames(**frames), progress=False, **VIDEO_AE)
+    print(f"[autoencoder] trained in {time.time() - t0:.0f}s")
+    return root
+
+
+def trained_model(name: str, config: Path, cache: Path, retrain: bool,
+                  overrides: tuple[str, ...] = ()) -> tuple[Path, float | None]:
+    """-> (trained model folder, held-out bits/dim). The cache key is the config's content, the overrides and
+    our version, so editing a config retrains and an unchanged one is reused."""
     from .. import __version__
 
-    key = hashlib.sha256(config.read_bytes() + __version__.encode()).hexdigest()[:12]
+    key = hashlib.sha256(config.read_bytes() + "\n".join(overrides).encode() + __version__.encode()).hexdigest()[:12]
     root = cache / f"{name}-{key}"
     marker = root / "demo.json"
     if marker.exists() and not retrain:
@@ -67,7 +95,7 @@ def trained_model(name: str, config: Path, cache: Path, retrain: bool) -> tuple[
             return Path(info["model_dir"]), info.get("test_bpd")
     from ..training import load_train_config, train
 
-    cfg = load_train_config(config, overrides=[f"log.out_dir={root / 'run'}"])
+    cfg = load_train_config(config, overrides=[f"log.out_dir={root / 'run'}", *overrides])
     print(f"[{name}] training from {config} into {root} ...", flush=True)
     t0 = time.time()
     result = train(cfg)
@@ -150,7 +178,9 @@ def run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     img_dir, img_bpd = trained_model("digits_t2i", configs / DIGITS_CONFIG, cache, args.retrain)
-    vid_dir, vid_bpd = trained_model("moving_digits_t2v", configs / VIDEO_CONFIG, cache, args.retrain)
+    ae = trained_autoencoder(configs / VIDEO_CONFIG, cache, args.retrain)
+    vid_dir, vid_bpd = trained_model("moving_digits_t2v", configs / VIDEO_CONFIG, cache, args.retrain,
+                                     (f"data.autoencoder=kl:{ae}",) if ae is not None else ())
 
     print("sampling digits ...", flush=True)
     image_pipe = StarFlowPipeline.from_trained(img_dir, device=device)
@@ -161,7 +191,9 @@ def run(args) -> int:
 
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"   # noqa: E731
     print()
-    print(f"held-out bits/dim: digits {fmt(img_bpd)}, moving digits {fmt(vid_bpd)}")
+    # a latent-space model's figure counts bits per latent dimension: not comparable with pixels
+    print(f"held-out bits/dim: digits {fmt(img_bpd)}, moving digits {fmt(vid_bpd)}"
+          + (" (per latent dimension)" if ae is not None else ""))
     print(f"prompt accuracy: {acc.accuracy:.2f}")
     print(f"  ({acc.num_samples} digits, {args.samples_per_prompt} per prompt; per digit "
           + " ".join(f"{d}:{a:.2f}" for d, a in acc.per_digit.items()) + ")")
