@@ -74,7 +74,7 @@ def trained_autoencoder(config: Path, cache: Path, retrain: bool) -> Path | None
         return root
     print(f"[autoencoder] training the small KL autoencoder on the moving-digit frames into {root} ...", flush=True)
     t0 = time.time()
-    train_small_autoencoder(root, images=moving_digit_frames(**frames), progress=False, **VIDEO_AE)
+    train_small_autoencoder(root, images=moving_digit_frames(**frames), progress=True, **VIDEO_AE)
     print(f"[autoencoder] trained in {time.time() - t0:.0f}s")
     return root
 
