@@ -55,10 +55,16 @@ def cache_root(explicit: Path | None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "starflow" / "demo"
 
 
+def _cache_dir(cache: Path, name: str, content: bytes) -> Path:
+    """cache/<name>-<key>, the key hashing what the item is made from and our version: a change retrains."""
+    from .. import __version__
+
+    return cache / f"{name}-{hashlib.sha256(content + __version__.encode()).hexdigest()[:12]}"
+
+
 def trained_autoencoder(config: Path, cache: Path, retrain: bool) -> Path | None:
     """The small KL autoencoder that a latent-space moving-digits config names (`data.autoencoder: kl:...`),
     trained on that config's training frames into the cache, keyed like the models; None in pixel space."""
-    from .. import __version__
     from ..autoencoders import train_small_autoencoder
     from ..autoencoders.train_small import moving_digit_frames
     from ..training import load_train_config
@@ -67,8 +73,7 @@ def trained_autoencoder(config: Path, cache: Path, retrain: bool) -> Path | None
     if data.dataset != "moving_digits" or not str(data.autoencoder or "").startswith("kl:"):
         return None
     frames = dict(canvas=data.canvas, num_frames=data.num_frames, num_videos=data.num_videos)
-    key = hashlib.sha256((json.dumps({**VIDEO_AE, **frames}, sort_keys=True) + __version__).encode()).hexdigest()[:12]
-    root = cache / f"moving_digits_ae-{key}"
+    root = _cache_dir(cache, "moving_digits_ae", json.dumps({**VIDEO_AE, **frames}, sort_keys=True).encode())
     if (root / "train_log.json").exists() and not retrain:   # written last: a complete autoencoder
         print(f"[autoencoder] reusing the autoencoder trained earlier: {root}")
         return root
@@ -83,10 +88,7 @@ def trained_model(name: str, config: Path, cache: Path, retrain: bool,
                   overrides: tuple[str, ...] = ()) -> tuple[Path, float | None]:
     """-> (trained model folder, held-out bits/dim). The cache key is the config's content, the overrides and
     our version, so editing a config retrains and an unchanged one is reused."""
-    from .. import __version__
-
-    key = hashlib.sha256(config.read_bytes() + "\n".join(overrides).encode() + __version__.encode()).hexdigest()[:12]
-    root = cache / f"{name}-{key}"
+    root = _cache_dir(cache, name, config.read_bytes() + "\n".join(overrides).encode())
     marker = root / "demo.json"
     if marker.exists() and not retrain:
         info = json.loads(marker.read_text())
