@@ -70,3 +70,47 @@ def video_pipe(tmp_path):
 def uncond_pipe():
     return StarFlowPipeline(make_flow(txt_size=0, txt_dim=0, cond_top_only=0), None, None, defaults=dict(jacobi_block_size=4),
                             autoencoder_spec="identity")
+
+
+def serve(pipe, out_dir):
+    """The app over a pipeline or ModelSession on a free loopback port, in this process -> (app, Client)."""
+    from gradio_client import Client
+
+    from starflow.serve import build_app, launch
+
+    app = build_app(pipe, out_dir=out_dir, name="tiny")
+    port = free_port()
+    launch(app, "127.0.0.1", port, block=False, quiet=True)
+    return app, Client(f"http://127.0.0.1:{port}", verbose=False, download_files=str(out_dir / "client"))
+
+
+@pytest.fixture(scope="module")
+def image_app(tmp_path_factory):
+    out = tmp_path_factory.mktemp("image_app")
+    pipe = make_image_pipe()
+    app, client = serve(pipe, out)
+    yield pipe, app, client
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def video_app(tmp_path_factory):
+    out = tmp_path_factory.mktemp("video_app")
+    pipe = make_video_pipe(out / "ae")
+    app, client = serve(pipe, out)
+    yield pipe, app, client
+    app.close()
+
+
+@pytest.fixture
+def serve_app():
+    """serve(), closing what it started at the end of the test."""
+    apps = []
+
+    def start(pipe, out_dir):
+        app, client = serve(pipe, out_dir)
+        apps.append(app)
+        return app, client
+    yield start
+    for app in apps:
+        app.close()

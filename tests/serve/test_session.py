@@ -58,9 +58,9 @@ def test_same_seed_same_images_and_random_seed_is_reported(image_pipe, tmp_path)
     (dict(prompt="3", num_samples=17), "between 1 and 16"),
     (dict(prompt="3", num_samples=1.5), "whole number"),
     (dict(prompt="3", seed="abc"), "seed must be a whole number"),
-    (dict(prompt="3", guidance=-1), "guidance must be >= 0"),
-    (dict(prompt="3", jacobi_threshold=0), "Jacobi threshold must be > 0"),
-    (dict(prompt="3", jacobi_block_size=0), "Jacobi block size must be >= 1"),
+    (dict(prompt="3", guidance=-1), "guidance must be at least 0 and at most 100"),
+    (dict(prompt="3", jacobi_threshold=0), "Jacobi threshold must be above 0"),
+    (dict(prompt="3", jacobi_block_size=0), "Jacobi block size must be at least 1"),
     (dict(prompt="3", sampler="euler"), "sampler must be"),
 ])
 def test_bad_image_requests_are_sentences(image_pipe, tmp_path, kwargs, message):

@@ -122,7 +122,7 @@ class ModelSession:
         v = int(f)
         if v < lo or (hi is not None and v > hi):
             raise InputError(f"{name} must be between {lo} and {hi}, got {v}" if hi is not None
-                             else f"{name} must be >= {lo}, got {v}")
+                             else f"{name} must be at least {lo}, got {v}")
         return v
 
     @staticmethod
@@ -132,8 +132,9 @@ class ModelSession:
         except (TypeError, ValueError):
             raise InputError(f"{name} must be a number, got {value!r}") from None
         if not math.isfinite(v) or v < lo or (open_lo and v == lo) or (hi is not None and v > hi):
-            bound = f"> {lo:g}" if open_lo else f">= {lo:g}"
-            raise InputError(f"{name} must be {bound}" + (f" and <= {hi:g}" if hi is not None else "")
+            # words, not < >: the page shows messages as HTML, escaped
+            bound = f"above {lo:g}" if open_lo else f"at least {lo:g}"
+            raise InputError(f"{name} must be {bound}" + (f" and at most {hi:g}" if hi is not None else "")
                              + f", got {value!r}")
         return v
 

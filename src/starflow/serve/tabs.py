@@ -137,17 +137,28 @@ def _video_tab(s: ModelSession, key: str, title: str, first_frame: bool) -> None
                 inputs += [frames, fps, _aspect_control(s, key)]
                 button = gr.Button("Generate", variant="primary", elem_id=f"{key}-generate")
             with gr.Column():
-                video, info, files = _result_column(key, video=True)
+                video_out, info, files = _result_column(key, video=True)
 
-    def run(*values, progress=gr.Progress(track_tqdm=True)):
-        progress(0, desc="sampling")
-        first, values = (values[0], values[1:]) if first_frame else (None, values)
-        prompt, negative, guidance, sampler, block, threshold, seed, n, frames_, fps_, aspect = values
+    def video(first, prompt, negative, guidance, sampler, block, threshold, seed, n, frames_, fps_, aspect):
         r = s.text_to_video(prompt, negative, guidance, sampler, block, threshold, seed, n, frames_, fps_,
                             image=first, aspect_ratio=aspect, require_image=first_frame)
         return str(r.video), r.info_markdown(), _files(r)
 
-    wire(button, run, inputs, [video, info, files], key.replace("-", "_"))
+    # explicit parameters: they name the API's arguments (gradio_client, the page's "Use via API")
+    if first_frame:
+        def run(first_frame, prompt, negative_prompt, guidance, sampler, jacobi_block_size, jacobi_threshold, seed,
+                num_samples, num_frames, fps, aspect_ratio, progress=gr.Progress(track_tqdm=True)):
+            progress(0, desc="sampling")
+            return video(first_frame, prompt, negative_prompt, guidance, sampler, jacobi_block_size,
+                         jacobi_threshold, seed, num_samples, num_frames, fps, aspect_ratio)
+    else:
+        def run(prompt, negative_prompt, guidance, sampler, jacobi_block_size, jacobi_threshold, seed, num_samples,
+                num_frames, fps, aspect_ratio, progress=gr.Progress(track_tqdm=True)):
+            progress(0, desc="sampling")
+            return video(None, prompt, negative_prompt, guidance, sampler, jacobi_block_size, jacobi_threshold,
+                         seed, num_samples, num_frames, fps, aspect_ratio)
+
+    wire(button, run, inputs, [video_out, info, files], key)
 
 
 def text_to_video_tab(s: ModelSession) -> None:
