@@ -57,6 +57,11 @@ def image_pipe():
 
 
 @pytest.fixture
+def port():
+    return free_port()
+
+
+@pytest.fixture
 def pipe_factory():
     return make_image_pipe
 
