@@ -102,6 +102,7 @@ def test_text_and_image_to_video(video_pipe, tmp_path):
     assert r.settings["frames"] == 4 and "2 videos of 4 frames, 8x8 px" in r.summary
     first = Image.fromarray((np.arange(400).reshape(20, 20) % 256).astype(np.uint8))   # any size: resized, cropped
     i2v = s.text_to_video("3", seed=0, num_frames=4, image=first, require_image=True)
+    assert Image.open(next(p for p in i2v.files if p.suffix == ".gif")).size == (256, 256)   # one video: no frame
     assert "resized and centre-cropped to 8x8" in i2v.settings["first frame"]
     assert i2v.summary.startswith("1 image-to-video of 4 frames")
 

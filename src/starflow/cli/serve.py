@@ -30,6 +30,12 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _name(model: Path) -> str:
+    """The page's title: the folder, with the run it belongs to when the folder is a run's `final`."""
+    parts = model.resolve().parts
+    return "/".join(parts[-3:]) if model.name in ("final", "best") and len(parts) >= 3 else model.name
+
+
 def run(args) -> int:
     from ..serve.app import DEFAULT_HOST, DEFAULT_PORT, build_app, launch
     from ..serve.session import ModelSession
@@ -42,7 +48,7 @@ def run(args) -> int:
     if args.max_samples < 1:
         raise ValueError("--max-samples must be >= 1")
     pipe = load_any_pipeline(args, None)
-    name = args.model.name if args.model is not None else args.official_config.stem
+    name = _name(args.model) if args.model is not None else args.official_config.stem
     session = ModelSession(pipe, args.outputs, name=name, max_samples=args.max_samples)
     app = build_app(session)
     if host not in LOOPBACK:

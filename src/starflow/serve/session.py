@@ -244,7 +244,7 @@ class ModelSession:
         T, (H, W) = x.shape[1], x.shape[-2:]
         k = display_scale(H, W)
         folder = self._folder("video")
-        files = [save_video(x, folder / f"video_x{k}{suffix}", fps=out.fps, nrow=n, scale=k)
+        files = [save_video(x if n > 1 else x[0], folder / f"video_x{k}{suffix}", fps=out.fps, nrow=n, scale=k)
                  for suffix in (".mp4", ".gif")]
         extra = dict(first_frame=f"uploaded {first.width}x{first.height}, resized and centre-cropped to {W}x{H}"
                      if first is not None else None)

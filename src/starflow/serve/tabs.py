@@ -128,7 +128,7 @@ def _video_tab(s: ModelSession, key: str, title: str, first_frame: bool) -> None
         with gr.Row():
             with gr.Column():
                 image = [gr.Image(type="pil", image_mode=None, label="first frame", elem_id=f"{key}-image",
-                                  sources=["upload", "clipboard"])] if first_frame else []
+                                  sources=["upload", "clipboard"], height=280)] if first_frame else []
                 inputs = image + _prompt_boxes(s, key) + _sampling_controls(s, key, s.max_videos, "videos")
                 with gr.Row():
                     frames = gr.Number(value=d.num_frames, precision=0, label="frames",
@@ -181,7 +181,7 @@ def likelihood_tab(s: ModelSession) -> None:
         with gr.Row():
             with gr.Column():
                 upload = gr.Image(type="pil", image_mode=None, label="image", elem_id=f"{key}-image",
-                                  sources=["upload", "clipboard"])
+                                  sources=["upload", "clipboard"], height=280)
                 inputs = [upload] + _prompt_boxes(s, key, required=False)
                 inputs.append(gr.Checkbox(False, label=f"resize and centre-crop to {W}x{H}",
                                           info="otherwise another size is refused"))
