@@ -7,7 +7,6 @@ by .ci/run) turns the skip into a failure.
 """
 import io
 import os
-import shutil
 import subprocess
 import sys
 import time

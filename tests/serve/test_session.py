@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from starflow.pipelines.likelihood import image_likelihood

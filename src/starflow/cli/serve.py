@@ -1,7 +1,6 @@
 """`starflow serve`: a local web page to try a model (text-to-image or -video, image-to-video, likelihood)."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 

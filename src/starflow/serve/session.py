@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 __all__ = ["InputError", "Result", "ModelSession", "DISPLAY_SIDE"]
 
 DISPLAY_SIDE = 256          # tiny pictures (8x8 digits) are enlarged, nearest, to about this many pixels a side
