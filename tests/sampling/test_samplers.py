@@ -20,7 +20,7 @@ def _noise(model, B=2, T=None, seed=3):
     return z, y, y_null
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(cond_top_only=0, sos=0, use_softplus=0)])
+@pytest.mark.parametrize("overrides", [{}, dict(cond_top_only=False, sos=False, use_softplus=False)])
 def test_exact_jacobi_equals_sequential_with_guidance(make_model, overrides):
     model = make_model(**overrides)
     z, y, y_null = _noise(model)
@@ -49,7 +49,7 @@ def test_cached_trunk_equals_uncached(make_model):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 16, 2, generator=g, dtype=torch.float64)
     y = torch.randn(2, 3, 5, generator=g, dtype=torch.float64)
-    rope = model.rope_tables(block, 4, 4, 0, 3, None)
+    rope = model.rope_tables(block, 4, 4, 0, y)
     full = block.run(x, y, rope=rope)
     cache = block.new_cache(2, 3 + 16, dtype=torch.float64)
     block.run(None, y, rope=rope, cache=cache)
@@ -92,7 +92,7 @@ def test_attention_temperature_and_annealing_options(make_model):
 
 @pytest.mark.parametrize("method", ["sequential", "jacobi"])
 def test_image_to_video_prefix_is_kept_and_consistent(make_model, method):
-    model = make_model(temporal_causal=1, shallow_block_local=1)
+    model = make_model(temporal_causal=1, shallow_block_local=True)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 2, 4, 4, generator=g, dtype=torch.float64)
     y = torch.randn(2, 3, 5, generator=g, dtype=torch.float64)
@@ -104,14 +104,14 @@ def test_image_to_video_prefix_is_kept_and_consistent(make_model, method):
 
 
 def test_long_video_sliding_window(make_model):
-    model = make_model(temporal_causal=1, shallow_block_local=1, local_attn_window=2)
+    model = make_model(temporal_causal=1, shallow_block_local=True, local_attn_window=2)
     z, y, y_null = _noise(model, B=1, T=5)
     opts = dict(method="jacobi", guidance=1.0, jacobi_block_size=4, jacobi_th=0.0, jacobi_max_iter=17)
     out = sample(model, z, y, y_null, context_length=1, **opts)
     assert out.shape == z.shape and torch.isfinite(out).all()
     # within the window the sliding sampler is the plain one
     short = z[:, :2]
-    plain = make_model(temporal_causal=1, shallow_block_local=1)
+    plain = make_model(temporal_causal=1, shallow_block_local=True)
     torch.testing.assert_close(sample(model, short, y, y_null, context_length=1, **opts),
                                sample(plain, short, y, y_null, **opts))
     with pytest.raises(ValueError, match="context_length"):
@@ -130,7 +130,7 @@ def test_score_denoise_is_tweedie_step(make_model):
 
 
 def test_learned_denoise_formula(make_model):
-    model = make_model(learnable_self_denoiser=1, conditional_denoiser=1, temporal_causal=1, shallow_block_local=1)
+    model = make_model(learnable_self_denoiser=True, conditional_denoiser=True, temporal_causal=1, shallow_block_local=True)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 2, 2, 4, 4, generator=g, dtype=torch.float64)
     y = torch.randn(1, 3, 5, generator=g, dtype=torch.float64)

@@ -16,8 +16,8 @@ from starflow.training import train
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 # EMA, the learnable denoiser (a second forward pass, its own optimiser) and noise augmentation included
-EXTRA = ("optim.max_steps=4", "log.ckpt_every=2", "log.keep_last=5", "optim.ema=0.9", "model.learnable_self_denoiser=1",
-         "model.conditional_denoiser=1", "data.dequantize=false", "data.noise_std=0.3")
+EXTRA = ("optim.max_steps=4", "log.ckpt_every=2", "log.keep_last=5", "optim.ema=0.9", "model.learnable_self_denoiser=True",
+         "model.conditional_denoiser=True", "data.dequantize=false", "data.noise_std=0.3")
 
 
 def _free_port() -> int:

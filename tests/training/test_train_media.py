@@ -19,7 +19,7 @@ def test_cli_text_to_video_moving_digits(tmp_path, tiny_args, capsys):
     assert main(["train", "--config", str(cfg), *args]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["steps"] == 2 and out["test_bpd"] is not None
-    info = json.loads((tmp_path / "t2v" / "final" / "config.json").read_text())
+    info = json.loads((tmp_path / "t2v" / "final" / "training.json").read_text())
     assert info["conditioning"]["spec"] == "minilm" and info["conditioning"]["dim"] == 384
     model, tcfg = load_trained(out["model_dir"])
     assert model.config.txt_size == 8 and tcfg.data.dataset == "moving_digits"
@@ -50,7 +50,7 @@ def test_image_folder_buckets_in_latent_space(tmp_path, tiny_args, monkeypatch):
     import starflow.training.trainer as trainer_mod
     monkeypatch.setattr(trainer_mod, "load_autoencoder_for", lambda data, device: HalvingAE())
     args = tiny_args("folder", "optim.max_steps=3", "optim.batch_size=2", "data.dequantize=false",
-                     "data.noise_std=0.3", "log.sample_every=3", "log.sample_count=2", "model.rope=1")
+                     "data.noise_std=0.3", "log.sample_every=3", "log.sample_count=2", "model.rope=True")
     args = [a for a in args if not a.startswith("data.dataset")] + [
         "data.dataset=image_folder", f"data.path={tmp_path / 'imgs'}", "data.image_size=8",
         "data.aspect_ratios=[1:1, 2:1]", "data.autoencoder=halving"]
