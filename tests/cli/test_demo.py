@@ -3,6 +3,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from starflow.cli.main import main
@@ -35,6 +36,7 @@ VIDEO = MODEL.format(extra="  temporal_causal: 1\n  shallow_block_local: true\n"
 
 
 
+@pytest.mark.slow
 def test_demo_trains_caches_and_writes(tmp_path, capsys):
     cfgs = tmp_path / "configs"
     cfgs.mkdir()
@@ -67,6 +69,7 @@ def test_demo_needs_enough_samples_and_its_configs(tmp_path, capsys):
     assert "digits_t2i.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_latent_video_config_gets_its_autoencoder_trained_and_cached(tmp_path, capsys, monkeypatch):
     # a moving-digits config that names a small KL autoencoder: the demo trains one on the config's frames
     # (into its cache), points data.autoencoder at it, and reuses both next time

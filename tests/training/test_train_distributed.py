@@ -44,6 +44,7 @@ def _copy_ckpt(src_run: Path, step: int, dst_run: Path) -> None:
     shutil.copytree(src_run / "checkpoints" / name, dst_run / "checkpoints" / name)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_checkpoints_cross(tmp_path, tiny_cfg, tiny_args, losses):
     single = train(tiny_cfg(*EXTRA, out="single"))
     ref = losses(single)

@@ -1,4 +1,5 @@
 """Text-to-video on moving digits through the CLI; an image folder with aspect buckets in latent space."""
+import pytest
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ from starflow.cli.main import main
 from starflow.training import load_trained, train
 
 
+@pytest.mark.slow
 def test_cli_text_to_video_moving_digits(tmp_path, tiny_args, capsys):
     cfg = tmp_path / "t2v.yaml"
     cfg.write_text("data:\n  dataset: moving_digits\n  canvas: 12\n  num_frames: 3\n  num_videos: 40\n"
@@ -28,7 +30,8 @@ def test_cli_text_to_video_moving_digits(tmp_path, tiny_args, capsys):
 
 
 class HalvingAE:
-    """Stand-in for starflow.autoencoders (issue 4): 2x average-pool encoder, nearest-neighbour decoder."""
+    """A stand-in autoencoder with the interface of starflow.autoencoders: 2x average-pool encoder, nearest-neighbour
+    decoder (fast, and exact to check)."""
     spatial_factor, temporal_factor, latent_channels = 2, 1, 3
 
     def encode(self, x, sample=True, generator=None):

@@ -32,7 +32,7 @@ __all__ = ["BenchOptions", "bench", "bench_model", "load_bench_model", "check_ta
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
-# The official implementation on the bench model, this 2-core CPU, float32, same protocol (3 runs each,
+# The official implementation on the bench model, a 2-core Intel Xeon with AMX, float32, same protocol (3 runs each,
 # from the speed issue): the fastest of its runs, and the error of its Jacobi sample.
 OFFICIAL_CPU = {"forward_ms": 235.0, "train_step_ms": 824.0, "sample_sequential_s": 3.6, "sample_jacobi_s": 1.59,
                 "jacobi_max_abs_err": 0.153}

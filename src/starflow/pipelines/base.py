@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from ..config import ModelConfig
 from ..flow.model import StarFlow
@@ -242,6 +243,26 @@ class BasePipeline:
         aspect_ratio = aspect_ratio if aspect_ratio is not None or height or width else self.defaults.aspect_ratio
         H, W = self._pixel_size(height, width, aspect_ratio)
         return opts, denoise, aspect_ratio, H, W
+
+    def _run_batches(self, z: torch.Tensor, y, y_null, opts: SamplerOptions, *, batch_size: int | None,
+                     progress: bool, output_type: str, denoise, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Noise -> flow inverse -> denoising step -> decoding, `batch_size` items at a time: what every
+        generation call runs. `denoise(x, y)` is the call's denoising step."""
+        from ..sampling.sample import sample
+
+        n = z.size(0)
+        bs = batch_size or n
+        starts = range(0, n, bs)
+        opts = opts.with_(progress=progress and len(starts) == 1)
+        outs = []
+        for s in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
+            sl = slice(s, s + bs)
+            yb = y[sl] if y is not None else None
+            x = sample(self.flow, z[sl], yb, y_null[sl] if y_null is not None else None, opts,
+                       prefix=prefix[sl] if prefix is not None else None)
+            x = denoise(x, yb)
+            outs.append(x if output_type == "latent" else self._decode(x))
+        return torch.cat(outs)
 
     def _denoise(self, x: torch.Tensor, y: torch.Tensor | None, method: str) -> torch.Tensor:
         """One denoising step on latents x (images, or video chunks the caller cut)."""

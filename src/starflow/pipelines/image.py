@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..sampling.options import SamplerOptions
 from .base import BasePipeline
@@ -84,18 +83,8 @@ class StarFlowPipeline(BasePipeline):
         z = torch.randn((n_total, self.latent_channels, H // sf, W // sf), generator=g)   # (N, C, h, w)
         z = z.to(self.device, self.dtype)
 
-        from ..sampling.sample import sample
-        bs = batch_size or n_total
-        starts = range(0, n_total, bs)
-        opts = opts.with_(progress=progress and len(starts) == 1)
-        outs = []
-        for s in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
-            sl = slice(s, s + bs)
-            yb = y[sl] if y is not None else None
-            x = sample(self.flow, z[sl], yb, y_null[sl] if y_null is not None else None, opts)
-            x = self._denoise(x, yb, denoise)
-            outs.append(x if output_type == "latent" else self._decode(x))
-        x = torch.cat(outs)
+        x = self._run_batches(z, y, y_null, opts, batch_size=batch_size, progress=progress, output_type=output_type,
+                              denoise=lambda x, yb: self._denoise(x, yb, denoise))
         images = x if output_type == "latent" else convert_images(x, output_type)
         per_image = [p for p in prompts for _ in range(num_images_per_prompt)] if prompts is not None else None
         return ImagePipelineOutput(images=images, prompts=per_image)

@@ -6,7 +6,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..sampling.options import SamplerOptions
 from .base import BasePipeline
@@ -150,25 +149,14 @@ class StarFlowVideoPipeline(BasePipeline):
         z = z.to(self.device, self.dtype)
         prefix = self._first_frame(image, n_total, H, W, g) if image is not None else None
 
-        from ..sampling.sample import sample
         window = self._window(T, opts.method)
         if window and opts.method == "jacobi":
             ctx = opts.context_length or window - 1
             if not 0 < ctx < window:
                 raise ValueError(f"context_length must be in [1, {window - 1}] for a window of {window} latent frames")
             opts = opts.with_(attn_window=window, context_length=ctx)
-        bs = batch_size or n_total
-        starts = range(0, n_total, bs)
-        opts = opts.with_(progress=progress and len(starts) == 1)
-        outs = []
-        for s in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
-            sl = slice(s, s + bs)
-            yb = y[sl] if y is not None else None
-            x = sample(self.flow, z[sl], yb, y_null[sl] if y_null is not None else None, opts,
-                       prefix=prefix[sl] if prefix is not None else None)
-            x = self._denoise_video(x, yb, denoise, window)
-            outs.append(x if output_type == "latent" else self._decode(x))
-        x = torch.cat(outs)                                                       # (N, T', C, H, W)
+        x = self._run_batches(z, y, y_null, opts, batch_size=batch_size, progress=progress, output_type=output_type,
+                              denoise=lambda x, yb: self._denoise_video(x, yb, denoise, window), prefix=prefix)
         if output_type == "latent":
             frames = x
         else:

@@ -62,7 +62,7 @@ def _base_datasets(data: DataConfig, multiple: int) -> tuple[QuantizedDataset, Q
 
 
 def load_autoencoder_for(data: DataConfig, device: torch.device):
-    """None for pixel space; otherwise a frozen autoencoder through `starflow.autoencoders` (issue 4)."""
+    """None for pixel space; otherwise a frozen autoencoder through `starflow.autoencoders`."""
     if data.autoencoder in (None, "", "identity", "none"):
         return None
     from ..autoencoders import load_autoencoder  # lazy: optional heavy dependencies

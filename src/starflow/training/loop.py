@@ -96,6 +96,13 @@ def run(tr: Trainer) -> TrainResult:
         row({**_average(window, o.batch_size), "skipped": p.skipped})
     if last_ckpt_step != p.step or not tr.ckpt.complete():
         tr.save_checkpoint(p)
+    return _finish(tr, p, best, last_eval, sampled_at, row)
+
+
+def _finish(tr: Trainer, p: Progress, best: tuple, last_eval: tuple, sampled_at: int, row) -> TrainResult:
+    """After the last step: keep the best validation weights if asked, the final held-out figure, the
+    exported pipeline folder (final/), its sample grid and the curves."""
+    ctx, log = tr.ctx, tr.cfg.log
     if log.keep_best and tr.val_set is not None:
         vals = [r["val_bpd"] for r in tr.metrics.rows if r.get("step") == p.step and "val_bpd" in r]
         val = vals[-1] if vals else tr.evaluate(tr.val_set)
