@@ -73,7 +73,7 @@ def test_long_video_uses_the_sliding_window(video_pipe):
     x = video_pipe._denoise_video(x, enc.encode(["6"]), "score", 3)
     torch.testing.assert_close(out, x)
     with pytest.raises(ValueError, match="sliding window"):
-        video_pipe(["6"], num_frames=11, sampler="sequential", **KW)
+        video_pipe(["6"], num_frames=11, method="sequential", **KW)
     with pytest.raises(ValueError, match="context_length"):
         video_pipe(["6"], num_frames=11, context_length=3, **KW)
 
@@ -82,7 +82,7 @@ def test_long_video_needs_local_shallow_blocks(labels, flow_factory, pool_ae):
     flow = flow_factory(temporal_causal=1)
     pipe = StarFlowVideoPipeline(flow, labels, pool_ae(), defaults=dict(num_frames=3))
     assert pipe(["1"], output_type="latent", **KW).frames.shape == (1, 2, 2, 4, 4)
-    with pytest.raises(ValueError, match="shallow_block_local=0"):
+    with pytest.raises(ValueError, match="shallow_block_local=False"):
         pipe(["1"], num_frames=7, **KW)
 
 

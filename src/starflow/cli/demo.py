@@ -92,7 +92,7 @@ def trained_model(name: str, config: Path, cache: Path, retrain: bool,
     marker = root / "demo.json"
     if marker.exists() and not retrain:
         info = json.loads(marker.read_text())
-        if (Path(info["model_dir"]) / "config.json").exists():
+        if (Path(info["model_dir"]) / "pipeline.json").exists():
             print(f"[{name}] reusing the model trained earlier: {info['model_dir']}")
             return Path(info["model_dir"]), info.get("test_bpd")
     from ..training import load_train_config, train
@@ -113,18 +113,13 @@ def _is_labels(pipe) -> bool:
     return str(pipe.text_encoder_spec or "").startswith("labels:")
 
 
-def _dequantized(pipe) -> bool:
-    tc = getattr(pipe, "train_config", None)
-    return bool(tc is not None and tc.data.dequantize)
-
-
-def digits_part(pipe, out_dir: Path, samples_per_prompt: int, seed: int):
+def digits_part(pipe, tc, out_dir: Path, samples_per_prompt: int, seed: int):
     from ..evaluation.classifier import DIGIT_PROMPTS, DigitsClassifier, digit_prompt_accuracy
-    from ..pipelines.io import save_image_grid
+    from ..data.media import save_image_grid
 
     clf = DigitsClassifier.fit()
     prompts = [str(d) for d in range(10)] if _is_labels(pipe) else DIGIT_PROMPTS
-    acc, images = digit_prompt_accuracy(pipe, clf, samples_per_prompt, seed, _dequantized(pipe), prompts=prompts,
+    acc, images = digit_prompt_accuracy(pipe, clf, samples_per_prompt, seed, tc.data.dequantize, prompts=prompts,
                                         batch_size=200)
     cols = min(samples_per_prompt, 10)                              # the grid shows the first 10 of each row
     grid = images.reshape(10, samples_per_prompt, *images.shape[1:])[:, :cols].flatten(0, 1)
@@ -132,13 +127,13 @@ def digits_part(pipe, out_dir: Path, samples_per_prompt: int, seed: int):
     return acc, path
 
 
-def video_part(pipe, out_dir: Path, seed: int) -> list[Path]:
+def video_part(pipe, tc, out_dir: Path, seed: int) -> list[Path]:
     import torch
 
     from ..data.base import to_unit_range
     from ..data.digits import DIGITS_LEVELS
     from ..data.moving_digits import MovingDigitsDataset, moving_caption
-    from ..pipelines.io import save_video
+    from ..data.media import save_video
 
     labels = _is_labels(pipe)
     prompt = (lambda d, r: str(d * 4 + r)) if labels else moving_caption
@@ -149,11 +144,10 @@ def video_part(pipe, out_dir: Path, seed: int) -> list[Path]:
         written.append(save_video(x, out_dir / f"moving_digit{suffix}", fps=out.fps, nrow=len(x), scale=SCALE))
 
     # image-to-video: the first frame of a held-out video, continued by the model, beside the real one
-    tc = pipe.train_config
     data = MovingDigitsDataset("test", num_videos=4, canvas=tc.data.canvas, num_frames=tc.data.num_frames,
                                seed=seed)
     real_v = data.values[0]                                         # (T, 1, H, W) uint8
-    if _dequantized(pipe):
+    if tc.data.dequantize:
         real = (real_v.float() + 0.5) * (2 / DIGITS_LEVELS) - 1
     else:
         real = to_unit_range(real_v, DIGITS_LEVELS)
@@ -170,6 +164,7 @@ def run(args) -> int:
     import torch
 
     from ..pipelines import StarFlowPipeline, StarFlowVideoPipeline
+    from ..training.checkpoint import read_train_config
 
     if args.samples_per_prompt < 20:
         raise ValueError("--samples-per-prompt must be >= 20 (prompt accuracy needs at least 20 per digit)")
@@ -185,11 +180,11 @@ def run(args) -> int:
                                      (f"data.autoencoder=kl:{ae}",) if ae is not None else ())
 
     print("sampling digits ...", flush=True)
-    image_pipe = StarFlowPipeline.from_trained(img_dir, device=device)
-    acc, grid_path = digits_part(image_pipe, args.out, args.samples_per_prompt, args.seed)
+    image_pipe = StarFlowPipeline.from_pretrained(img_dir, device=device)
+    acc, grid_path = digits_part(image_pipe, read_train_config(img_dir), args.out, args.samples_per_prompt, args.seed)
     print("sampling moving digits ...", flush=True)
-    video_pipe = StarFlowVideoPipeline.from_trained(vid_dir, device=device)
-    videos = video_part(video_pipe, args.out, args.seed)
+    video_pipe = StarFlowVideoPipeline.from_pretrained(vid_dir, device=device)
+    videos = video_part(video_pipe, read_train_config(vid_dir), args.out, args.seed)
 
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"   # noqa: E731
     print()

@@ -59,9 +59,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt", default=None, help="prompt of the unconditional guidance branch")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (default: model's)")
-    p.add_argument("--sampler", choices=["jacobi", "sequential"], default=None)
+    p.add_argument("--sampler", dest="method", choices=["jacobi", "sequential"], default=None,
+                   help="jacobi (parallel fixed-point iteration, default) or sequential (token by token, exact)")
     p.add_argument("--jacobi-block-size", type=int, default=None)
-    p.add_argument("--jacobi-threshold", type=float, default=None)
+    p.add_argument("--jacobi-th", "--jacobi-threshold", dest="jacobi_th", type=float, default=None,
+                   help="relative squared change that ends a Jacobi chunk (0: run every iteration)")
     p.add_argument("--jacobi-max-iter", type=int, default=None)
     p.add_argument("--jacobi-draft", choices=["auto", "bf16", "none"], default=None,
                    help="bf16: solve each flow block in bfloat16 first, then accept every token by the full-precision "
@@ -106,24 +108,19 @@ def load_any_pipeline(args, kind: str | None):
         pipe = cls.from_official(args.official_config, args.checkpoint, text_encoder_spec=args.text_encoder,
                                  autoencoder_spec=args.autoencoder)
     else:
-        model = Path(args.model)
-        if (model / "pipeline.json").exists() or not (model / "config.json").exists():
-            pipe = cls.from_pretrained(model, text_encoder_spec=args.text_encoder, autoencoder_spec=args.autoencoder)
-        else:
-            if args.text_encoder or args.autoencoder:
-                raise ValueError("--text-encoder / --autoencoder apply to pipeline directories and official files; "
-                                 "a trained folder uses the components it was trained with")
-            pipe = cls.from_trained(model)
+        pipe = cls.from_pretrained(Path(args.model), text_encoder_spec=args.text_encoder,
+                                   autoencoder_spec=args.autoencoder)
     return pipe.to(device)
 
 
 def _call_kwargs(args) -> dict:
-    return dict(negative_prompt=args.negative_prompt, guidance=args.guidance, sampler=args.sampler,
-                jacobi_block_size=args.jacobi_block_size, jacobi_threshold=args.jacobi_threshold,
-                jacobi_max_iter=args.jacobi_max_iter, jacobi_draft=args.jacobi_draft, denoise=args.denoise,
-                height=args.height, width=args.width,
+    """The pipeline call's arguments; the sampler settings under their SamplerOptions names (None: the
+    pipeline's default)."""
+    sampling = dict(guidance=args.guidance, method=args.method, jacobi_block_size=args.jacobi_block_size,
+                    jacobi_th=args.jacobi_th, jacobi_max_iter=args.jacobi_max_iter, jacobi_draft=args.jacobi_draft)
+    return dict(negative_prompt=args.negative_prompt, denoise=args.denoise, height=args.height, width=args.width,
                 aspect_ratio=args.aspect_ratio, seed=args.seed, batch_size=args.batch_size,
-                progress=not args.no_progress)
+                progress=not args.no_progress, **{k: v for k, v in sampling.items() if v is not None})
 
 
 def _check_out(path: Path, allowed: tuple[str, ...], what: str) -> None:
@@ -132,7 +129,7 @@ def _check_out(path: Path, allowed: tuple[str, ...], what: str) -> None:
 
 
 def run_generate(args) -> int:
-    from ..pipelines.io import IMAGE_SUFFIXES, save_image_grid
+    from ..data.media import IMAGE_SUFFIXES, save_image_grid
 
     _check_out(args.out, IMAGE_SUFFIXES, "images")
     pipe = load_any_pipeline(args, "image")
@@ -147,14 +144,16 @@ def run_generate(args) -> int:
 
 
 def run_generate_video(args) -> int:
-    from ..pipelines.io import VIDEO_SUFFIXES, save_video
+    from ..data.media import VIDEO_SUFFIXES, save_video
 
     _check_out(args.out, VIDEO_SUFFIXES, "videos")
     pipe = load_any_pipeline(args, "video")
     prompts = _prompts(args) or None
+    kw = _call_kwargs(args)
+    if args.context_length is not None:
+        kw["context_length"] = args.context_length
     out = pipe(prompts, num_videos_per_prompt=args.num_videos, num_videos=args.num_videos, num_frames=args.frames,
-               fps=args.fps, image=args.image, context_length=args.context_length, output_type="pt",
-               **_call_kwargs(args))
+               fps=args.fps, image=args.image, output_type="pt", **kw)
     x = out.frames * 2 - 1                                       # (N, T, C, H, W) in [-1, 1]
     save_video(x if len(x) > 1 else x[0], args.out, fps=out.fps,
                nrow=args.num_videos if prompts and len(prompts) > 1 else None, scale=args.scale)
@@ -168,7 +167,7 @@ def run_convert(args) -> int:
     if args.trained is not None:
         if args.checkpoint is not None:
             raise ValueError("--checkpoint goes with --official-config, not --trained")
-        pipe = BasePipeline.from_trained(args.trained)
+        pipe = BasePipeline.from_pretrained(args.trained)
     else:
         if args.checkpoint is None:
             raise ValueError("--official-config needs --checkpoint (the official .pth)")

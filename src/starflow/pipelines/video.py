@@ -1,14 +1,13 @@
 """Text-to-video and image-to-video, with a sliding window for videos longer than the trained length."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ..sampling.options import SamplerOptions
 from .base import BasePipeline
 from .image import convert_images
 
@@ -46,25 +45,20 @@ class StarFlowVideoPipeline(BasePipeline):
         n = self.defaults.num_frames
         return self.latent_frames(n) if n else None
 
-    @contextlib.contextmanager
-    def _window(self, frames: int, sampler: str):
-        """The deep block's attention window in latent frames (None: whole video). Past the trained length the
-        trained length becomes a sliding window (official `local_attn_window`, as its target_length sets it)."""
+    def _window(self, frames: int, method: str) -> int | None:
+        """The deep block's attention window in latent frames (None: the whole video). Past the trained length
+        the trained length becomes a sliding window (official `local_attn_window`, as its target_length sets
+        it); the sampler gets it as a setting, the model's config is never changed."""
         c = self.config
-        old = c.local_attn_window
         trained = self.trained_latent_frames()
-        window = old or (trained if trained is not None and frames > trained else None)
+        window = c.local_attn_window or (trained if trained is not None and frames > trained else None)
         if window and frames > window:
             if not c.shallow_block_local:
                 raise ValueError(f"this flow was trained on {window} latent frames and its shallow blocks see the "
-                                 f"whole video (shallow_block_local=0): it cannot make {frames} latent frames")
-            if sampler != "jacobi":
-                raise ValueError("videos longer than the trained length need the sliding window of sampler='jacobi'")
-        c.local_attn_window = window
-        try:
-            yield window
-        finally:
-            c.local_attn_window = old
+                                 f"whole video (shallow_block_local=False): it cannot make {frames} latent frames")
+            if method != "jacobi":
+                raise ValueError("videos longer than the trained length need the sliding window of method='jacobi'")
+        return window
 
     def _denoise_video(self, x: torch.Tensor, y: torch.Tensor | None, method: str, window: int | None) -> torch.Tensor:
         """Denoise in windows of the trained length; after the first window each step re-uses `overlap` frames
@@ -92,7 +86,7 @@ class StarFlowVideoPipeline(BasePipeline):
 
         C = self.pixel_channels
         if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__") or isinstance(image, Image.Image):
-            from .io import load_image
+            from ..data.media import load_image
             img = load_image(image).convert("L" if C == 1 else "RGB")
             scale = max(H / img.height, W / img.width)
             img = img.resize((max(W, int(img.width * scale)), max(H, int(img.height * scale))), Image.BILINEAR)
@@ -120,14 +114,11 @@ class StarFlowVideoPipeline(BasePipeline):
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
                  *, num_videos_per_prompt: int = 1, num_frames: int | None = None, fps: int | None = None,
-                 image=None, guidance: float | None = None, sampler: str | None = None,
-                 jacobi_block_size: int | None = None, jacobi_threshold: float | None = None,
-                 jacobi_max_iter: int | None = None, jacobi_draft: str | None = None,
-                 context_length: int | None = None,
-                 height: int | None = None, width: int | None = None, aspect_ratio: str | None = None,
+                 image=None, height: int | None = None, width: int | None = None, aspect_ratio: str | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None, denoise: str | None = None,
                  output_type: str = "pil", batch_size: int | None = None, progress: bool = True,
-                 num_videos: int | None = None) -> VideoPipelineOutput:
+                 num_videos: int | None = None, options: SamplerOptions | None = None, **sampling
+                 ) -> VideoPipelineOutput:
         """Generate videos; arguments as StarFlowPipeline, plus:
 
         num_frames: pixel frames (1 + temporal_factor * k); past the trained length the deep block samples
@@ -145,39 +136,27 @@ class StarFlowVideoPipeline(BasePipeline):
             raise ValueError("give num_frames (this pipeline has no trained length stored)")
         fps = int(fps or d.fps or 8)
         T = self.latent_frames(num_frames)
-        guidance, denoise, sampler, aspect_ratio, H, W = self._call_setup(guidance, denoise, sampler, height, width,
-                                                                          aspect_ratio)
+        opts, denoise, aspect_ratio, H, W = self._call_setup(options, sampling, denoise, height, width, aspect_ratio)
         sf = self.spatial_factor
         n_total = len(prompts) * num_videos_per_prompt if prompts is not None else (num_videos or 1)
         if image is not None and T < 2:
             raise ValueError("image-to-video needs at least 2 latent frames to generate after the given one")
 
         cond = self._cond_kwargs(fps, aspect_ratio)
-        y, y_null = self._encode(prompts, negative_prompt, num_videos_per_prompt, guidance, cond)
+        y, y_null = self._encode(prompts, negative_prompt, num_videos_per_prompt, opts.guidance, cond)
         g = self._generator(seed, generator)
         z = torch.randn((n_total, T, self.latent_channels, H // sf, W // sf), generator=g)   # (N, T, C, h, w)
         z = z.to(self.device, self.dtype)
         prefix = self._first_frame(image, n_total, H, W, g) if image is not None else None
 
-        from ..sampling.sample import sample
-        bs = batch_size or n_total
-        starts = range(0, n_total, bs)
-        outs = []
-        with self._window(T, sampler) as window:
-            ctx = context_length or d.context_length or (window - 1 if window else None)
-            if ctx is not None and window and not 0 < ctx < window:
+        window = self._window(T, opts.method)
+        if window and opts.method == "jacobi":
+            ctx = opts.context_length or window - 1
+            if not 0 < ctx < window:
                 raise ValueError(f"context_length must be in [1, {window - 1}] for a window of {window} latent frames")
-            opts = self._sampler_options(sampler, guidance, jacobi_block_size, jacobi_threshold, jacobi_max_iter,
-                                         jacobi_draft, context_length=ctx)
-            for s in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
-                sl = slice(s, s + bs)
-                yb = y[sl] if y is not None else None
-                opts.progress = progress and len(starts) == 1
-                x = sample(self.flow, z[sl], yb, y_null[sl] if y_null is not None else None, opts,
-                           prefix=prefix[sl] if prefix is not None else None)
-                x = self._denoise_video(x, yb, denoise, window)
-                outs.append(x if output_type == "latent" else self._decode(x))
-        x = torch.cat(outs)                                                       # (N, T', C, H, W)
+            opts = opts.with_(attn_window=window, context_length=ctx)
+        x = self._run_batches(z, y, y_null, opts, batch_size=batch_size, progress=progress, output_type=output_type,
+                              denoise=lambda x, yb: self._denoise_video(x, yb, denoise, window), prefix=prefix)
         if output_type == "latent":
             frames = x
         else:
