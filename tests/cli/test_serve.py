@@ -15,15 +15,15 @@ from starflow.conditioning import load_text_encoder
 from starflow.pipelines import StarFlowPipeline
 
 TINY = dict(channel_size=1, img_size=8, patch_size=2, channels=32, blocks=2, layers_per_block=[1, 1], head_dim=16,
-            rope=1, sos=1, txt_size=1, txt_dim=11, cond_top_only=1, use_softplus=1, use_final_norm=1, soft_clip=2.0,
-            seq_order="L2R")
+            rope=True, sos=True, txt_size=1, txt_dim=11, cond_top_only=True, use_softplus=True, use_final_norm=True,
+            soft_clip=2.0, seq_order="L2R")
 
 
 @pytest.fixture
 def model_dir(tmp_path):
     torch.manual_seed(0)
     pipe = StarFlowPipeline(StarFlow(ModelConfig.from_dict(TINY)).eval(), load_text_encoder("labels:10", 1), None,
-                            defaults=dict(jacobi_block_size=4), autoencoder_spec="identity")
+                            defaults=dict(sampling=dict(jacobi_block_size=4)), autoencoder_spec="identity")
     return pipe.save_pretrained(tmp_path / "tiny")
 
 

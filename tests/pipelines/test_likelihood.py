@@ -9,7 +9,7 @@ from PIL import Image
 from starflow.flow.likelihood import nll
 from starflow.pipelines import StarFlowPipeline
 from starflow.pipelines.likelihood import expected_image_size, image_likelihood
-from starflow.training.transforms import LogitTransform
+from starflow.flow.transforms import LogitTransform
 
 
 def _grey(h, w, seed=0):
@@ -83,7 +83,7 @@ def test_sizes_colours_and_prompts(grey_pipe, flow_factory, labels):
     r = image_likelihood(grey_pipe, rgb, "3")
     assert "converted from RGB to L" in r.mapping
     assert r.bits_per_dim == pytest.approx(image_likelihood(grey_pipe, _grey(4, 4), "3").bits_per_dim, rel=1e-6)
-    uncond = StarFlowPipeline(flow_factory(channel_size=1, txt_size=0, txt_dim=0, cond_top_only=0), None, None,
+    uncond = StarFlowPipeline(flow_factory(channel_size=1, txt_size=0, txt_dim=0, cond_top_only=False), None, None,
                               autoencoder_spec="identity")
     with pytest.raises(ValueError, match="unconditional: it takes no prompt"):
         image_likelihood(uncond, _grey(4, 4), "3")
@@ -96,6 +96,6 @@ def test_other_aspect_ratios_with_rotary_positions(grey_pipe, flow_factory, labe
     # 4x4 target, multiple 1: 16:9 -> 3x5 keeps the area; learned positions refuse it
     r = image_likelihood(grey_pipe, _grey(3, 5), None)
     assert r.size == (3, 5) and r.num_dims == 15
-    learned = StarFlowPipeline(flow_factory(channel_size=1, rope=0), labels, None, autoencoder_spec="identity")
+    learned = StarFlowPipeline(flow_factory(channel_size=1, rope=False), labels, None, autoencoder_spec="identity")
     with pytest.raises(ValueError, match="this model scores 4x4 images: resize"):
         image_likelihood(learned, _grey(3, 5))

@@ -12,12 +12,13 @@ from starflow.pipelines import StarFlowPipeline, StarFlowVideoPipeline
 
 # 8x8 grey pictures in 2x2 patches (16 tokens): large enough to look at, sampled in a fraction of a second
 TINY = dict(channel_size=1, img_size=8, patch_size=2, channels=32, blocks=2, layers_per_block=[1, 1], head_dim=16,
-            rope=1, sos=1, txt_size=1, txt_dim=11, cond_top_only=1, use_softplus=1, use_final_norm=1, soft_clip=2.0,
-            seq_order="L2R")
+            rope=True, sos=True, txt_size=1, txt_dim=11, cond_top_only=True, use_softplus=True, use_final_norm=True,
+            soft_clip=2.0, seq_order="L2R")
 # videos of 8x8 frames through a small KL autoencoder (2x smaller, 2 channels): 4x4 latents per frame
-TINY_VIDEO = dict(TINY, channel_size=2, img_size=4, patch_size=1, temporal_causal=1, shallow_block_local=1)
-IMAGE_DEFAULTS = dict(noise_std=0.1, guidance=1.5, denoise="score", jacobi_block_size=4)
-VIDEO_DEFAULTS = dict(noise_std=0.1, guidance=1.0, denoise="score", jacobi_block_size=4, num_frames=4, fps=4)
+TINY_VIDEO = dict(TINY, channel_size=2, img_size=4, patch_size=1, temporal_causal=1, shallow_block_local=True)
+IMAGE_DEFAULTS = dict(noise_std=0.1, denoise="score", sampling=dict(guidance=1.5, jacobi_block_size=4))
+VIDEO_DEFAULTS = dict(noise_std=0.1, denoise="score", num_frames=4, fps=4,
+                      sampling=dict(guidance=1.0, jacobi_block_size=4))
 
 
 def randomize(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:
@@ -73,8 +74,8 @@ def video_pipe(tmp_path):
 
 @pytest.fixture
 def uncond_pipe():
-    return StarFlowPipeline(make_flow(txt_size=0, txt_dim=0, cond_top_only=0), None, None, defaults=dict(jacobi_block_size=4),
-                            autoencoder_spec="identity")
+    return StarFlowPipeline(make_flow(txt_size=0, txt_dim=0, cond_top_only=False), None, None,
+                            defaults=dict(sampling=dict(jacobi_block_size=4)), autoencoder_spec="identity")
 
 
 def serve(pipe, out_dir):

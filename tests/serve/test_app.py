@@ -51,7 +51,7 @@ def test_bad_inputs_are_messages_and_the_server_keeps_serving(image_app, tmp_pat
     for prompt, args, message in [("", {}, "type a prompt: this model is text conditioned"),
                                   ("seven", {}, "class label 'seven' is not an integer"),
                                   ("3", dict(num_samples=40), "greater than maximum value 16"),   # gradio's slider
-                                  ("3", dict(jacobi_threshold=-1), "Jacobi threshold must be above 0")]:
+                                  ("3", dict(jacobi_threshold=-1), "less than minimum value 0")]:   # gradio's
         with pytest.raises(AppError, match=message) as err:
             client.predict(prompt, **{**IMAGE_ARGS, **args}, api_name="/text_to_image")
         assert "Traceback" not in str(err.value)

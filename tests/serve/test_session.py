@@ -20,7 +20,7 @@ def test_text_to_image_is_the_pipelines_call_written_to_files(image_pipe, tmp_pa
     s = ModelSession(image_pipe, tmp_path, name="tiny")
     r = s.text_to_image("3", guidance=1.5, sampler="jacobi", jacobi_block_size=4, jacobi_threshold=1e-3, seed=7,
                         num_samples=3)
-    direct = image_pipe("3", num_images_per_prompt=3, guidance=1.5, jacobi_block_size=4, jacobi_threshold=1e-3,
+    direct = image_pipe("3", num_images_per_prompt=3, guidance=1.5, jacobi_block_size=4, jacobi_th=1e-3,
                         seed=7, output_type="np")                                       # (3, 8, 8, 1) in [0, 1]
     pngs = sorted(p for p in r.files if p.name.startswith("sample_"))
     assert len(pngs) == 3 and all(p.parent.parent == tmp_path for p in pngs)
@@ -58,7 +58,7 @@ def test_same_seed_same_images_and_random_seed_is_reported(image_pipe, tmp_path)
     (dict(prompt="3", num_samples=1.5), "whole number"),
     (dict(prompt="3", seed="abc"), "seed must be a whole number"),
     (dict(prompt="3", guidance=-1), "guidance must be at least 0 and at most 100"),
-    (dict(prompt="3", jacobi_threshold=0), "Jacobi threshold must be above 0"),
+    (dict(prompt="3", jacobi_threshold=-0.1), "Jacobi threshold \\(0: never stop early\\) must be at least 0"),
     (dict(prompt="3", jacobi_block_size=0), "Jacobi block size must be at least 1"),
     (dict(prompt="3", sampler="euler"), "sampler must be"),
 ])
@@ -75,7 +75,7 @@ def test_aspect_ratio_only_where_positions_allow(pipe_factory, tmp_path):
     r = s.text_to_image("3", aspect_ratio="16:9")
     assert r.settings["size"] == "10x6 px" and r.settings["aspect ratio"] == "16:9"   # the area of 8x8
     assert s.text_to_image("3", aspect_ratio="1:1").settings["size"] == "8x8 px"
-    learned = ModelSession(pipe_factory(rope=0), tmp_path)
+    learned = ModelSession(pipe_factory(rope=False), tmp_path)
     assert not learned.takes_aspect_ratio
     with pytest.raises(InputError, match="one size only"):
         learned.text_to_image("3", aspect_ratio="16:9")
@@ -97,7 +97,7 @@ def test_text_and_image_to_video(video_pipe, tmp_path):
     assert r.video.suffix == ".mp4" and r.video.exists()
     gif = next(p for p in r.files if p.suffix == ".gif")
     frames = Image.open(gif)
-    assert frames.n_frames == 4 and frames.size == ((2 * 8 + 3 * 2) * 32, (8 + 2 * 2) * 32)   # 2 videos side by side, padded
+    assert frames.n_frames == 4 and frames.size == ((2 * 8 + 3 * 2) * 32, (8 + 2 * 2) * 32)   # 2 videos, padded
     assert r.settings["frames"] == 4 and "2 videos of 4 frames, 8x8 px" in r.summary
     first = Image.fromarray((np.arange(400).reshape(20, 20) % 256).astype(np.uint8))   # any size: resized, cropped
     i2v = s.text_to_video("3", seed=0, num_frames=4, image=first, require_image=True)

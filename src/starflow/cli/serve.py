@@ -35,6 +35,15 @@ def _name(model: Path) -> str:
     return "/".join(parts[-3:]) if model.name in ("final", "best") and len(parts) >= 3 else model.name
 
 
+def _dequantized(model: Path | None) -> bool:
+    """Was the model trained on dequantised pixels (a run's training.json says)? Likelihoods then take bin
+    centres; a pipeline folder does not carry its training data's settings."""
+    from ..training.checkpoint import read_train_config
+
+    tc = read_train_config(model) if model is not None and model.is_dir() else None
+    return bool(tc is not None and tc.data.dequantize)
+
+
 def run(args) -> int:
     from ..serve.app import DEFAULT_HOST, DEFAULT_PORT, build_app, launch
     from ..serve.session import ModelSession
@@ -48,7 +57,8 @@ def run(args) -> int:
         raise ValueError("--max-samples must be >= 1")
     pipe = load_any_pipeline(args, None)
     name = _name(args.model) if args.model is not None else args.official_config.stem
-    session = ModelSession(pipe, args.outputs, name=name, max_samples=args.max_samples)
+    session = ModelSession(pipe, args.outputs, name=name, max_samples=args.max_samples,
+                           dequantized=_dequantized(args.model))
     app = build_app(session)
     if host not in LOOPBACK:
         print(f"warning: --host {host} serves the page to other machines, without any login", file=sys.stderr)

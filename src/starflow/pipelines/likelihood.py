@@ -2,7 +2,7 @@
 
 How the picture reaches the flow (what the figure is a density of):
 - pixel space (no autoencoder): 8-bit values v -> x = v / 127.5 - 1 in [-1, 1], the official normalisation
-  (a model trained on dequantised data, `data.dequantize`, takes bin centres (v + 0.5) / 128 - 1); a fixed
+  (for a model trained on dequantised data, `dequantized=True`: bin centres (v + 0.5) / 128 - 1); a fixed
   input transform the model was trained behind (logit, Gaussianize) is applied with its log-Jacobian, so the
   figure stays that of x. Besides bits/dim of x, `bits_per_dim_8bit` counts bits per 8-bit value:
   -log2 p(v) ~= -log2 p(x) - D log2(scale), with scale = dx/dv (2/255, or 2/256 dequantised).
@@ -78,7 +78,7 @@ def _fit(img, pipe, resize: bool):
                      "resize it first, or ask for resizing and centre-cropping")
 
 
-def _pixels(img, pipe) -> tuple[torch.Tensor, float, str]:
+def _pixels(img, pipe, dequantized: bool) -> tuple[torch.Tensor, float, str]:
     """PIL image -> (x (1, C, H, W) in [-1, 1], dx/dv, description)."""
     C = pipe.pixel_channels
     if C not in (1, 3):
@@ -87,26 +87,28 @@ def _pixels(img, pipe) -> tuple[torch.Tensor, float, str]:
     note = "" if img.mode == mode else f" (converted from {img.mode} to {mode})"
     v = torch.from_numpy(np.asarray(img.convert(mode), dtype=np.float32).reshape(img.height, img.width, C))
     v = v.permute(2, 0, 1)[None]                                           # (1, C, H, W), 0..255
-    tc = getattr(pipe, "train_config", None)
-    if pipe.autoencoder is None and tc is not None and tc.data.dequantize:
+    if pipe.autoencoder is None and dequantized:
         return (v + 0.5) * (2 / 256) - 1, 2 / 256, f"8-bit pixels to bin centres (v + 0.5) / 128 - 1{note}"
     return v / 127.5 - 1, 2 / 255, f"8-bit pixels to v / 127.5 - 1 in [-1, 1]{note}"
 
 
 @torch.no_grad()
-def image_likelihood(pipe, image, prompt: str | None = None, *, resize: bool = False) -> ImageLikelihood:
+def image_likelihood(pipe, image, prompt: str | None = None, *, resize: bool = False,
+                     dequantized: bool = False) -> ImageLikelihood:
     """Exact -log p(picture | prompt) through the pipeline's flow, as bits/dim (see the module docstring).
 
     image: a file path or PIL image. prompt: None scores under the empty prompt (the unconditional branch
     learned with caption dropout); with a prompt, the unconditional figure is given too. resize: bring a
-    picture of another size to the trained one (bilinear, centre crop); otherwise a wrong size is an error."""
-    from .io import load_image
+    picture of another size to the trained one (bilinear, centre crop); otherwise a wrong size is an error.
+    dequantized: the flow was trained on uniformly dequantised pixels (the training config's `data.dequantize`,
+    which a pipeline does not carry): pixels go to bin centres."""
+    from ..data.media import load_image
 
     c = pipe.config
     if prompt is not None and c.txt_dim == 0:
         raise ValueError("this model is unconditional: it takes no prompt")
     img = _fit(load_image(image), pipe, resize)
-    x, scale, mapping = _pixels(img, pipe)
+    x, scale, mapping = _pixels(img, pipe, dequantized)
     video = pipe.kind == "video"
     if video:
         x = x[:, None]                                                    # (1, 1, C, H, W): a one-frame video

@@ -58,8 +58,9 @@ class ModelSession:
     """A pipeline behind the page. `lock`: requests never run on top of each other, whoever calls."""
 
     def __init__(self, pipe, out_dir: str | Path | None = None, *, name: str = "model", max_samples: int = 16,
-                 max_videos: int = 4):
+                 max_videos: int = 4, dequantized: bool = False):
         self.pipe, self.name = pipe, name
+        self.dequantized = dequantized          # trained on dequantised pixels: likelihoods take bin centres
         self.out_dir = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="starflow-serve-"))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.max_samples, self.max_videos = max_samples, max_videos
@@ -124,28 +125,33 @@ class ModelSession:
         return v
 
     @staticmethod
-    def _float(value, name: str, lo: float, hi: float | None = None, open_lo: bool = False) -> float:
+    def _float(value, name: str, lo: float, hi: float | None = None) -> float:
         try:
             v = float(value)
         except (TypeError, ValueError):
             raise InputError(f"{name} must be a number, got {value!r}") from None
-        if not math.isfinite(v) or v < lo or (open_lo and v == lo) or (hi is not None and v > hi):
+        if not math.isfinite(v) or v < lo or (hi is not None and v > hi):
             # words, not < >: the page shows messages as HTML, escaped
-            bound = f"above {lo:g}" if open_lo else f"at least {lo:g}"
-            raise InputError(f"{name} must be {bound}" + (f" and at most {hi:g}" if hi is not None else "")
+            raise InputError(f"{name} must be at least {lo:g}" + (f" and at most {hi:g}" if hi is not None else "")
                              + f", got {value!r}")
         return v
 
     def _sampling(self, negative_prompt, guidance, sampler, block_size, threshold, seed) -> dict[str, Any]:
+        """The call's sampler settings under their SamplerOptions names (None: the pipeline's default)."""
+        d = self.pipe.defaults.sampling
+        sampler = sampler or d.method
         if sampler not in ("jacobi", "sequential"):
             raise InputError(f"sampler must be 'jacobi' or 'sequential', not {sampler!r}")
         seed = self._int(-1 if seed is None or seed == "" else seed, "seed", -1, 2 ** 63 - 1)
         if seed < 0:                                # -1: a fresh seed, reported so that it can be repeated
             seed = secrets.randbelow(2 ** 31)
-        kw = dict(guidance=self._float(guidance, "guidance", 0.0, 100.0), sampler=sampler, seed=seed)
+        guidance = d.guidance if guidance is None else guidance
+        kw = dict(guidance=self._float(guidance, "guidance", 0.0, 100.0), method=sampler, seed=seed)
         if sampler == "jacobi":
-            kw["jacobi_block_size"] = self._int(block_size, "Jacobi block size", 1)
-            kw["jacobi_threshold"] = self._float(threshold, "Jacobi threshold", 0.0, open_lo=True)
+            kw["jacobi_block_size"] = self._int(d.jacobi_block_size if block_size is None else block_size,
+                                                "Jacobi block size", 1)
+            kw["jacobi_th"] = self._float(d.jacobi_th if threshold is None else threshold,
+                                          "Jacobi threshold (0: never stop early)", 0.0)
         negative = (negative_prompt or "").strip() or None
         if negative is not None and not self.conditioned:
             raise InputError("this model is unconditional: it takes no negative prompt")
@@ -183,16 +189,14 @@ class ModelSession:
                       sampler: str | None = None, jacobi_block_size: int | None = None,
                       jacobi_threshold: float | None = None, seed: int | None = 0, num_samples: int = 1,
                       aspect_ratio: str | None = None) -> Result:
-        from ..pipelines.io import save_image, save_image_grid, to_uint8
+        from ..data.media import save_image, save_image_grid, to_uint8
 
         if self.kind != "image":
             raise InputError("this is a video model: use the video tabs")
         d = self.pipe.defaults
         prompt = self._prompt(prompt)
         n = self._int(num_samples, "number of images", 1, self.max_samples)
-        kw = self._sampling(negative_prompt, d.guidance if guidance is None else guidance, sampler or d.sampler,
-                            d.jacobi_block_size if jacobi_block_size is None else jacobi_block_size,
-                            d.jacobi_threshold if jacobi_threshold is None else jacobi_threshold, seed)
+        kw = self._sampling(negative_prompt, guidance, sampler, jacobi_block_size, jacobi_threshold, seed)
         ar = self._aspect(aspect_ratio)
         out, secs = self._run(lambda: self.pipe(prompt, num_images_per_prompt=n, num_images=n, aspect_ratio=ar,
                                                 output_type="pt", **kw))
@@ -217,7 +221,7 @@ class ModelSession:
                       num_frames: int | None = None, fps: int | None = None, image=None,
                       aspect_ratio: str | None = None, require_image: bool = False) -> Result:
         """Text-to-video; with `image` (a file or PIL image, resized and centre-cropped) image-to-video."""
-        from ..pipelines.io import save_video
+        from ..data.media import save_video
 
         if self.kind != "video":
             raise InputError("this is an image model: it makes no videos")
@@ -228,13 +232,11 @@ class ModelSession:
         n = self._int(num_samples, "number of videos", 1, self.max_videos)
         frames = self._int(d.num_frames if num_frames is None else num_frames, "frames", 1, 16 * (d.num_frames or 16))
         fps = self._int(fps or d.fps or 8, "fps", 1, 120)
-        kw = self._sampling(negative_prompt, d.guidance if guidance is None else guidance, sampler or d.sampler,
-                            d.jacobi_block_size if jacobi_block_size is None else jacobi_block_size,
-                            d.jacobi_threshold if jacobi_threshold is None else jacobi_threshold, seed)
+        kw = self._sampling(negative_prompt, guidance, sampler, jacobi_block_size, jacobi_threshold, seed)
         ar = self._aspect(aspect_ratio)
         first = None
         if image is not None:
-            from ..pipelines.io import load_image
+            from ..data.media import load_image
             first = load_image(image)                                      # the pipeline resizes and crops it
         out, secs = self._run(lambda: self.pipe(prompt, num_videos_per_prompt=n, num_videos=n, num_frames=frames,
                                                 fps=fps, image=first, aspect_ratio=ar, output_type="pt", **kw))
@@ -260,17 +262,18 @@ class ModelSession:
         if image is None:
             raise InputError("upload an image to score")
         prompt = self._prompt(prompt, required=False)
-        res, secs = self._run(lambda: image_likelihood(self.pipe, image, prompt, resize=resize))
+        res, secs = self._run(lambda: image_likelihood(self.pipe, image, prompt, resize=resize,
+                                                       dequantized=self.dequantized))
         return res, likelihood_markdown(res, secs)
 
     # ---- settings -----------------------------------------------------------------------------------
     def _settings(self, prompt, kw: dict, **extra) -> dict[str, Any]:
         d = self.pipe.defaults
         s: dict[str, Any] = {"model": self.name, "prompt": prompt, "negative prompt": kw.get("negative_prompt"),
-                             "guidance": kw["guidance"], "sampler": kw["sampler"]}
-        if kw["sampler"] == "jacobi":
+                             "guidance": kw["guidance"], "sampler": kw["method"]}
+        if kw["method"] == "jacobi":
             s["Jacobi block size"] = kw["jacobi_block_size"]
-            s["Jacobi threshold"] = kw["jacobi_threshold"]
+            s["Jacobi threshold"] = kw["jacobi_th"]
         s["seed"] = kw["seed"]
         s["denoise"] = f"{d.denoise} (noise_std {d.noise_std:g})" if d.noise_std > 0 else "none"
         s.update({k.replace("_", " "): v for k, v in extra.items() if v is not None})

@@ -65,18 +65,19 @@ def _prompt_boxes(s: ModelSession, key: str, required: bool = True) -> list:
 
 def _sampling_controls(s: ModelSession, key: str, max_n: int, what: str) -> list:
     """negative prompt, guidance, sampler, Jacobi block size and threshold, seed, number of samples."""
-    d = s.pipe.defaults
+    d = s.pipe.defaults.sampling
     negative = gr.Textbox(label="negative prompt", placeholder="replaces the empty prompt of the guidance branch",
                           visible=s.conditioned, elem_id=f"{key}-negative")
     guidance = gr.Slider(0.0, 10.0, value=d.guidance, step=0.1, label="guidance", visible=s.conditioned,
                          info="classifier-free guidance weight (0: none)")
     with gr.Row():
-        sampler = gr.Radio(["jacobi", "sequential"], value=d.sampler, label="sampler",
+        sampler = gr.Radio(["jacobi", "sequential"], value=d.method, label="sampler",
                            info="Jacobi: parallel blocks; sequential: token by token (exact)")
         seed = gr.Number(value=0, precision=0, label="seed", info="-1: a new random seed")
     with gr.Row():
         block = gr.Number(value=d.jacobi_block_size, precision=0, minimum=1, label="Jacobi block size")
-        threshold = gr.Number(value=d.jacobi_threshold, label="Jacobi threshold")
+        threshold = gr.Number(value=d.jacobi_th, minimum=0, label="Jacobi threshold",
+                              info="0: never stop early")
     n = gr.Slider(1, max_n, value=1, step=1, label=f"number of {what}")
     return [negative, guidance, sampler, block, threshold, seed, n]
 
