@@ -34,3 +34,43 @@ def write_tiny_inception(folder: Path, dim: int = 16, seed: int = 0) -> Path:
     path = folder / INCEPTION_FILE
     torch.jit.script(TinyInception(dim).eval()).save(str(path))
     return path
+
+
+def _byte_chars() -> list[str]:
+    """The 256 printable stand-ins of bytes that byte-level BPE vocabularies (GPT-2, CLIP) are made of."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
+        list(range(ord("\xae"), ord("\xff") + 1))
+    out, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
+def write_tiny_clip(folder: Path, seed: int = 1) -> Path:
+    """A randomly initialised CLIP (a few thousand parameters) with a byte-level tokenizer and a 16-pixel image
+    processor, saved like a hub folder (config.json, model.safetensors, tokenizer and preprocessor files)."""
+    import json
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = _byte_chars()
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    images = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(folder)
+    cfg = CLIPConfig(text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=77,
+                                      bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"]),
+                     vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        image_size=16, patch_size=8),
+                     projection_dim=8)
+    torch.manual_seed(seed)
+    CLIPModel(cfg).save_pretrained(folder)
+    return folder
