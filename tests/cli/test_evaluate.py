@@ -12,9 +12,6 @@ from starflow.evaluation.inception import INCEPTION_FILE, INCEPTION_URL
 
 from ..evaluation.tiny_nets import write_tiny_inception
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit.script in the helper
-
-
 @pytest.fixture(scope="module")
 def inception(tmp_path_factory):
     return write_tiny_inception(tmp_path_factory.mktemp("inception"))

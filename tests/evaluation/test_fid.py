@@ -10,9 +10,6 @@ from starflow.evaluation.inception import INCEPTION_FILE, INCEPTION_URL, load_in
 
 from .tiny_nets import write_tiny_inception
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit.script in the helper
-
-
 @pytest.fixture(scope="module")
 def inception_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("inception")

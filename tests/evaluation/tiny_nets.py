@@ -1,6 +1,7 @@
 """Tiny random stand-ins for the real evaluation networks, written to disk in the real files' formats."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,7 +49,9 @@ def write_tiny_inception(folder: Path, dim: int = 16, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / INCEPTION_FILE
-    torch.jit.script(TinyInception(dim).eval()).save(str(path))
+    with warnings.catch_warnings():       # TorchScript is deprecated, but it is the reference network's format
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(TinyInception(dim).eval()).save(str(path))
     return path
 
 

@@ -29,7 +29,7 @@ def run_bpd(pipe, info: dict, args, overrides: dict, work: Path, ctx) -> tuple[d
 
 
 def run_prompt_accuracy(pipe, args, call: dict) -> dict:
-    from .prompt_accuracy import evaluate_prompt_accuracy
+    from .accuracy import evaluate_prompt_accuracy
 
     return evaluate_prompt_accuracy(pipe, args.samples_per_prompt, args.seed, args.batch_size, call)
 
