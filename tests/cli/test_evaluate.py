@@ -117,3 +117,25 @@ def test_bad_requests_are_clear_errors(trained_digits, tmp_path, capsys):
     assert rc == 1 and "imagesize" in err
     rc, _, err = _evaluate(capsys, "bpd", "--out", tmp_path / "r.json")
     assert rc == 1 and "--model" in err
+
+
+def test_video_model_bpd_equals_its_training_figure_and_the_rest_is_refused_clearly(tmp_path, capsys):
+    from starflow.training import load_train_config, train
+
+    cfg = load_train_config(None, [
+        "model.channels=32", "model.head_dim=16", "model.blocks=2", "model.layers_per_block=1", "model.patch_size=4",
+        "model.rope=1", "model.temporal_causal=1", "data.dataset=moving_digits", "data.num_videos=16",
+        "data.num_frames=4", "data.condition=labels", "data.noise_std=0.1", "optim.max_steps=2",
+        "optim.warmup_steps=1", "optim.batch_size=4", "optim.num_threads=1", "optim.bf16=false",
+        "log.progress=false", "log.sample_every=-1", "log.plot=false", "log.eval_draws=2",
+        f"log.out_dir={tmp_path / 'run'}"])
+    result = train(cfg)
+    rc, out, _ = _evaluate(capsys, "bpd", "--model", result.checkpoint_dir, "--draws", 2, "--out", tmp_path / "r.json")
+    assert rc == 0
+    r = json.loads((tmp_path / "r.json").read_text())["results"]["bpd"]
+    assert r["items"] == 2 and r["bpd"] == pytest.approx(result.test_bpd, abs=1e-6)   # 16 // 8 held-out videos
+    assert r["protocol"]["noise"]["sigma"] == 0.1
+    rc, _, err = _evaluate(capsys, "prompt-accuracy", "--model", result.checkpoint_dir, "--out", tmp_path / "p.json")
+    assert rc == 1 and "issue 12" in err
+    rc, _, err = _evaluate(capsys, "fid", "--model", result.checkpoint_dir, "--out", tmp_path / "f.json")
+    assert rc == 1 and "image model" in err

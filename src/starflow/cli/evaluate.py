@@ -79,8 +79,9 @@ def _data_overrides(args) -> dict:
     nested = [k for k, v in extra.items() if isinstance(v, dict)]
     if nested:
         raise ValueError(f"--data-set takes data keys (image_size=64), not sections: {', '.join(nested)}")
-    return {**extra, "dataset": args.data, "path": str(args.data_path) if args.data_path else None,
-            "dequantize": True if args.dequantize else None, "noise_std": args.noise_std}
+    flags = {"dataset": args.data, "path": str(args.data_path) if args.data_path else None,
+             "dequantize": True if args.dequantize else None, "noise_std": args.noise_std}
+    return {**extra, **{k: v for k, v in flags.items() if v is not None}}
 
 
 def load_pipeline_for(args, device):

@@ -139,7 +139,7 @@ def evaluate_bpd(model: StarFlow, dataset: QuantizedDataset, pipe: InputPipeline
             local[:draws] = per_item.sum(0)
             local[draws:] = torch.stack([item_mean.sum(), item_mean.square().sum(), torch.tensor(float(len(mine)),
                                                                                                   dtype=torch.float64)])
-        sums += ctx.all_sum(local)
+        sums += ctx.all_sum(local).cpu()
         bar.update(len(idx))
         if partial is not None and ctx.is_main:
             partial.parent.mkdir(parents=True, exist_ok=True)
