@@ -124,7 +124,7 @@ def test_video_model_bpd_equals_its_training_figure_and_the_rest_is_refused_clea
 
     cfg = load_train_config(None, [
         "model.channels=32", "model.head_dim=16", "model.blocks=2", "model.layers_per_block=1", "model.patch_size=4",
-        "model.rope=1", "model.temporal_causal=1", "data.dataset=moving_digits", "data.num_videos=16",
+        "model.rope=1", "model.temporal_causal=1", "model.seq_order=L2R", "data.dataset=moving_digits", "data.num_videos=16",
         "data.num_frames=4", "data.condition=labels", "data.noise_std=0.1", "optim.max_steps=2",
         "optim.warmup_steps=1", "optim.batch_size=4", "optim.num_threads=1", "optim.bf16=false",
         "log.progress=false", "log.sample_every=-1", "log.plot=false", "log.eval_draws=2",
