@@ -139,3 +139,24 @@ def test_video_model_bpd_equals_its_training_figure_and_the_rest_is_refused_clea
     assert rc == 1 and "issue 12" in err
     rc, _, err = _evaluate(capsys, "fid", "--model", result.checkpoint_dir, "--out", tmp_path / "f.json")
     assert rc == 1 and "image model" in err
+
+
+def test_latent_model_reports_bits_per_latent_dimension_equal_to_training(tmp_path, capsys):
+    import torch
+
+    from starflow.autoencoders.small_kl import SmallKLAutoencoder, SmallKLConfig
+
+    from ..evaluation.tiny_nets import train_tiny_digits
+
+    torch.manual_seed(0)
+    ae = SmallKLAutoencoder(SmallKLConfig(in_channels=1, latent_channels=3, hidden_channels=[8, 16]))
+    folder = ae.save_pretrained(tmp_path / "ae")
+    model, train_bpd = train_tiny_digits(tmp_path / "run", "data.dequantize=false", "data.gaussianize=false",
+                                         "data.noise_std=0.3", f"data.autoencoder=kl:{folder}", "log.eval_max_items=10")
+    rc, out, _ = _evaluate(capsys, "bpd", "--model", model, "--draws", 2, "--max-items", 10, "--batch-size", 4,
+                           "--out", tmp_path / "r.json")
+    assert rc == 0
+    r = json.loads((tmp_path / "r.json").read_text())["results"]["bpd"]
+    assert r["bpd"] == pytest.approx(train_bpd, abs=1e-6)
+    assert r["unit"] == "bits per latent dimension" and r["protocol"]["space"] == "latent"
+    assert "bits/latent dim" in out and "NOT comparable" in out
