@@ -294,7 +294,7 @@ class Trainer:
         encoder = self.cond.encoder if self.cond.mode != "none" else None
         return BasePipeline._class_for(spec.kind)(
             model, encoder, self.ae, defaults=spec.defaults, text_encoder_spec=spec.text_encoder,
-            autoencoder_spec=spec.autoencoder, input_transform=self.transform)
+            autoencoder_spec=spec.autoencoder, input_transform=self.transform, training_info=self.info())
 
     def write_samples(self, model: StarFlow | None, p: Progress) -> None:
         if model is None or self.cfg.log.sample_every < 0:
@@ -324,11 +324,8 @@ class Trainer:
                 "item_shape": list(self.item_shape), "levels": self.train_set.levels}
 
     def export(self, model: StarFlow, folder: Path) -> Path:
-        """The trained model as a pipeline folder with training.json beside it (rank 0)."""
-        from ..pipelines.loading import save_pipeline
-
-        return save_pipeline(self.pipeline(model), folder,
-                             extra_files={TRAINING_FILE: json.dumps(self.info(), indent=2, default=str)})
+        """The trained model as a pipeline folder, with training.json (rank 0)."""
+        return self.pipeline(model).save_pretrained(folder)
 
     def save_checkpoint(self, p: Progress) -> None:
         ctx = self.ctx
