@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "starflow.cli.autoencoder",   # train-autoencoder, finetune-decoder
     "starflow.cli.generate",      # generate, generate-video, convert
     "starflow.cli.demo",          # demo
+    "starflow.cli.evaluate",      # evaluate
     "starflow.cli.serve",         # serve
 ]
 

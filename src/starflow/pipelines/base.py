@@ -24,9 +24,11 @@ class BasePipeline:
 
     def __init__(self, flow: StarFlow, text_encoder: Any = None, autoencoder: Any = None, *,
                  defaults: PipelineDefaults | dict | None = None, text_encoder_spec: str | None = None,
-                 autoencoder_spec: str | None = None, input_transform=None):
+                 autoencoder_spec: str | None = None, input_transform=None, training_info: dict | None = None):
         c = flow.config
         self.flow = flow.eval()
+        # how the flow was trained (training.json of a `starflow train` export), as plain data; None otherwise
+        self.training_info = training_info
         # a likelihood model trained on t = T(x) (flow.transforms): samples go through T's inverse
         self.input_transform = input_transform
         self.text_encoder = text_encoder
@@ -118,7 +120,7 @@ class BasePipeline:
 
     @classmethod
     def _assemble(cls, spec: PipelineSpec, flow: StarFlow, text_encoder, autoencoder, root: Path | None, device,
-                  input_transform=None):
+                  input_transform=None, training_info=None):
         c = flow.config
         if text_encoder is None and c.txt_dim > 0:
             text_encoder = load_text_encoder_spec(spec.text_encoder, c.txt_size, root)
@@ -126,7 +128,7 @@ class BasePipeline:
             autoencoder = load_autoencoder_spec(spec.autoencoder, root)
         pipe = cls._class_for(spec.kind)(flow, text_encoder, autoencoder, defaults=spec.defaults,
                                          text_encoder_spec=spec.text_encoder, autoencoder_spec=spec.autoencoder,
-                                         input_transform=input_transform)
+                                         input_transform=input_transform, training_info=training_info)
         return pipe.to(device) if device is not None else pipe
 
     @classmethod
@@ -136,11 +138,11 @@ class BasePipeline:
         """Load a pipeline folder (strict weights): save_pretrained's, `starflow convert`'s, or the final/ folder
         of `starflow train`. Components (objects, or specs such as a local 't5:/models/flan-t5-xl') given here
         replace the stored ones."""
-        spec, flow, transform = read_pipeline_folder(directory)
+        spec, flow, transform, training = read_pipeline_folder(directory)
         cls._check_kind(spec.kind, str(directory))
         spec.text_encoder = text_encoder_spec or spec_of(text_encoder) or spec.text_encoder
         spec.autoencoder = autoencoder_spec or spec_of(autoencoder) or spec.autoencoder
-        return cls._assemble(spec, flow, text_encoder, autoencoder, Path(directory), device, transform)
+        return cls._assemble(spec, flow, text_encoder, autoencoder, Path(directory), device, transform, training)
 
     @classmethod
     def from_trained(cls, directory: str | Path, *, device=None):

@@ -55,14 +55,18 @@ def save_pipeline(pipe, directory: str | Path, copy_components: bool = False,
             if tr.tensors():
                 write_weights(tmp / tr.info()["file"], tr.tensors())
             (tmp / TRANSFORM_INFO_FILE).write_text(json.dumps(tr.info(), indent=2))
+        if pipe.training_info is not None:
+            (tmp / TRAINING_FILE).write_text(json.dumps(pipe.training_info, indent=2, default=str))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         spec.write_json(tmp / PIPELINE_FILE)
     return directory
 
 
-def read_pipeline_folder(directory: str | Path) -> tuple[PipelineSpec, StarFlow, Any]:
-    """(spec, flow with its weights, input transform or None) from any pipeline folder we know."""
+def read_pipeline_folder(directory: str | Path) -> tuple[PipelineSpec, StarFlow, Any, dict | None]:
+    """(spec, flow with its weights, input transform or None, the training run's info or None) from any
+    pipeline folder we know. The training info is training.json as `starflow train` wrote it (its "train"
+    entry is the run's TrainConfig as a mapping): plain data, for whoever wants to know how it was trained."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no such directory (a pipeline directory has {PIPELINE_FILE}: "
@@ -82,7 +86,9 @@ def read_pipeline_folder(directory: str | Path) -> tuple[PipelineSpec, StarFlow,
             load_state_dict_strict(flow, read_state_dict(weights))
         info_file = directory / TRANSFORM_INFO_FILE
         transform = load_transform(json.loads(info_file.read_text()), directory) if info_file.exists() else None
-        return spec, flow.eval(), transform
+        training = json.loads((directory / TRAINING_FILE).read_text()) if (directory / TRAINING_FILE).exists() \
+            else None
+        return spec, flow.eval(), transform, training
     if (directory / "config.json").exists():          # starflow 0.1 training export
         info = json.loads((directory / "config.json").read_text())
         if not isinstance(info, dict) or "train" not in info:
@@ -92,8 +98,8 @@ def read_pipeline_folder(directory: str | Path) -> tuple[PipelineSpec, StarFlow,
         config = read_model_config(directory)
         flow = StarFlow(config)
         load_state_dict_strict(flow, read_state_dict(directory / "model.safetensors"))
-        return spec_from_training(info["train"], config), flow.eval(), load_transform(info.get("input_transform"),
-                                                                                      directory)
+        return (spec_from_training(info["train"], config), flow.eval(),
+                load_transform(info.get("input_transform"), directory), info)
     if (directory / "final").is_dir():
         raise FileNotFoundError(f"{directory} is a training run folder: its trained model is {directory / 'final'}")
     raise FileNotFoundError(f"{directory / PIPELINE_FILE} not found: not a pipeline directory")

@@ -150,11 +150,8 @@ class StarFlowVideoPipeline(BasePipeline):
         prefix = self._first_frame(image, n_total, H, W, g) if image is not None else None
 
         window = self._window(T, opts.method)
-        if window and opts.method == "jacobi":
-            ctx = opts.context_length or window - 1
-            if not 0 < ctx < window:
-                raise ValueError(f"context_length must be in [1, {window - 1}] for a window of {window} latent frames")
-            opts = opts.with_(attn_window=window, context_length=ctx)
+        if window and opts.method == "jacobi":   # the sampler checks the context against the window
+            opts = opts.with_(attn_window=window, context_length=opts.context_length or window - 1)
         x = self._run_batches(z, y, y_null, opts, batch_size=batch_size, progress=progress, output_type=output_type,
                               denoise=lambda x, yb: self._denoise_video(x, yb, denoise, window), prefix=prefix)
         if output_type == "latent":

@@ -32,8 +32,10 @@ from .ema import EMA
 from .evaluate import heldout_bpd, sample_grid
 from .inputs import (Conditioner, InputPipeline, build_datasets, build_transform, load_autoencoder_for,
                      resolve_model_config, step_generator)
+from .objective import TrainModule, add_dropout, denoiser_target
 
 __all__ = ["TrainResult", "TrainModule", "Trainer", "Progress", "denoiser_target"]
+
 
 
 @dataclass
@@ -55,46 +57,6 @@ class TrainResult:
     run_dir: Path | None = None
     seconds: float = 0.0                 # training-loop wall time (evaluation excluded)
     skipped_steps: int = 0
-
-
-def denoiser_target(x_grad: torch.Tensor, grad_accum: int, sigma: torch.Tensor) -> torch.Tensor:
-    """The official denoiser target: sigma * d(per-sample NLL)/dx, recovered from the gradient of the
-    batch-mean loss (divided by grad_accum): roughly unit variance, like a diffusion model's noise."""
-    # loss = mean_b mean_dims(...) / accum, and per-sample NLL = dims * (...): the factor is numel * accum
-    return x_grad.detach() * (x_grad.numel() * grad_accum) * sigma.view(-1, *[1] * (x_grad.dim() - 1))
-
-
-def add_dropout(model: torch.nn.Module, p: float) -> None:
-    """Residual dropout on every attention and MLP output, through forward hooks: a training-time regulariser
-    (small data sets overfit fast) that leaves the architecture and its state dict unchanged."""
-    from ..nn.layers import MLP, Attention
-
-    def hook(module, args, output):
-        return F.dropout(output, p, training=module.training)
-
-    for m in model.modules():
-        if isinstance(m, (Attention, MLP)):
-            m.register_forward_hook(hook)
-
-
-class TrainModule(torch.nn.Module):
-    """What DDP / FSDP wrap: the flow's per-sample loss terms, or the denoiser's prediction."""
-
-    def __init__(self, model: StarFlow, latent_reg: bool):
-        super().__init__()
-        self.model = model
-        self.latent_reg = latent_reg
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None, denoise: bool = False):
-        if denoise:
-            return self.model.denoise_output(x, y)
-        out = self.model(x, y)
-        loss_z, loss_logdet = self.model.loss_terms(out.z, out.logdets)        # (b,), (b,)
-        reg = x.new_zeros(())
-        if self.latent_reg:  # intermediate block outputs (the input's norm has no parameter gradient)
-            reg = sum(o.float().pow(2).mean() for o in out.block_outputs[1:-1]) if len(out.block_outputs) > 2 \
-                else reg
-        return loss_z, loss_logdet, reg
 
 
 class Trainer:
@@ -332,7 +294,7 @@ class Trainer:
         encoder = self.cond.encoder if self.cond.mode != "none" else None
         return BasePipeline._class_for(spec.kind)(
             model, encoder, self.ae, defaults=spec.defaults, text_encoder_spec=spec.text_encoder,
-            autoencoder_spec=spec.autoencoder, input_transform=self.transform)
+            autoencoder_spec=spec.autoencoder, input_transform=self.transform, training_info=self.info())
 
     def write_samples(self, model: StarFlow | None, p: Progress) -> None:
         if model is None or self.cfg.log.sample_every < 0:
@@ -362,11 +324,8 @@ class Trainer:
                 "item_shape": list(self.item_shape), "levels": self.train_set.levels}
 
     def export(self, model: StarFlow, folder: Path) -> Path:
-        """The trained model as a pipeline folder with training.json beside it (rank 0)."""
-        from ..pipelines.loading import save_pipeline
-
-        return save_pipeline(self.pipeline(model), folder,
-                             extra_files={TRAINING_FILE: json.dumps(self.info(), indent=2, default=str)})
+        """The trained model as a pipeline folder, with training.json (rank 0)."""
+        return self.pipeline(model).save_pretrained(folder)
 
     def save_checkpoint(self, p: Progress) -> None:
         ctx = self.ctx
