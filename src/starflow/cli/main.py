@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "starflow.cli.generate",      # generate, generate-video, convert
     "starflow.cli.demo",          # demo
     "starflow.cli.evaluate",      # evaluate
+    "starflow.cli.serve",         # serve
 ]
 
 
