@@ -32,7 +32,7 @@ _KEEP = 8    # inversions a pipeline keeps for repeated edits of the same pictur
 class Inversion:
     """A picture's exact noise under a prompt and guidance: sample(z, prompt, guidance) gives it back."""
     z: torch.Tensor               # model space, (B, [T,] C, h, w)
-    known: torch.Tensor           # the picture in model space (noised at the training level), same shape
+    known: torch.Tensor           # the picture in model space, same shape
     pixels: torch.Tensor          # the picture in pixels [-1, 1]
     prompt: tuple[str, ...] | None
     guidance: float
@@ -107,43 +107,54 @@ class EditingMixin:
             raise ValueError("the picture contains NaN or infinite values")
         return x.to(self.device)
 
-    def _to_model(self, pixels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Pixels -> the flow's space (posterior mean latents, input transform), noised at the training level
-        as the flow saw its data."""
+    def _to_model(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels -> the flow's space: posterior-mean latents (one picture, one latent, on any device), then the
+        input transform. Not noised: the inversion is exact for any input, and an unchanged edit gives the
+        picture itself back."""
+        if self.kind == "video":
+            self.latent_frames(pixels.size(1))        # checks the frame count the autoencoder takes
         x = pixels
         if self.autoencoder is not None:
             x = self.autoencoder.encode(x, sample=False)
         if self.input_transform is not None:
             x, _ = self.input_transform.forward(x)
-        if self.kind == "video":
-            self.latent_frames(pixels.size(1))        # checks the frame count the autoencoder takes
-        noise = torch.randn(x.shape, generator=g).to(x.device)
-        return (x.float() + self.defaults.noise_std * noise).to(self.device, self.dtype)
+        return x.to(self.device, self.dtype)
 
-    def _model_mask(self, mask_px: torch.Tensor, model_shape: torch.Size) -> torch.Tensor:
-        """Pixel mask (H, W) or (T, H, W) -> the model's grid: a latent cell is made when any of its pixels is."""
-        m = mask_px.float()
+    def _masks(self, mask_image, pixels: torch.Tensor, model_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (pixel mask broadcastable to the pixels, model mask broadcastable to the flow's input). A 3-D mask
+        is one per picture for image models and one per frame for video models."""
+        video = self.kind == "video"
+        H, W = pixels.shape[-2:]
+        m = read_mask(mask_image, H, W)                                  # (H, W) or (N, H, W)
+        if m.dim() == 3:
+            n, what = (pixels.size(1), "frames") if video else (pixels.size(0), "pictures")
+            if m.size(0) != n:
+                raise ValueError(f"a mask per {what[:-1]} needs {n} of them ({m.size(0)} given)")
+        px = m[None, :, None] if video and m.dim() == 3 else (m[:, None] if m.dim() == 3 else m[None, None])
+        if video and px.dim() == 4:
+            px = px[:, None]                                             # (1, 1, 1, H, W)
+        mm = px.float().flatten(0, -3)[:, None]                          # (n, 1, H, W)
         sf = self.spatial_factor
-        if sf > 1:
-            m = F.max_pool2d(m.reshape(-1, 1, *m.shape[-2:]), sf).reshape(*m.shape[:-2], *model_shape[-2:])
-        if m.dim() == 3:                      # per-frame mask of a video: a latent frame is made when any is
+        if sf > 1:   # a latent cell is made when any of its pixels is
+            mm = F.max_pool2d(mm, sf)
+        mm = mm.reshape(*px.shape[:-2], *mm.shape[-2:])
+        if video and mm.size(1) > 1:                                     # frames -> latent frames, causally packed
             tf = self.temporal_factor
-            first, rest = m[:1], m[1:]
-            if tf > 1 and rest.size(0):
-                rest = rest.reshape(-1, tf, *rest.shape[1:]).amax(1)
-            m = torch.cat([first, rest])[None, :, None]          # (1, t, 1, h, w)
-        return m.bool().to(self.device)
+            first, rest = mm[:, :1], mm[:, 1:]
+            if tf > 1 and rest.size(1):
+                rest = rest.reshape(rest.size(0), -1, tf, *rest.shape[2:]).amax(2)
+            mm = torch.cat([first, rest], 1)
+        return px.to(self.device), mm.bool().to(self.device)
 
     def _finish(self, x: torch.Tensor, y, denoise: str, mask: torch.Tensor, known: torch.Tensor,
                 pixels: torch.Tensor, mask_px: torch.Tensor, output_type: str):
         """Denoise, keep the known part (model space), decode, put the known pixels back."""
         x = (self._denoise_video(x, y, denoise, None) if self.kind == "video" else self._denoise(x, y, denoise))
+        x = torch.where(mask.expand_as(x), x, known)
         if output_type == "latent":
-            return torch.where(mask.expand_as(x), x, known)
+            return x
         out = self._decode(x)
-        m = mask_px.to(out.device)
-        m = m.view(*([1] * (out.dim() - m.dim())), *m.shape) if m.dim() == 2 else m[None, :, None]
-        return torch.where(m.expand_as(out), out, pixels.to(out.dtype).expand_as(out))
+        return torch.where(mask_px.to(out.device).expand_as(out), out, pixels.to(out.dtype).expand_as(out))
 
     def _outputs(self, x: torch.Tensor, prompts, output_type: str):
         from .image import ImagePipelineOutput, convert_images
@@ -174,27 +185,26 @@ class EditingMixin:
     # ---- the three entry points -------------------------------------------------------------------------
     @torch.no_grad()
     def invert(self, image, prompt: str | Sequence[str] | None = None, *, negative_prompt=None,
-               guidance: float | None = None, seed: int | None = 0, generator: torch.Generator | None = None
-               ) -> Inversion:
+               guidance: float | None = None) -> Inversion:
         """The exact noise of a picture (or video) under `prompt` and `guidance` (default: the pipeline's):
         one likelihood pass. `edit(..., inversion=...)` starts from it; sampling it under the same prompt,
         guidance and an exact sampler gives the picture back (in the flow's space)."""
         opts = self.defaults.sampling.with_(guidance=guidance)
         pixels = self._pixels(image)
-        known = self._to_model(pixels, self._generator(seed, generator))
+        known = self._to_model(pixels)
         prompts, y, y_null = self._texts(prompt, negative_prompt, known.size(0), opts.guidance)
         z = encode(self.flow, known, y, y_null, opts.guidance)
         return Inversion(z, known, pixels, tuple(prompts) if prompts else None, opts.guidance)
 
-    def _cached_inversion(self, image, prompt, negative_prompt, guidance, seed) -> Inversion:
-        """invert(), remembered for the last few (picture, prompt, guidance, seed): repeated edits of one
-        picture pay for its inversion once."""
+    def _cached_inversion(self, image, prompt, negative_prompt, guidance) -> Inversion:
+        """invert(), remembered for the last few (picture, prompt, guidance): repeated edits of one picture
+        pay for its inversion once."""
         pixels = self._pixels(image)
         key = (hashlib.sha1(pixels.detach().cpu().numpy().tobytes()).hexdigest(), str(prompt),
-               str(negative_prompt), guidance, seed)
+               str(negative_prompt), guidance)
         cache = self.__dict__.setdefault("_inversions", OrderedDict())
         if key not in cache:
-            cache[key] = self.invert(pixels, prompt, negative_prompt=negative_prompt, guidance=guidance, seed=seed)
+            cache[key] = self.invert(pixels, prompt, negative_prompt=negative_prompt, guidance=guidance)
             while len(cache) > _KEEP:
                 cache.popitem(last=False)
         cache.move_to_end(key)
@@ -216,18 +226,16 @@ class EditingMixin:
             if image is None:
                 raise ValueError("give the picture to edit (image=...) or its inversion (inversion=...)")
             inversion = self._cached_inversion(image, source_prompt if source_prompt is not None else prompt,
-                                               negative_prompt, opts.guidance, seed)
+                                               negative_prompt, opts.guidance)
         elif inversion.guidance != opts.guidance:
             raise ValueError(f"the inversion was made with guidance {inversion.guidance}; edit with the same "
                              f"guidance (or invert again)")
         z, known, pixels = inversion.z, inversion.known, inversion.pixels
-        H, W = pixels.shape[-2:]
-        mask_px = read_mask(mask_image, H, W) if mask_image is not None else torch.ones(H, W, dtype=torch.bool)
-        mask = self._model_mask(mask_px, known.shape)
+        mask_px, mask = self._masks(mask_image if mask_image is not None else
+                                    torch.ones(pixels.shape[-2:], dtype=torch.bool), pixels, known.shape)
         prompts, y, y_null = self._texts(prompt, negative_prompt, known.size(0), opts.guidance)
         from ..sampling.sample import sample
         x = sample(self.flow, edit_noise(z, strength, g, mask), y, y_null, opts)
-        x = torch.where(mask.expand_as(x), x, known)
         out = self._finish(x, y, denoise, mask, known, pixels, mask_px, output_type)
         return self._outputs(out, prompts, output_type)
 
@@ -247,12 +255,8 @@ class EditingMixin:
         opts, denoise, _, _, _ = self._call_setup(options, sampling, denoise, None, None, None)
         g = self._generator(seed, generator)
         pixels = self._pixels(image)
-        H, W = pixels.shape[-2:]
-        mask_px = read_mask(mask_image, H, W)
-        if mask_px.dim() == 3 and (self.kind != "video" or mask_px.size(0) != pixels.size(1)):
-            raise ValueError(f"a per-frame mask needs a video of {mask_px.size(0)} frames")
-        known = self._to_model(pixels, g)
-        mask = self._model_mask(mask_px, known.shape)
+        known = self._to_model(pixels)
+        mask_px, mask = self._masks(mask_image, pixels, known.shape)
         prompts, y, y_null = self._texts(prompt, negative_prompt, known.size(0), opts.guidance)
         if not bool(mask_px.any()):
             x = pixels if output_type != "latent" else known
