@@ -62,6 +62,9 @@ def official_vae_factor(vae: Any) -> int | None:
     return None
 
 
+# official architecture options that starflow implements at one value (the released models')
+_OFFICIAL_FIXED = {"nvp": 1, "adaln": 0, "use_mm_attn": 0, "noise_embed_denoiser": 0, "use_pretrained_lm": None}
+
 # optional integers the official files write as 0 or "None" when unset
 _OPTIONAL_INTS = ("denoiser_window", "local_attn_window", "top_block_channels", "num_heads", "num_kv_heads",
                   "pt_seq_len")
@@ -134,6 +137,10 @@ class ModelConfig:
         if official:
             for k in [k for k in d if k in OFFICIAL_NON_MODEL_KEYS]:
                 extra[k] = d.pop(k)
+            for k, only in _OFFICIAL_FIXED.items():
+                if k in extra and not (extra[k] == only or (only is None and str(extra[k]).lower() in ("none", ""))):
+                    raise ConfigError(f"{where}: official {k}={extra[k]!r} is an architecture starflow does not "
+                                      f"implement (only {k}={only!r}, the released models' value)")
             lpb = d.get("layers_per_block")
             if isinstance(lpb, str):
                 d["layers_per_block"] = [int(v) for v in lpb.replace(",", " ").split()]
