@@ -9,9 +9,10 @@ pages of memory-mapped files too) and the model's size in the chosen dtype. The 
 unless --keep.
 
     PYTHONPATH=src python benchmarks/load_memory.py [--dir /tmp/starflow-load] [--shape 3b|small] \
-        [--formats safetensors pth] [--dtypes bf16] [--naive] [--keep]
+        [--formats safetensors pth] [--dtypes bf16] [--file-dtype bf16|fp32] [--naive] [--keep]
 
---shape small: the same blocks at 1/4 the width (a quick check, 0.25 B parameters). --naive also measures
+--shape small: the same blocks at 1/4 the width (a quick check, 0.25 B parameters). --file-dtype fp32 writes
+the file in float32 (the cast path: a bf16 load of it reads twice the bytes it keeps). --naive also measures
 the plain way (`torch.load` the whole file, build the model, `load_state_dict`) for comparison; at the 3B
 shape that needs ~2x the model in memory.
 Prints one JSON object; benchmarks/RESULTS.md records the figures.
@@ -49,8 +50,8 @@ def official_args(name: str) -> dict:
     return d
 
 
-def write(name: str, folder: Path, formats: list[str]) -> dict:
-    """Random bf16 weights of the shape, one tensor at a time, into each format."""
+def write(name: str, folder: Path, formats: list[str], file_dtype: str = "bf16") -> dict:
+    """Random weights of the shape (in `file_dtype`), one tensor at a time, into each format."""
     import torch
     from safetensors.torch import save_file
 
@@ -62,7 +63,7 @@ def write(name: str, folder: Path, formats: list[str]) -> dict:
     g = torch.Generator().manual_seed(0)
     sd = {}
     for k, p in model.state_dict().items():
-        sd[k] = (torch.randn(p.shape, generator=g, dtype=torch.float32) * 0.02).to(torch.bfloat16)
+        sd[k] = (torch.randn(p.shape, generator=g, dtype=torch.float32) * 0.02).to(getattr(torch, DTYPES[file_dtype]))
     out = {}
     for fmt in formats:
         path = folder / f"model.{fmt}"
@@ -119,6 +120,7 @@ def main() -> None:
     ap.add_argument("--shape", choices=["3b", "small"], default="3b")
     ap.add_argument("--formats", nargs="+", choices=["safetensors", "pth"], default=["safetensors", "pth"])
     ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["bf16"])
+    ap.add_argument("--file-dtype", choices=list(DTYPES), default="bf16", help="dtype of the written weights")
     ap.add_argument("--naive", action="store_true", help="also measure torch.load + load_state_dict")
     ap.add_argument("--keep", action="store_true", help="keep the written files")
     ap.add_argument("--child", nargs=4, metavar=("SHAPE", "PATH", "DTYPE", "NAIVE"), help=argparse.SUPPRESS)
@@ -129,14 +131,14 @@ def main() -> None:
         print(json.dumps(measure(s, path, dtype, naive == "1")))
         return
     if args.write_child:
-        print(json.dumps(write(args.shape, args.dir, args.formats)))
+        print(json.dumps(write(args.shape, args.dir, args.formats, args.file_dtype)))
         return
     args.dir.mkdir(parents=True, exist_ok=True)
-    report = {"shape": args.shape, "files": {}, "loads": []}
+    report = {"shape": args.shape, "file_dtype": args.file_dtype, "files": {}, "loads": []}
     try:
         # written by another process, which exits (and frees the weights) before any load is measured
         cmd = [sys.executable, __file__, "--write-child", "--shape", args.shape, "--dir", str(args.dir),
-               "--formats", *args.formats]
+               "--file-dtype", args.file_dtype, "--formats", *args.formats]
         report["files"] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True
                                                     ).stdout.strip().splitlines()[-1])
         for fmt in args.formats:

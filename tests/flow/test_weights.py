@@ -98,3 +98,12 @@ def test_meta_and_unreadable_entries_are_checkpoint_errors(make_model, tmp_path)
         load_state_dict_strict(model, {**sd, key: torch.zeros(1, 2)})
     with pytest.raises(ValueError, match="torch_dtype must be a floating"):
         load_official(src.config, tmp_path / "m.safetensors", torch_dtype=torch.int8)
+
+
+@pytest.mark.gpu
+def test_weights_go_straight_to_the_gpu(make_model, tmp_path):
+    src = make_model(dtype=torch.float32)
+    _files(src, tmp_path)
+    model = load_official(src.config, tmp_path / "m.safetensors", torch_dtype=torch.bfloat16, device="cuda")
+    assert {p.device.type for p in model.parameters()} == {"cuda"} and model.rope.freqs.device.type == "cuda"
+    assert all(torch.equal(model.state_dict()[k].cpu(), v.bfloat16()) for k, v in src.state_dict().items())

@@ -104,6 +104,21 @@ def test_our_configs_carry_the_official_architecture(name, size, factor):
     assert (mapped.defaults.num_frames, mapped.defaults.fps) == ((81, 16) if video else (None, None))
 
 
+@pytest.mark.parametrize("ours,official,factor", [("starflow_3b_t2i_256.yaml", "starflow_3B_t2i_256x256.yaml", 8),
+                                                   ("starflow_v_7b_t2v_480p.yaml", "starflow-v_7B_t2v_caus_480p.yaml", 16)])
+def test_our_configs_have_the_defaults_of_the_official_route(ours, official, factor):
+    """configs/*.yaml and an official YAML of the same model give the same generation defaults (the official
+    sampling scripts'), whichever file a user starts from (the sizes of the scaled-down copies aside)."""
+    from ..official_tiny import ASSETS
+    mine = read_spec(CONFIGS / ours)
+    theirs = spec_from_official(ASSETS / official, spatial_factor=factor, txt_dim=32)
+    a, b = mine.defaults, theirs.defaults
+    assert a.sampling == b.sampling
+    for name in ("noise_std", "denoise", "fps_cond", "cond_noise_level", "mix_aspect", "aspect_ratio", "aspect_ratios"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert mine.spatial_factor == theirs.spatial_factor == factor and mine.kind == theirs.kind
+
+
 def test_video_config_defaults_match_the_official_480p_setting():
     d = read_spec(CONFIGS / "starflow_v_7b_t2v_480p.yaml").defaults
     assert (d.num_frames, d.fps, d.noise_std, d.denoise) == (81, 16, 0.5, "learned")

@@ -1,6 +1,8 @@
 """The official user's path on scaled-down copies of the official files: their YAML and checkpoint, the official
 sampling scripts' defaults, the prompt templates the models were trained with, images from the video model,
 bf16 weights, and errors that name the component at fault."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,8 +12,7 @@ from starflow.flow.io import model_config_for
 from starflow.pipelines import BasePipeline, StarFlowPipeline, StarFlowVideoPipeline
 from starflow.sampling.sample import sample
 
-from ..official_tiny import RecordingEncoder, official_model, tiny_sd_vae, tiny_t5, tiny_wan, write_official
-from pathlib import Path
+from ..official_tiny import RecordingEncoder, tiny_sd_vae, tiny_t5, tiny_wan, write_official
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -243,7 +243,7 @@ def model_config_for(config: ModelConfig | Mapping[str, Any] | str | Path, *,
     if isinstance(config, (str, Path)):
         where = where or str(config)
         config = read_config_file(config)
-    where = where or "config"
+    where = where or "model config"
     if not isinstance(config, Mapping):
         raise ConfigError(f"{where}: expected a mapping of config keys, got {type(config).__name__}")
     d = dict(config)

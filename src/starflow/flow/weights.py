@@ -15,7 +15,6 @@ than the model's. Here:
 from __future__ import annotations
 
 import contextlib
-import gc
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -110,8 +109,7 @@ class WeightsFile:
         try:
             yield entries
         finally:
-            del entries, data
-            gc.collect()                              # drop the mapping now, not at some later collection
+            del entries, data                         # the last references: the mapping closes here
 
     def _load_whole(self, path: Path) -> Any:
         # an old-format file is read whole, once, and kept: it cannot be re-opened cheaply per chunk
