@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench bench-train clean
+.PHONY: setup test demo bench bench-train bench-load clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ bench: setup
 
 bench-train: setup
 	$(BIN)/starflow bench-train
+
+# peak memory while loading a checkpoint of the 3B shape (writes 2 x 7.7 GB to /tmp, deleted after)
+bench-load: setup
+	$(BIN)/python benchmarks/load_memory.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -16,23 +16,54 @@ import yaml
 
 from .strict import ConfigError, check_types, from_mapping, unknown_keys
 
-__all__ = ["ModelConfig", "ConfigError", "load_official_yaml", "load_yaml", "MODEL_SIZES", "unknown_keys"]
+__all__ = ["ModelConfig", "ConfigError", "load_official_yaml", "load_yaml", "MODEL_SIZES", "unknown_keys",
+           "official_vae_factor"]
 
 
 # Keys of the official `arguments:` YAML / CLI that concern training, data or sampling rather than
-# the flow's architecture. They are accepted (and kept in `ModelConfig.extra`) when reading an
-# official file, so that the official configs load; any other unknown key is an error.
-OFFICIAL_NON_MODEL_KEYS = frozenset({
-    "no_flip", "fsdp", "fsdp_text_encoder", "noise_std", "batch_size", "lr", "min_lr", "nvp", "adaln",
-    "wds", "gradient_checkpoint", "gradient_checkpoint_mlp", "vae", "text", "cfg", "drop_label",
-    "sample_freq", "latent_norm_regularization", "secondary_img_size", "vid_size", "fps_cond",
-    "secondary_batch_size", "secondary_ratio", "mix_aspect", "cond_noise_level", "finetuned_vae",
-    "drop_image", "loss_scaling", "grad_clip", "grad_skip", "epochs", "seed", "logdir", "dataset",
-    "data", "num_workers", "use_pretrained_lm", "use_mm_attn", "use_checkpoint",
-    "use_checkpoint_mlp", "weight_decay", "warmup", "aspect_ratio", "jacobi", "jacobi_th",
-    "jacobi_block_size", "jacobi_max_iter", "target_noise_std", "out_fps", "sample_batch_size",
-    "ema", "resume", "compile",
+# the flow's architecture: every argument of the official train.py and sample.py that is not a ModelConfig
+# field (and a few older names). They are accepted (and kept in `ModelConfig.extra`) when reading an
+# official file, so that the official configs load; any other unknown key is an error. What each one
+# becomes in our trainer is listed in training/official.py, in our pipelines in pipelines/spec.py.
+OFFICIAL_TRAIN_KEYS = frozenset({
+    "model_config_path", "train_seed", "data", "logdir", "dataset", "wds", "mix_aspect", "vid_size", "fps_cond",
+    "no_flip", "caption_column", "secondary_dataset", "secondary_img_size", "secondary_vid_size", "vae",
+    "vae_decoder_factor", "finetuned_vae", "text", "adaln", "nvp", "use_pretrained_lm", "use_mm_attn",
+    "noise_embed_denoiser", "noise_std", "noise_type", "cond_noise_level", "batch_size", "secondary_batch_size",
+    "secondary_ratio", "acc", "fp8", "use_8bit_adam", "epochs", "epoch_length", "lr", "min_lr", "drop_label",
+    "drop_image", "last_frame_cond", "video_to_video", "resume_path", "resume_epoch", "warmup_steps", "fsdp",
+    "fsdp_text_encoder", "gradient_checkpoint", "gradient_checkpoint_mlp", "compile", "latent_norm_regularization",
+    "loss_scaling", "grad_clip", "grad_skip", "dry_run", "wandb_name", "save_every", "sample_freq", "cfg",
+    "num_samples", "sample_batch_size",
 })
+OFFICIAL_SAMPLE_KEYS = frozenset({
+    "checkpoint_path", "save_folder", "caption", "input_image", "aspect_ratio", "out_fps", "seed",
+    "denoising_batch_size", "self_denoising_lr", "disable_learnable_denoiser", "attn_temp", "jacobi_th", "jacobi",
+    "jacobi_block_size", "jacobi_max_iter", "return_sequence", "guide_top", "vae_adapter", "target_noise_std",
+    "target_length", "context_length",
+})
+# names of earlier official versions, still accepted
+OFFICIAL_OLD_KEYS = frozenset({"num_workers", "use_checkpoint", "use_checkpoint_mlp", "weight_decay", "warmup", "ema",
+                               "resume"})
+OFFICIAL_NON_MODEL_KEYS = OFFICIAL_TRAIN_KEYS | OFFICIAL_SAMPLE_KEYS | OFFICIAL_OLD_KEYS
+
+
+def official_vae_factor(vae: Any) -> int | None:
+    """Pixels per latent of the autoencoder an official config names in `vae:` (its YAML gives img_size in
+    pixels: the model's side is img_size / factor, as the official sampler divides it). 1 without an
+    autoencoder; None for a name we do not know (the caller must then say)."""
+    if vae is None or str(vae).strip().lower() in ("", "none", "null"):
+        return 1
+    name = str(vae)
+    if "Wan2.2" in name:
+        return 16          # Wan2.2 TI2V VAE: 16x spatial
+    if "sd-vae" in name or "stable-diffusion" in name:
+        return 8           # SD-VAE (stabilityai/sd-vae-ft-ema): 8x spatial
+    return None
+
+
+# official architecture options that starflow implements at one value (the released models')
+_OFFICIAL_FIXED = {"nvp": 1, "adaln": 0, "use_mm_attn": 0, "noise_embed_denoiser": 0, "use_pretrained_lm": None}
 
 # optional integers the official files write as 0 or "None" when unset
 _OPTIONAL_INTS = ("denoiser_window", "local_attn_window", "top_block_channels", "num_heads", "num_kv_heads",
@@ -106,6 +137,10 @@ class ModelConfig:
         if official:
             for k in [k for k in d if k in OFFICIAL_NON_MODEL_KEYS]:
                 extra[k] = d.pop(k)
+            for k, only in _OFFICIAL_FIXED.items():
+                if k in extra and not (extra[k] == only or (only is None and str(extra[k]).lower() in ("none", ""))):
+                    raise ConfigError(f"{where}: official {k}={extra[k]!r} is an architecture starflow does not "
+                                      f"implement (only {k}={only!r}, the released models' value)")
             lpb = d.get("layers_per_block")
             if isinstance(lpb, str):
                 d["layers_per_block"] = [int(v) for v in lpb.replace(",", " ").split()]

@@ -84,7 +84,7 @@ def test_official_files_and_convert(tmp_path, make_tiny_flow):
     (["generate", "1", "--model", "{img}", "--out", "{tmp}/a.gif"], "images are written as"),
     (["generate", "1", "--out", "{tmp}/a.png"], "give either --model"),
     (["generate", "1", "--model", "{img}", "--aspect-ratio", "7:5", "--out", "{tmp}/a.png"], "unknown aspect ratio"),
-    (["generate", "1", "--model", "{vid}", "--out", "{tmp}/a.png"], "use generate-video"),
+    (["generate", "1", "--model", "{vid}", "--out", "{tmp}/a.png"], "holds a video model: use `starflow generate-video`"),
     (["generate-video", "1", "--model", "{vid}", "--out", "{tmp}/a.png"], "videos are written as"),
     (["generate-video", "1", "--model", "{vid}", "--frames", "0", "--out", "{tmp}/a.gif"], "num_frames must be"),
     (["generate", "1", "--model", "{tmp}/missing", "--out", "{tmp}/a.png"], "missing: no such directory"),

@@ -11,7 +11,7 @@ KW = dict(seed=0, output_type="pt", denoise="none")
 
 
 def _picture(pipe, seed=1, frames=None):
-    H, W = pipe._pixel_size(None, None, None)
+    _, H, W = pipe._size(None, None, None)
     shape = (1, pipe.pixel_channels, H, W) if frames is None else (1, frames, pipe.pixel_channels, H, W)
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
@@ -96,6 +96,6 @@ def test_masks_and_pictures_are_checked(image_pipe, tmp_path):
     with pytest.raises(ValueError, match="mask image is 4x4; the picture is 8x8"):
         read_mask(png, 8, 8)
     with pytest.raises(ValueError, match="does not fit the model"):
-        image_pipe.inpaint("3", torch.zeros(1, 2, 8, 8), (0, 0, 2, 2), **KW)
+        image_pipe.inpaint("3", torch.zeros(1, 3, 4, 4), (0, 0, 2, 2), **KW)         # 3 channels, the model 2
     with pytest.raises(ValueError, match="NaN"):
         image_pipe.inpaint("3", torch.full((1, 2, 4, 4), float("nan")), (0, 0, 2, 2), **KW)

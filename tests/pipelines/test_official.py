@@ -44,7 +44,9 @@ def test_from_official_image(flow_factory, pool_ae, labels, tmp_path):
     pipe = StarFlowPipeline.from_official(cfg, ckpt, text_encoder_spec="labels:10", autoencoder=pool_ae())
     assert pipe.config.img_size == 4 and pipe.config.txt_dim == 11
     d = pipe.defaults
-    assert (d.noise_std, d.sampling.guidance, d.denoise, d.fps_cond) == (0.1, 1.5, "score", False)
+    # guidance: the official sampling scripts' (3.6 for images), not the training YAML's cfg (1.5 here)
+    assert (d.noise_std, d.sampling.guidance, d.denoise, d.fps_cond) == (0.1, 3.6, "score", False)
+    assert (d.sampling.jacobi_block_size, d.sampling.jacobi_th, d.aspect_ratios) == (16, 1e-3, ["1:1"])
     ref = StarFlowPipeline(flow, labels, pool_ae(), defaults=d)
     kw = dict(seed=0, output_type="pt", progress=False)
     assert torch.equal(pipe(["1", "9"], **kw).images, ref(["1", "9"], **kw).images)
@@ -56,12 +58,13 @@ def test_from_official_image(flow_factory, pool_ae, labels, tmp_path):
 
 def test_from_official_video_reads_vid_size_and_flags(flow_factory, pool_ae, tmp_path):
     cfg = write_official(tmp_path, [{"vid_size": "5:4"}, {"temporal_causal": 1}, {"shallow_block_local": True},
-                                    {"fps_cond": 0}, {"mix_aspect": 1}])
+                                    {"fps_cond": 0}, {"mix_aspect": 0}])
     flow = flow_factory(temporal_causal=1, shallow_block_local=True)
     pipe = BasePipeline.from_official(cfg, official_checkpoint(flow, tmp_path), text_encoder_spec="labels:10",
                                       autoencoder=pool_ae())
     assert isinstance(pipe, StarFlowVideoPipeline)
-    assert (pipe.defaults.num_frames, pipe.defaults.fps, pipe.defaults.mix_aspect) == (5, 4, True)
+    d = pipe.defaults
+    assert (d.num_frames, d.fps, d.mix_aspect, d.sampling.guidance, d.sampling.context_length) == (5, 4, False, 3.5, 16)
     assert pipe(["2"], output_type="latent", seed=0, progress=False).frames.shape == (1, 3, 2, 4, 4)
     with pytest.raises(ValueError, match="video model"):
         StarFlowPipeline.from_official(cfg, None, text_encoder_spec="labels:10", autoencoder=pool_ae())
@@ -99,6 +102,21 @@ def test_our_configs_carry_the_official_architecture(name, size, factor):
     assert arch == spec.model_config().to_dict()
     assert mapped.kind == spec.kind == ("video" if video else "image")
     assert (mapped.defaults.num_frames, mapped.defaults.fps) == ((81, 16) if video else (None, None))
+
+
+@pytest.mark.parametrize("ours,official,factor", [("starflow_3b_t2i_256.yaml", "starflow_3B_t2i_256x256.yaml", 8),
+                                                   ("starflow_v_7b_t2v_480p.yaml", "starflow-v_7B_t2v_caus_480p.yaml", 16)])
+def test_our_configs_have_the_defaults_of_the_official_route(ours, official, factor):
+    """configs/*.yaml and an official YAML of the same model give the same generation defaults (the official
+    sampling scripts'), whichever file a user starts from (the sizes of the scaled-down copies aside)."""
+    from ..official_tiny import ASSETS
+    mine = read_spec(CONFIGS / ours)
+    theirs = spec_from_official(ASSETS / official, spatial_factor=factor, txt_dim=32)
+    a, b = mine.defaults, theirs.defaults
+    assert a.sampling == b.sampling
+    for name in ("noise_std", "denoise", "fps_cond", "cond_noise_level", "mix_aspect", "aspect_ratio", "aspect_ratios"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert mine.spatial_factor == theirs.spatial_factor == factor and mine.kind == theirs.kind
 
 
 def test_video_config_defaults_match_the_official_480p_setting():

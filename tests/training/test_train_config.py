@@ -37,7 +37,6 @@ def test_override_syntax_error():
         load_train_config(None, ["optim.lr"])
 
 
-@pytest.mark.filterwarnings("ignore:.*official settings that are not part of the model")
 def test_official_yaml_gives_the_model_part(tmp_path):
     off = tmp_path / "official.yaml"
     off.write_text("arguments:\n- img_size: 16\n- channel_size: 1\n- patch_size: 2\n- channels: 64\n"
@@ -130,8 +129,8 @@ def test_official_extras_come_only_from_the_official_file(tmp_path):
 
     class NoCond:
         mode, dim, txt_size = "none", 0, 0
-    with pytest.warns(UserWarning, match=r"not used: lr=0.0001, noise_std=0.3.*optim.lr"):  # said, not dropped silently
-        m = resolve_model_config(ok, (1, 8, 8), NoCond(), None)
+    assert (ok.optim.lr, ok.data.noise_std) == (0.0001, 0.3)   # mapped onto our config (training.official)
+    m = resolve_model_config(ok, (1, 8, 8), NoCond(), None)
     assert m.blocks == 3 and m.extra == {"lr": 0.0001, "noise_std": 0.3}
     with pytest.raises(ConfigError, match="unknown key.*model.lr"):  # the same key beside official_yaml
         load_train_config(None, ["optim.max_steps=1", f"model.official_yaml={off}", "model.lr=1"])

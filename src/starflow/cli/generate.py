@@ -12,7 +12,10 @@ def register(sub) -> None:
     _model_args(img)
     _sampling_args(img)
     img.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt (default 1)")
-    img.add_argument("--out", type=Path, required=True, help="output image (.png, .jpg, ...)")
+    img.add_argument("--out", type=Path, default=None, help="output image (.png, .jpg, ...): one grid of all images")
+    img.add_argument("--out-dir", type=Path, default=None,
+                     help="also (or instead) one file per image in this folder, NNNN_prompt.png, with prompts.txt "
+                          "(as the official sample.py --caption file.txt --save_folder 1)")
     img.set_defaults(func=run_generate)
 
     vid = sub.add_parser("generate-video", help="generate videos from prompts (and a first frame)",
@@ -21,12 +24,20 @@ def register(sub) -> None:
     _sampling_args(vid)
     vid.add_argument("-n", "--num-videos", type=int, default=1, help="videos per prompt (default 1)")
     vid.add_argument("--frames", type=int, default=None,
-                     help="pixel frames (default: the trained length; longer ones use the sliding window)")
-    vid.add_argument("--fps", type=int, default=None, help="frames per second (default: the model's)")
+                     help="pixel frames (default: the trained length, official vid_size: 81); longer ones use the "
+                          "sliding window; 1 makes an image under the 'An image:' template, as the official "
+                          "--target_length 1 (--out may then be a .png)")
+    vid.add_argument("--fps", type=int, default=None,
+                     help="frames per second (default: the model's; official: vid_size's, 16, as --out_fps 16 of "
+                          "its video script)")
     vid.add_argument("--image", type=Path, default=None, help="first frame: image-to-video")
     vid.add_argument("--context-length", type=int, default=None,
-                     help="long videos: latent frames of context re-encoded per window (default window - 1)")
-    vid.add_argument("--out", type=Path, required=True, help="output video (.mp4 or .gif)")
+                     help="long videos: latent frames of context re-encoded per window (default: the model's; "
+                          "official checkpoints 16, sample.py's --context_length; others window - 1)")
+    vid.add_argument("--out", type=Path, default=None, help="output video (.mp4 or .gif): all videos tiled")
+    vid.add_argument("--out-dir", type=Path, default=None,
+                     help="also (or instead) one file per video in this folder, NNNN_prompt.mp4 (or the --out "
+                          "suffix), with prompts.txt (as the official --caption file.txt --save_folder 1)")
     vid.set_defaults(func=run_generate_video)
 
     conv = sub.add_parser("convert", help="official config + .pth (or a trained run) -> our pipeline directory")
@@ -40,6 +51,8 @@ def register(sub) -> None:
                                                           "e.g. sd-vae:/models/sd-vae-ft-ema")
     conv.add_argument("--copy-components", action="store_true",
                       help="copy local text encoder / autoencoder folders into the output")
+    conv.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                      help="precision of the written flow weights (default fp32; bf16 halves the folder)")
     conv.add_argument("--out", type=Path, required=True, help="output pipeline directory")
     conv.set_defaults(func=run_convert)
 
@@ -47,6 +60,11 @@ def register(sub) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompts", nargs="*", help="one or more prompts")
     p.add_argument("--prompts-file", type=Path, default=None, help="more prompts, one per line")
+    model_source_args(p)
+
+
+def model_source_args(p: argparse.ArgumentParser) -> None:
+    """Where the pipeline comes from, its device and precision: what every command that loads one takes."""
     p.add_argument("--model", type=Path, help="pipeline directory (pipeline.json) or a `starflow train` folder")
     p.add_argument("--official-config", type=Path,
                    help="official YAML config, or one of configs/*.yaml (with --checkpoint)")
@@ -54,25 +72,41 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-encoder", default=None, help="text encoder spec overriding the stored / official one")
     p.add_argument("--autoencoder", default=None, help="autoencoder spec overriding the stored / official one")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="precision of the weights (default fp32). bf16: the official sampler's (its FSDP mixed "
+                        "precision runs the weights in bf16), half the memory; the checkpoint is read tensor by "
+                        "tensor straight into it, and the text encoder and autoencoder load in bf16 too")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt", default=None, help="prompt of the unconditional guidance branch")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (default: model's)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance weight, official --cfg (default: the model's: for official "
+                        "checkpoints the official sampling scripts' 3.6 (image) / 3.5 (video), not the training "
+                        "YAML's cfg; for `starflow train` exports log.sample_guidance)")
     p.add_argument("--sampler", dest="method", choices=["jacobi", "sequential"], default=None,
                    help="jacobi (parallel fixed-point iteration, default) or sequential (token by token, exact)")
-    p.add_argument("--jacobi-block-size", type=int, default=None)
+    p.add_argument("--jacobi-block-size", type=int, default=None,
+                   help="tokens solved together (default: the model's; official scripts: 16 image, 32 video)")
     p.add_argument("--jacobi-th", "--jacobi-threshold", dest="jacobi_th", type=float, default=None,
-                   help="relative squared change that ends a Jacobi chunk (0: run every iteration)")
-    p.add_argument("--jacobi-max-iter", type=int, default=None)
+                   help="relative squared change that ends a Jacobi chunk, 0: run every iteration (default: the "
+                        "model's; official scripts: 0.001)")
+    p.add_argument("--jacobi-max-iter", type=int, default=None,
+                   help="iterations per Jacobi chunk at most (default: the model's; official sample.py: 32)")
     p.add_argument("--jacobi-draft", choices=["auto", "bf16", "none"], default=None,
                    help="bf16: solve each flow block in bfloat16 first, then accept every token by the full-precision "
                         "rule (faster on CPUs with AMX and on GPUs; same accuracy); auto: bf16 where that holds")
     p.add_argument("--denoise", choices=["score", "learned", "none"], default=None)
     p.add_argument("--height", type=int, default=None, help="pixels")
     p.add_argument("--width", type=int, default=None, help="pixels")
-    p.add_argument("--aspect-ratio", default=None, help="1:1, 2:3, 3:2, 16:9, 9:16, 4:5, 5:4, 21:9 or 9:21")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0): the same seed gives the same output")
+    p.add_argument("--aspect-ratio", default=None,
+                   help="1:1, 2:3, 3:2, 16:9, 9:16, 4:5, 5:4, 21:9 or 9:21, at the trained area (default: the model's; "
+                        "official video: 16:9 as its script, others 1:1). A model trained with mixed aspect ratios "
+                        "gets the ratio in its prompt, always; one trained on its square alone (official mix_aspect "
+                        "0) makes that square only, and other sizes are refused")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed (default 0): the same seed gives the same output (the official scripts' seeds draw "
+                        "other noise: they do not carry over)")
     p.add_argument("--batch-size", type=int, default=None, help="samples per forward pass (default: all)")
     p.add_argument("--scale", type=int, default=1, help="enlarge the written pictures (nearest) by this factor")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -102,15 +136,27 @@ def load_any_pipeline(args, kind: str | None):
     if (args.model is None) == (not official):
         raise ValueError("give either --model DIR or --official-config X.yaml --checkpoint Y.pth")
     device = _device(args.device)
-    if official:
-        if args.official_config is None or args.checkpoint is None:
-            raise ValueError("--official-config and --checkpoint go together")
-        pipe = cls.from_official(args.official_config, args.checkpoint, text_encoder_spec=args.text_encoder,
-                                 autoencoder_spec=args.autoencoder)
-    else:
-        pipe = cls.from_pretrained(Path(args.model), text_encoder_spec=args.text_encoder,
-                                   autoencoder_spec=args.autoencoder)
+    from ..pipelines.base import PipelineKindError
+
+    dtype = _dtype(args.dtype)
+    try:
+        if official:
+            if args.official_config is None or args.checkpoint is None:
+                raise ValueError("--official-config and --checkpoint go together")
+            pipe = cls.from_official(args.official_config, args.checkpoint, text_encoder_spec=args.text_encoder,
+                                     autoencoder_spec=args.autoencoder, torch_dtype=dtype, device=device)
+        else:
+            pipe = cls.from_pretrained(Path(args.model), text_encoder_spec=args.text_encoder,
+                                       autoencoder_spec=args.autoencoder, torch_dtype=dtype, device=device)
+    except PipelineKindError as e:
+        what, command = ("a video", "generate-video") if e.kind == "video" else ("an image", "generate")
+        raise ValueError(f"{e.where} holds {what} model: use `starflow {command}`") from None
     return pipe.to(device)
+
+
+def _dtype(name: str):
+    import torch
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
 def _call_kwargs(args) -> dict:
@@ -128,25 +174,41 @@ def _check_out(path: Path, allowed: tuple[str, ...], what: str) -> None:
         raise ValueError(f"--out {path}: {what} are written as {', '.join(allowed)}")
 
 
-def run_generate(args) -> int:
-    from ..data.media import IMAGE_SUFFIXES, save_image_grid
+def _check_outputs(args, allowed: tuple[str, ...], what: str) -> None:
+    if args.out is None and args.out_dir is None:
+        raise ValueError(f"give --out FILE (one file of all {what}) and/or --out-dir DIR (one file each)")
+    if args.out is not None:
+        _check_out(args.out, allowed, what)
 
-    _check_out(args.out, IMAGE_SUFFIXES, "images")
+
+def run_generate(args) -> int:
+    from ..data.media import IMAGE_SUFFIXES, save_image, save_image_grid
+    from .outputs import write_each
+
+    _check_outputs(args, IMAGE_SUFFIXES, "images")
     pipe = load_any_pipeline(args, "image")
     prompts = _prompts(args) or None
     out = pipe(prompts, num_images_per_prompt=args.num_images, num_images=args.num_images,
                output_type="pt", **_call_kwargs(args))
     x = out.images * 2 - 1                                       # (N, C, H, W) in [-1, 1]
-    save_image_grid(x, args.out, nrow=args.num_images if prompts and len(prompts) > 1 else None,
-                    padding=2 if len(x) > 1 else 0, scale=args.scale)
-    print(f"wrote {len(x)} image(s) to {args.out}")
+    if args.out is not None:
+        save_image_grid(x, args.out, nrow=args.num_images if prompts and len(prompts) > 1 else None,
+                        padding=2 if len(x) > 1 else 0, scale=args.scale)
+        print(f"wrote {len(x)} image(s) to {args.out}")
+    if args.out_dir is not None:
+        suffix = args.out.suffix.lower() if args.out is not None else ".png"
+        write_each(x, out.prompts, args.num_images if prompts else 1, args.out_dir, suffix,
+                   lambda img, path: save_image(img, path, scale=args.scale))
+        print(f"wrote {len(x)} image file(s) and prompts.txt to {args.out_dir}")
     return 0
 
 
 def run_generate_video(args) -> int:
-    from ..data.media import VIDEO_SUFFIXES, save_video
+    from ..data.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, save_image, save_image_grid, save_video
+    from .outputs import write_each
 
-    _check_out(args.out, VIDEO_SUFFIXES, "videos")
+    still = args.frames == 1             # an image, as the official --target_length 1
+    _check_outputs(args, VIDEO_SUFFIXES + (IMAGE_SUFFIXES if still else ()), "videos")
     pipe = load_any_pipeline(args, "video")
     prompts = _prompts(args) or None
     kw = _call_kwargs(args)
@@ -155,9 +217,22 @@ def run_generate_video(args) -> int:
     out = pipe(prompts, num_videos_per_prompt=args.num_videos, num_videos=args.num_videos, num_frames=args.frames,
                fps=args.fps, image=args.image, output_type="pt", **kw)
     x = out.frames * 2 - 1                                       # (N, T, C, H, W) in [-1, 1]
-    save_video(x if len(x) > 1 else x[0], args.out, fps=out.fps,
-               nrow=args.num_videos if prompts and len(prompts) > 1 else None, scale=args.scale)
-    print(f"wrote {len(x)} video(s) of {x.shape[1]} frames at {out.fps} fps to {args.out}")
+    nrow = args.num_videos if prompts and len(prompts) > 1 else None
+    if args.out is not None:
+        if args.out.suffix.lower() in IMAGE_SUFFIXES:           # --frames 1
+            save_image_grid(x[:, 0], args.out, nrow=nrow, padding=2 if len(x) > 1 else 0, scale=args.scale)
+            print(f"wrote {len(x)} image(s) to {args.out}")
+        else:
+            save_video(x if len(x) > 1 else x[0], args.out, fps=out.fps, nrow=nrow, scale=args.scale)
+            print(f"wrote {len(x)} video(s) of {x.shape[1]} frames at {out.fps} fps to {args.out}")
+    if args.out_dir is not None:
+        suffix = args.out.suffix.lower() if args.out is not None else (".png" if still else ".mp4")
+        if suffix in IMAGE_SUFFIXES:
+            write = (lambda v, path: save_image(v[0], path, scale=args.scale))
+        else:
+            write = (lambda v, path: save_video(v, path, fps=out.fps, scale=args.scale))
+        write_each(x, out.prompts, args.num_videos if prompts else 1, args.out_dir, suffix, write)
+        print(f"wrote {len(x)} file(s) and prompts.txt to {args.out_dir}")
     return 0
 
 
@@ -167,12 +242,12 @@ def run_convert(args) -> int:
     if args.trained is not None:
         if args.checkpoint is not None:
             raise ValueError("--checkpoint goes with --official-config, not --trained")
-        pipe = BasePipeline.from_pretrained(args.trained)
+        pipe = BasePipeline.from_pretrained(args.trained, torch_dtype=_dtype(args.dtype))
     else:
         if args.checkpoint is None:
             raise ValueError("--official-config needs --checkpoint (the official .pth)")
         pipe = BasePipeline.from_official(args.official_config, args.checkpoint, text_encoder_spec=args.text_encoder,
-                                          autoencoder_spec=args.autoencoder)
+                                          autoencoder_spec=args.autoencoder, torch_dtype=_dtype(args.dtype))
     out = pipe.save_pretrained(args.out, copy_components=args.copy_components)
     n = sum(p.numel() for p in pipe.flow.parameters())
     print(f"wrote {pipe.kind} pipeline ({n / 1e6:.1f}M flow parameters) to {out}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .generate import model_source_args
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -13,13 +15,7 @@ def register(sub) -> None:
                                    "text-to-video and image-to-video, and the exact likelihood of an uploaded "
                                    "picture. Requests run one at a time. Binds to 127.0.0.1 unless --host says "
                                    "otherwise.")
-    p.add_argument("--model", type=Path, help="pipeline directory (pipeline.json) or a `starflow train` folder")
-    p.add_argument("--official-config", type=Path,
-                   help="official YAML config, or one of configs/*.yaml (with --checkpoint)")
-    p.add_argument("--checkpoint", type=Path, help="official .pth checkpoint (with --official-config)")
-    p.add_argument("--text-encoder", default=None, help="text encoder spec overriding the stored / official one")
-    p.add_argument("--autoencoder", default=None, help="autoencoder spec overriding the stored / official one")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    model_source_args(p)
     p.add_argument("--host", default=None,
                    help="address to bind (default 127.0.0.1; 0.0.0.0 opens the page to the network, unauthenticated)")
     p.add_argument("--port", type=int, default=None, help="port (default 7860)")

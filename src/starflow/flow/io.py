@@ -6,9 +6,13 @@ Formats
   one (`final/`, with a `training.json` beside it), and a pipeline folder holds one as `flow/`.
 - **state-dict files**: `.safetensors`, or official `.pth` / `.pt` (read with `weights_only`: a pickle
   cannot run code); a training checkpoint's 'model' or 'state_dict' entry is taken.
-- **official config + state dict** (`load_official`): an official YAML (`arguments:` list) or dict.
+- **config + state dict** (`load_official`): one route for any config file we read (`model_config_for`): an
+  official YAML (`arguments:` list, img_size in pixels, no txt_dim), one of our pipeline configs
+  (configs/*.yaml), a model folder's config.json, or such a mapping.
 - **conformance / bench files**: a `.pt` dict {"config": official arguments, "state_dict": ...}.
 Training checkpoints (training/checkpoint.py) store their tensors with `write_weights` too.
+Weights are read tensor by tensor into a model built on the meta device (flow.weights): loading never holds
+two copies of a model, and `torch_dtype` / `device` are applied as each tensor is copied.
 """
 from __future__ import annotations
 
@@ -21,26 +25,21 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from ..config import ModelConfig, load_official_yaml
+from ..config import ConfigError, ModelConfig, load_official_yaml, official_vae_factor
 from .model import StarFlow
+from .weights import (DEPRECATED_KEYS, DEPRECATED_SUFFIXES, CheckpointError, WeightsFile, empty_model,
+                      load_weights)
 
 __all__ = ["CheckpointError", "load_state_dict_strict", "build_model", "read_state_dict", "load_official",
            "write_weights", "save_model", "load_model", "read_model_config", "write_model_files",
-           "load_conformance_file", "atomic_folder", "atomic_write_text", "MODEL_CONFIG_FILE", "MODEL_WEIGHTS_FILE"]
+           "load_conformance_file", "atomic_folder", "atomic_write_text", "MODEL_CONFIG_FILE", "MODEL_WEIGHTS_FILE",
+           "model_config_for", "checkpoint_txt_dim", "read_config_file", "WeightsFile", "DEPRECATED_KEYS",
+           "DEPRECATED_SUFFIXES"]
 
 MODEL_FORMAT = "starflow-model"
 MODEL_VERSION = 1
 MODEL_CONFIG_FILE = "config.json"
 MODEL_WEIGHTS_FILE = "model.safetensors"
-
-# Buffers the official model registers but never uses; present in its checkpoints.
-DEPRECATED_SUFFIXES = ("attn_mask", "freqs_cos", "freqs_sin")
-DEPRECATED_KEYS = ("var",)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model: names the file or the offending keys."""
-
 
 # ---- files written whole or not at all ---------------------------------------------------------------
 def _fsync_dir(path: Path) -> None:
@@ -126,37 +125,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         sd = sd["model"]
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
+    meta = [k for k, v in sd.items() if torch.is_tensor(v) and v.is_meta]
+    if meta:
+        raise CheckpointError(f"{path}: {len(meta)} entries (e.g. {meta[0]}) are on the meta device: the file holds "
+                              f"shapes but no values")
     return sd
 
 
-def _is_deprecated(key: str) -> bool:
-    return key in DEPRECATED_KEYS or key.rsplit(".", 1)[-1] in DEPRECATED_SUFFIXES
-
-
-def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load, dropping only the official deprecated buffers; any missing, unexpected or misshapen key is an error."""
-    sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state_dict.items()}
-    sd = {k: v for k, v in sd.items() if not _is_deprecated(k)}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    mismatched = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
-    if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected[:10])}" + (" ..." if len(unexpected) > 10 else ""))
-    if mismatched:
-        problems.append("shape mismatch: " + "; ".join(mismatched[:10]))
-    if problems:
-        raise CheckpointError("checkpoint does not match the model config: " + " | ".join(problems))
-    for k, v in sd.items():
-        if not torch.is_tensor(v):
-            raise CheckpointError(f"checkpoint entry {k} is not a tensor")
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise CheckpointError(f"checkpoint entry {k} contains NaN or infinite values")
-    model.load_state_dict(sd, strict=True)
+def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor] | str | Path) -> None:
+    """Load a state dict (mapping or file), dropping only the official deprecated buffers; any missing,
+    unexpected, misshapen, non-tensor, meta or non-finite entry is a CheckpointError (flow.weights)."""
+    load_weights(model, state_dict)
 
 
 # ---- model folders --------------------------------------------------------------------------------
@@ -198,36 +177,147 @@ def read_model_config(directory: str | Path) -> ModelConfig:
 
 def load_model(directory: str | Path, *, device: str | torch.device | None = None,
                dtype: torch.dtype | None = None) -> StarFlow:
+    """A model folder, read tensor by tensor into a model of `dtype` on `device` (default: float32, CPU)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no such model folder")
-    model = StarFlow(read_model_config(directory))
+    config = read_model_config(directory)
     weights = directory / MODEL_WEIGHTS_FILE
     if not weights.exists():
         raise FileNotFoundError(f"{weights} not found")
-    load_state_dict_strict(model, read_state_dict(weights))
-    return model.to(device=device, dtype=dtype).eval()
+    return load_flow(config, WeightsFile(weights), dtype=dtype, device=device)
 
 
-# ---- official configs and files -------------------------------------------------------------------
-def build_model(config: ModelConfig | Mapping[str, Any] | str | Path) -> StarFlow:
-    """A model with fresh weights from a ModelConfig, an official argument mapping or an official YAML."""
+def load_flow(config: ModelConfig, weights: WeightsFile | str | Path | Mapping[str, torch.Tensor], *,
+              dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> StarFlow:
+    """A StarFlow of `config` with the weights of `weights`, built without a second copy of them: on the meta
+    device, then materialised in `dtype` on `device` and filled tensor by tensor. Eval mode."""
+    _check_dtype(dtype)
+    weights = weights if isinstance(weights, WeightsFile) else WeightsFile(weights)
+    model = empty_model(lambda: StarFlow(config), dtype=dtype, device=device)
+    load_weights(model, weights)
+    return model.eval()
+
+
+def _check_dtype(dtype) -> None:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"torch_dtype must be a floating torch.dtype such as torch.bfloat16, not {dtype!r}")
+
+
+# ---- any config + checkpoint: one route ----------------------------------------------------------------
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file as a mapping: an official YAML (its `arguments:` list flattened), one of our YAML / JSON
+    pipeline configs, or a model folder's config.json."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as e:
+            raise ConfigError(f"{path}: not a readable JSON file ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
+        return data
+    return load_official_yaml(path)
+
+
+def checkpoint_txt_dim(shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+    """The text embedding width a checkpoint was trained with (its text projections' input width), if it reads text."""
+    dims = {s[1] for k, s in shapes.items() if k.endswith("proj_txt.weight") and len(s) == 2}
+    return dims.pop() if len(dims) == 1 else None
+
+
+def model_config_for(config: ModelConfig | Mapping[str, Any] | str | Path, *,
+                     shapes: Mapping[str, tuple[int, ...]] | None = None, spatial_factor: int | None = None,
+                     txt_dim: int | None = None, where: str | None = None) -> ModelConfig:
+    """The ModelConfig of any config we read (a ModelConfig; a path to, or mapping of, an official YAML, one
+    of our pipeline configs, or a model folder's config.json).
+
+    Official files give `img_size` in pixels and no `txt_dim`, both fixed at run time by the components the
+    official sampler loads: the side is img_size / spatial_factor (default: the factor of the autoencoder the
+    file names in `vae:`), and txt_dim the width the checkpoint's text projections read (`shapes`, the
+    checkpoint's names -> shapes), or `txt_dim` (the text encoder's width) when there is no checkpoint."""
+    if isinstance(config, ModelConfig):
+        return config
     if isinstance(config, (str, Path)):
-        config = load_official_yaml(config)
-    if not isinstance(config, ModelConfig):
-        config = ModelConfig.from_dict(config, official=True)
-    return StarFlow(config)
+        where = where or str(config)
+        config = read_config_file(config)
+    where = where or "model config"
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(config).__name__}")
+    d = dict(config)
+    if "arguments" in d and isinstance(d["arguments"], list):       # an official YAML read as plain YAML
+        flat: dict[str, Any] = {}
+        for item in d["arguments"]:
+            if not isinstance(item, dict):
+                raise ConfigError(f"{where}: each entry under 'arguments:' must be a 'key: value' pair, got {item!r}")
+            flat.update(item)
+        d = flat
+    if d.get("format") == MODEL_FORMAT:                               # a model folder's config.json
+        return ModelConfig.from_dict(d.get("config", {}), where=where)
+    if "kind" in d and "model" in d:                                  # our pipeline config: the model spelled out
+        if not isinstance(d["model"], Mapping):
+            raise ConfigError(f"{where}: 'model' must be a mapping of model keys (in latent units)")
+        return ModelConfig.from_dict(d["model"], official=d.get("version") == 1, where=f"{where} model")
+    return _official_model_config(d, shapes, spatial_factor, txt_dim, where)
+
+
+def _official_model_config(args: dict[str, Any], shapes, spatial_factor: int | None, txt_dim: int | None,
+                           where: str) -> ModelConfig:
+    vae = args.get("vae")
+    known = official_vae_factor(vae)
+    named = known != 1 or (vae not in (None, "") and str(vae).lower() not in ("none", "null"))
+    if named and known is not None and spatial_factor is not None and spatial_factor != known:
+        raise ConfigError(f"{where}: the autoencoder's spatial factor is {spatial_factor}, but the config's vae "
+                          f"{vae!r} has {known}: the model would sample another latent grid than the one it was "
+                          f"trained on")
+    factor = spatial_factor or known
+    if factor is None:
+        raise ConfigError(f"{where}: the config names vae {vae!r}, whose spatial factor starflow does not know: "
+                          f"give the autoencoder (or spatial_factor=, pixels per latent)")
+    if "img_size" in args and factor > 1:
+        px = int(args["img_size"])
+        if px % factor:
+            raise ConfigError(f"official img_size {px} is not a multiple of the autoencoder factor {factor}")
+        args["img_size"] = px // factor
+    if "txt_dim" not in args:
+        trained = checkpoint_txt_dim(shapes) if shapes is not None else None
+        if trained is not None and txt_dim is not None and trained != txt_dim:
+            raise CheckpointError(f"the text encoder gives {txt_dim}-dim embeddings; the checkpoint expects "
+                                  f"{trained} (official text: {args.get('text')})")
+        txt_dim = trained if trained is not None else txt_dim
+        if txt_dim is None:
+            if int(args.get("txt_size") or 0) > 0:
+                raise ConfigError(f"{where}: an official config gives no txt_dim (the text encoder's width): give "
+                                  f"the checkpoint, or txt_dim= (2048 for google/flan-t5-xl)")
+            txt_dim = 0
+        args["txt_dim"] = txt_dim
+    return ModelConfig.from_dict(args, official=True, where=where)
+
+
+def build_model(config: ModelConfig | Mapping[str, Any] | str | Path, *, spatial_factor: int | None = None,
+                txt_dim: int | None = None) -> StarFlow:
+    """A model with fresh weights from any config `model_config_for` reads."""
+    return StarFlow(model_config_for(config, spatial_factor=spatial_factor, txt_dim=txt_dim))
 
 
 def load_official(config: ModelConfig | Mapping[str, Any] | str | Path,
-                  state_dict: Mapping[str, torch.Tensor] | str | Path | None = None) -> StarFlow:
-    """Official config (YAML path, dict or ModelConfig) + official state dict (path or mapping) -> model in eval mode."""
-    model = build_model(config)
-    if state_dict is not None:
-        if isinstance(state_dict, (str, Path)):
-            state_dict = read_state_dict(state_dict)
-        load_state_dict_strict(model, state_dict)
-    return model.eval()
+                  state_dict: Mapping[str, torch.Tensor] | str | Path | None = None, *,
+                  torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                  spatial_factor: int | None = None, txt_dim: int | None = None) -> StarFlow:
+    """Config (official YAML, one of our configs/*.yaml, a dict or a ModelConfig) + state dict (a `.pth` /
+    `.safetensors` path or a mapping) -> model in eval mode, in `torch_dtype` (default float32) on `device`.
+
+    The file is read tensor by tensor, so peak memory is about the model's size in `torch_dtype`. Without a
+    state dict the model has fresh weights."""
+    _check_dtype(torch_dtype)
+    weights = WeightsFile(state_dict) if state_dict is not None else None
+    cfg = model_config_for(config, shapes=weights.shapes if weights is not None else None,
+                           spatial_factor=spatial_factor, txt_dim=txt_dim)
+    if weights is None:
+        return StarFlow(cfg).to(device=device, dtype=torch_dtype).eval()
+    return load_flow(cfg, weights, dtype=torch_dtype, device=device)
 
 
 def load_conformance_file(path: str | Path) -> dict[str, Any]:

@@ -88,15 +88,38 @@ class RotaryEmbedding(torch.nn.Module):
 
     def __init__(self, head_dim: int, pt_seq_len: int, txt_size: int, theta: float = 10000.0):
         super().__init__()
-        dim = head_dim // 2
         self.pt_seq_len = pt_seq_len
         self.has_text_axis = txt_size > 0
-        spatial = dim - 8 if self.has_text_axis else dim
-        self.register_buffer("freqs", 1.0 / (theta ** (torch.arange(0, spatial, 2)[: spatial // 2].float() / spatial)),
-                             persistent=False)
+        self._dim, self._theta = head_dim // 2, theta
+        spatial, text = self._frequencies(torch.device("cpu"))
+        self.register_buffer("freqs", spatial, persistent=False)
         if self.has_text_axis:
-            self.register_buffer("freqs2", 1.0 / (theta ** (torch.arange(0, 8).float() / 8)), persistent=False)
+            self.register_buffer("freqs2", text, persistent=False)
         self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _frequencies(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(spatial, text/frame axis) frequencies, float32, computed on the CPU (explicitly: a model built under
+        `torch.device("meta")` still gets real values)."""
+        dim, theta = self._dim, self._theta
+        spatial = dim - 8 if self.has_text_axis else dim
+        f = 1.0 / (theta ** (torch.arange(0, spatial, 2, device="cpu")[: spatial // 2].float() / spatial))
+        f2 = 1.0 / (theta ** (torch.arange(0, 8, device="cpu").float() / 8)) if self.has_text_axis else None
+        return f.to(device), (f2.to(device) if f2 is not None else None)
+
+    def _apply(self, fn, recurse=True):
+        # The frequencies are constants, not weights: whatever `.to(dtype)`, `.to_empty()` or a meta-device
+        # construction did to the buffers, they are recomputed, in float32 (float64 kept), on the buffers' device.
+        # A bf16 model thus keeps exact positions (official mixed precision casts parameters only), and a model
+        # materialised from the meta device (flow.weights) gets real values instead of uninitialised memory.
+        super()._apply(fn, recurse)
+        device = self.freqs.device
+        dtype = torch.float64 if self.freqs.dtype == torch.float64 else torch.float32
+        spatial, text = self._frequencies(device)
+        self.freqs = spatial.to(dtype)
+        if self.has_text_axis:
+            self.freqs2 = text.to(dtype)
+        self._tables.clear()
+        return self
 
     def tables(self, h: int, w: int, txt_len: int, frames: int, device: torch.device | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:

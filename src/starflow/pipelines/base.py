@@ -12,9 +12,19 @@ from ..flow.model import StarFlow
 from ..sampling.options import SamplerOptions
 from .components import load_autoencoder_spec, load_text_encoder_spec, spec_of
 from .loading import official_parts, read_pipeline_folder, save_pipeline
-from .spec import PipelineDefaults, PipelineSpec, aspect_ratio_to_size, read_spec
+from ..data.buckets import aspect_ratio_to_image_size
+from .spec import ASPECT_RATIOS, PipelineDefaults, PipelineSpec, read_spec
 
-__all__ = ["BasePipeline", "load_text_encoder_spec", "load_autoencoder_spec"]
+__all__ = ["BasePipeline", "PipelineKindError", "load_text_encoder_spec", "load_autoencoder_spec"]
+
+
+class PipelineKindError(ValueError):
+    """A video model given to the image pipeline or the other way round (the command line names its command)."""
+
+    def __init__(self, where: str, kind: str):
+        self.where, self.kind = where, kind
+        what, cls = ("a video", "StarFlowVideoPipeline") if kind == "video" else ("an image", "StarFlowPipeline")
+        super().__init__(f"{where} holds {what} model: use {cls} (or load_pipeline, which picks the class by kind)")
 
 
 class BasePipeline:
@@ -39,14 +49,17 @@ class BasePipeline:
         if c.txt_dim > 0:
             if text_encoder is None:
                 raise ValueError(f"this flow reads text (txt_dim={c.txt_dim}): a text encoder is required")
+            name = self.text_encoder_spec or type(text_encoder).__name__
             if int(text_encoder.dim) != c.txt_dim:
-                raise ValueError(f"text encoder gives {text_encoder.dim}-dim embeddings; the flow reads txt_dim={c.txt_dim}")
+                raise ValueError(f"text encoder {name} gives {text_encoder.dim}-dim embeddings; the model expects "
+                                 f"{c.txt_dim}-dim ones (txt_dim): give the text encoder it was trained with")
             length = getattr(text_encoder, "length", None)
             if length is not None and c.txt_size and int(length) != c.txt_size:
-                raise ValueError(f"text encoder gives {length} tokens; the flow reads txt_size={c.txt_size}")
+                raise ValueError(f"text encoder {name} gives {length} tokens; the model reads txt_size={c.txt_size}")
         lc = self.latent_channels
         if lc != c.channel_size:
-            raise ValueError(f"autoencoder latents have {lc} channels; the flow takes channel_size={c.channel_size}")
+            raise ValueError(f"autoencoder {self.autoencoder_spec or type(autoencoder).__name__} gives latents of {lc} "
+                             f"channels; the model takes channel_size={c.channel_size}")
         if self.defaults.denoise == "learned" and not c.learnable_self_denoiser:
             raise ValueError("defaults.denoise='learned' needs a flow with learnable_self_denoiser")
 
@@ -86,6 +99,7 @@ class BasePipeline:
         return self.config.channel_size if self.spatial_factor == 1 else 3
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "BasePipeline":
+        """Move every component to `device`; `dtype` applies to the flow's weights."""
         self.flow.to(device=device, dtype=dtype)
         for comp in (self.text_encoder, self.autoencoder):
             if comp is not None and hasattr(comp, "to"):
@@ -96,7 +110,7 @@ class BasePipeline:
     @property
     def spec(self) -> PipelineSpec:
         return PipelineSpec(kind=self.kind, text_encoder=self.text_encoder_spec, autoencoder=self.autoencoder_spec,
-                            defaults=self.defaults)
+                            defaults=self.defaults, spatial_factor=self.spatial_factor)
 
     def save_pretrained(self, directory: str | Path, copy_components: bool = False) -> Path:
         """Write a pipeline folder: `pipeline.json` + the flow as a model folder `flow/`. Text encoder and
@@ -107,8 +121,7 @@ class BasePipeline:
     @classmethod
     def _check_kind(cls, kind: str, where: str) -> None:
         if cls is not BasePipeline and kind != cls.kind:
-            hint = "generate-video / StarFlowVideoPipeline" if kind == "video" else "generate / StarFlowPipeline"
-            raise ValueError(f"{where} holds a {kind} model: use {hint}")
+            raise PipelineKindError(where, kind)
 
     @classmethod
     def _class_for(cls, kind: str):
@@ -120,12 +133,18 @@ class BasePipeline:
 
     @classmethod
     def _assemble(cls, spec: PipelineSpec, flow: StarFlow, text_encoder, autoencoder, root: Path | None, device,
-                  input_transform=None, training_info=None):
+                  input_transform=None, training_info=None, dtype: torch.dtype | None = None):
         c = flow.config
         if text_encoder is None and c.txt_dim > 0:
-            text_encoder = load_text_encoder_spec(spec.text_encoder, c.txt_size, root)
+            text_encoder = load_text_encoder_spec(spec.text_encoder, c.txt_size, root, dtype=dtype)
         if autoencoder is None:
-            autoencoder = load_autoencoder_spec(spec.autoencoder, root)
+            autoencoder = load_autoencoder_spec(spec.autoencoder, root, dtype=dtype)
+        factor = int(getattr(autoencoder, "spatial_factor", 1)) if autoencoder is not None else 1
+        if spec.spatial_factor is not None and factor != spec.spatial_factor:
+            name = spec_of(autoencoder) or spec.autoencoder or "identity (pixels)"
+            raise ValueError(f"autoencoder {name} has spatial factor {factor}, but the model was trained behind one of "
+                             f"factor {spec.spatial_factor}: its latent grid would not be the trained one; give an "
+                             f"autoencoder of factor {spec.spatial_factor}")
         pipe = cls._class_for(spec.kind)(flow, text_encoder, autoencoder, defaults=spec.defaults,
                                          text_encoder_spec=spec.text_encoder, autoencoder_spec=spec.autoencoder,
                                          input_transform=input_transform, training_info=training_info)
@@ -134,15 +153,20 @@ class BasePipeline:
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, text_encoder: Any = None, autoencoder: Any = None,
                         text_encoder_spec: str | None = None, autoencoder_spec: str | None = None,
-                        device: str | torch.device | None = None):
+                        device: str | torch.device | None = None, torch_dtype: torch.dtype | None = None):
         """Load a pipeline folder (strict weights): save_pretrained's, `starflow convert`'s, or the final/ folder
         of `starflow train`. Components (objects, or specs such as a local 't5:/models/flan-t5-xl') given here
-        replace the stored ones."""
-        spec, flow, transform, training = read_pipeline_folder(directory)
+        replace the stored ones. torch_dtype (e.g. torch.bfloat16; default float32): the weights' dtype, of the
+        flow and of the components loaded from specs; the flow is read tensor by tensor straight into it."""
+        pipeline_file = Path(directory) / "pipeline.json"
+        if pipeline_file.is_file():       # the kind first: no weights are read for the wrong pipeline
+            cls._check_kind(read_spec(pipeline_file).kind, str(directory))
+        spec, flow, transform, training = read_pipeline_folder(directory, dtype=torch_dtype, device=device)
         cls._check_kind(spec.kind, str(directory))
         spec.text_encoder = text_encoder_spec or spec_of(text_encoder) or spec.text_encoder
         spec.autoencoder = autoencoder_spec or spec_of(autoencoder) or spec.autoencoder
-        return cls._assemble(spec, flow, text_encoder, autoencoder, Path(directory), device, transform, training)
+        return cls._assemble(spec, flow, text_encoder, autoencoder, Path(directory), device, transform, training,
+                             dtype=torch_dtype)
 
     @classmethod
     def from_trained(cls, directory: str | Path, *, device=None):
@@ -152,27 +176,31 @@ class BasePipeline:
 
     @classmethod
     def from_config(cls, config: str | Path | PipelineSpec, *, text_encoder: Any = None, autoencoder: Any = None,
-                    device=None, seed: int = 0):
+                    device=None, seed: int = 0, torch_dtype: torch.dtype | None = None):
         """A pipeline with freshly initialised flow weights, from our YAML config (or a PipelineSpec)."""
         spec = config if isinstance(config, PipelineSpec) else read_spec(config)
         cls._check_kind(spec.kind, str(config))
         torch.manual_seed(seed)
-        return cls._assemble(spec, StarFlow(spec.model_config()), text_encoder, autoencoder, None, device)
+        flow = StarFlow(spec.model_config()).to(dtype=torch_dtype)
+        return cls._assemble(spec, flow, text_encoder, autoencoder, None, device, dtype=torch_dtype)
 
     @classmethod
     def from_official(cls, config: str | Path | dict, checkpoint: str | Path | dict | None, *,
                       text_encoder: Any = None, autoencoder: Any = None, text_encoder_spec: str | None = None,
-                      autoencoder_spec: str | None = None, device=None):
-        """Official YAML (`arguments:` list) + official `.pth` state dict -> pipeline (strict loading).
+                      autoencoder_spec: str | None = None, device=None, torch_dtype: torch.dtype | None = None):
+        """Official YAML (`arguments:` list) + official `.pth` / `.safetensors` state dict -> pipeline (strict).
 
         `config` may also be one of our configs (configs/starflow_3b_t2i_256.yaml...), which carry the
         official values. Text encoder / autoencoder: objects, or specs replacing the official names
-        (e.g. a local 't5:/models/flan-t5-xl'), or, by default, the official names mapped to our specs."""
+        (e.g. a local 't5:/models/flan-t5-xl'), or, by default, the official names mapped to our specs.
+        torch_dtype as in from_pretrained: torch.bfloat16 is the official sampler's weight precision, and the
+        checkpoint is read tensor by tensor into it (peak memory about one model in that dtype).
+        Defaults (guidance, Jacobi settings, aspect ratio, context length): the official sampling scripts'."""
         spec, flow, text_encoder, autoencoder = official_parts(
             config, checkpoint, text_encoder_spec=text_encoder_spec, autoencoder_spec=autoencoder_spec,
-            text_encoder=text_encoder, autoencoder=autoencoder)
-        cls._check_kind(spec.kind, str(config) if not isinstance(config, dict) else "official config")
-        return cls._assemble(spec, flow, text_encoder, autoencoder, None, device)
+            text_encoder=text_encoder, autoencoder=autoencoder, torch_dtype=torch_dtype, device=device,
+            check_kind=cls._check_kind)
+        return cls._assemble(spec, flow, text_encoder, autoencoder, None, device, dtype=torch_dtype)
 
     # ---- shared call helpers ------------------------------------------------------------------------
     @staticmethod
@@ -242,8 +270,7 @@ class BasePipeline:
             raise ValueError(f"denoise must be 'score', 'learned' or 'none', not {denoise!r}")
         if denoise == "learned" and self.flow.learnable_self_denoiser is None:
             raise ValueError("denoise='learned' needs a flow with a learnable self-denoiser; use 'score' or 'none'")
-        aspect_ratio = aspect_ratio if aspect_ratio is not None or height or width else self.defaults.aspect_ratio
-        H, W = self._pixel_size(height, width, aspect_ratio)
+        aspect_ratio, H, W = self._size(height, width, aspect_ratio)
         return opts, denoise, aspect_ratio, H, W
 
     def _run_batches(self, z: torch.Tensor, y, y_null, opts: SamplerOptions, *, batch_size: int | None,
@@ -277,20 +304,56 @@ class BasePipeline:
             return score_denoise(self.flow, x, y, s)
         return learned_denoise(self.flow, x, y, s)
 
-    def _pixel_size(self, height: int | None, width: int | None, aspect_ratio: str | None) -> tuple[int, int]:
-        """Output (H, W) in pixels: explicit, from an aspect ratio (same area as training), or the trained square."""
+    def _size(self, height: int | None, width: int | None, aspect_ratio: str | None
+              ) -> tuple[str | None, int, int]:
+        """-> (the aspect ratio the prompt template names, H, W in pixels), following the training settings.
+
+        The model was trained on `defaults.aspect_ratios` (None: not recorded, any size) at the area of its
+        square: an aspect ratio gives that size, height / width must be one of those sizes, and anything else is
+        refused rather than sampled at a size the model never saw. A model trained with the aspect ratio in its
+        prompts (mix_aspect) always gets one: the asked one, the default one, or "1:1" (the official sampler's)."""
+        d = self.defaults
         multiple = self.spatial_factor * self.config.patch_size
+        side = self.config.img_size * self.spatial_factor
+        trained = d.aspect_ratios
+        choices = trained or list(ASPECT_RATIOS)
         if height is not None or width is not None:
             if aspect_ratio is not None:
                 raise ValueError("give either height/width or aspect_ratio, not both")
-            target = self.config.img_size * self.spatial_factor
-            height, width = height or target, width or target
+            height, width = height or side, width or side
             for name, v in (("height", height), ("width", width)):
                 if v <= 0 or v % multiple:
                     raise ValueError(f"{name} {v} must be a positive multiple of {multiple} "
                                      f"(autoencoder factor {self.spatial_factor} x patch size {self.config.patch_size})")
-            return int(height), int(width)
-        return aspect_ratio_to_size(self.config.img_size * self.spatial_factor, aspect_ratio, multiple)
+            matches = [r for r in choices if self._ratio_size(side, r, multiple) == (height, width)]
+            if not matches and (trained is not None or d.mix_aspect):
+                raise ValueError(f"{height}x{width} is not a size this model was trained on; it makes "
+                                 f"{self._sizes_text(side, choices, multiple)} (choose an aspect ratio)")
+            if len(matches) > 1 and d.mix_aspect:     # small models: ratios can round to the same size
+                raise ValueError(f"{height}x{width} is the size of the aspect ratios {', '.join(matches)}, which the "
+                                 f"prompt tells apart: give the aspect ratio instead")
+            return (matches[0] if d.mix_aspect else None), int(height), int(width)
+        ratio = aspect_ratio if aspect_ratio is not None else d.aspect_ratio
+        if ratio is None and d.mix_aspect:
+            ratio = "1:1"
+        if ratio is not None and ratio not in choices:
+            if ratio not in ASPECT_RATIOS:
+                raise ValueError(f"unknown aspect ratio {ratio!r}; choose one of {', '.join(choices)}")
+            raise ValueError(f"aspect ratio {ratio}: this model was trained on "
+                             f"{self._sizes_text(side, choices, multiple)} only, so it cannot make {ratio}")
+        H, W = self._ratio_size(side, ratio, multiple)
+        return ratio, H, W
+
+    @staticmethod
+    def _ratio_size(side: int, ratio: str | None, multiple: int) -> tuple[int, int]:
+        return aspect_ratio_to_image_size(side, ratio, multiple)     # the official rule (height, width)
+
+    def _sizes_text(self, side: int, ratios: list[str], multiple: int) -> str:
+        """'256x256 pictures' for a single size, else '1:1 (640x640), 16:9 (480x848), ...' (height x width)."""
+        sizes = [(r, *self._ratio_size(side, r, multiple)) for r in ratios]
+        if len(sizes) == 1:
+            return f"{sizes[0][1]}x{sizes[0][2]} (height x width) pictures"
+        return ", ".join(f"{r} ({h}x{w})" for r, h, w in sizes)
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         if self.input_transform is not None:

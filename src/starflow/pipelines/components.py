@@ -8,13 +8,14 @@ from typing import Any
 __all__ = ["load_text_encoder_spec", "load_autoencoder_spec", "spec_of", "split_spec", "copy_component"]
 
 
-def load_text_encoder_spec(spec: str | None, length: int, root: Path | None = None):
-    """Spec -> text encoder (None for unconditional models). `kind:./x` paths are relative to `root`."""
+def load_text_encoder_spec(spec: str | None, length: int, root: Path | None = None, dtype=None):
+    """Spec -> text encoder (None for unconditional models). `kind:./x` paths are relative to `root`; `dtype`:
+    the weights' dtype of transformer encoders (their embeddings are float32 regardless)."""
     if spec is None:
         return None
     from ..conditioning import load_text_encoder   # lazily: pulls in transformers
 
-    return load_text_encoder(_resolve_local(spec, root), length)
+    return load_text_encoder(_resolve_local(spec, root), length, dtype=dtype)
 
 
 def spec_of(component: Any) -> str | None:
@@ -32,13 +33,14 @@ def spec_of(component: Any) -> str | None:
     return None
 
 
-def load_autoencoder_spec(spec: str | None, root: Path | None = None):
-    """Spec -> autoencoder; None / "identity" -> None (the flow models pixels; the pipeline skips coding)."""
+def load_autoencoder_spec(spec: str | None, root: Path | None = None, dtype=None):
+    """Spec -> autoencoder; None / "identity" -> None (the flow models pixels; the pipeline skips coding).
+    `dtype`: the weights' dtype (latents and pixels are float32 regardless)."""
     if spec is None or split_spec(spec)[0] in ("identity", "none", "pixels"):
         return None
     from ..autoencoders import load_autoencoder   # lazily: pulls in diffusers
 
-    return load_autoencoder(_resolve_local(spec, root))
+    return load_autoencoder(_resolve_local(spec, root), dtype=dtype)
 
 
 def split_spec(spec: str) -> tuple[str, str]:

@@ -36,6 +36,7 @@ class Inversion:
     pixels: torch.Tensor          # the picture in pixels [-1, 1]
     prompt: tuple[str, ...] | None
     guidance: float
+    aspect_ratio: str | None       # what the prompt template named (models trained on mixed aspect ratios)
 
 
 def read_mask(mask: Any, height: int, width: int) -> torch.Tensor:
@@ -77,13 +78,13 @@ class EditingMixin:
     """inpaint / edit / invert for StarFlowPipeline and StarFlowVideoPipeline."""
 
     # ---- pictures and masks in the model's space -----------------------------------------------------
-    def _pixels(self, image) -> torch.Tensor:
-        """A picture (image) or a video as pixels in [-1, 1] at the model's trained size."""
+    def _pixels(self, image) -> tuple[torch.Tensor, str | None]:
+        """A picture (image) or a video -> (pixels in [-1, 1], the aspect ratio its prompts name). Its size must
+        be one the model makes (the trained square, or a trained aspect ratio)."""
         from PIL import Image
 
         video = self.kind == "video"
         C = self.pixel_channels
-        H, W = self._pixel_size(None, None, self.defaults.aspect_ratio)
         if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__") or isinstance(image, Image.Image):
             if video:
                 from ..data.media import load_video
@@ -99,13 +100,17 @@ class EditingMixin:
             x = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image).float()
         if x.dim() == (4 if video else 3):
             x = x[None]
-        want = f"(B, T, {C}, {H}, {W})" if video else f"(B, {C}, {H}, {W})"
-        if x.dim() != (5 if video else 4) or tuple(x.shape[-3:]) != (C, H, W):
-            raise ValueError(f"picture of shape {tuple(x.shape)} does not fit the model: expected {want} "
-                             f"in [-1, 1] (it makes {W}x{H} pixels, {C} channel(s))")
+        want = f"(B, T, {C}, H, W)" if video else f"(B, {C}, H, W)"
+        if x.dim() != (5 if video else 4) or x.size(-3) != C:
+            raise ValueError(f"picture of shape {tuple(x.shape)} does not fit the model: expected {want} in "
+                             f"[-1, 1] ({C} channel(s))")
+        try:
+            ratio, _, _ = self._size(int(x.size(-2)), int(x.size(-1)), None)
+        except ValueError as e:
+            raise ValueError(f"picture of shape {tuple(x.shape)} does not fit the model: {e}") from None
         if not torch.isfinite(x).all():
             raise ValueError("the picture contains NaN or infinite values")
-        return x.to(self.device)
+        return x.to(self.device), ratio
 
     def _to_model(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels -> the flow's space: posterior-mean latents (one picture, one latent, on any device), then the
@@ -170,7 +175,7 @@ class EditingMixin:
             flat.reshape(N, T, *flat.shape[1:])
         return VideoPipelineOutput(frames=frames, prompts=prompts, fps=int(self.defaults.fps or 8))
 
-    def _texts(self, prompt, negative_prompt, n: int, guidance: float):
+    def _texts(self, prompt, negative_prompt, n: int, guidance: float, ratio: str | None):
         c = self.config
         prompts = self._prompts(prompt, conditioned=c.txt_dim > 0)
         if prompts is not None and len(prompts) not in (1, n):
@@ -178,7 +183,7 @@ class EditingMixin:
         if prompts is not None and len(prompts) == 1 and n > 1:
             prompts = prompts * n
         cond = self._cond_kwargs(self.defaults.fps if self.kind == "video" else
-                                 (0 if self.defaults.fps_cond else None), self.defaults.aspect_ratio)
+                                 (0 if self.defaults.fps_cond else None), ratio)
         y, y_null = self._encode(prompts, negative_prompt, 1, guidance, cond)
         return prompts, y, y_null
 
@@ -190,16 +195,16 @@ class EditingMixin:
         one likelihood pass. `edit(..., inversion=...)` starts from it; sampling it under the same prompt,
         guidance and an exact sampler gives the picture back (in the flow's space)."""
         opts = self.defaults.sampling.with_(guidance=guidance)
-        pixels = self._pixels(image)
+        pixels, ratio = self._pixels(image)
         known = self._to_model(pixels)
-        prompts, y, y_null = self._texts(prompt, negative_prompt, known.size(0), opts.guidance)
+        prompts, y, y_null = self._texts(prompt, negative_prompt, known.size(0), opts.guidance, ratio)
         z = encode(self.flow, known, y, y_null, opts.guidance)
-        return Inversion(z, known, pixels, tuple(prompts) if prompts else None, opts.guidance)
+        return Inversion(z, known, pixels, tuple(prompts) if prompts else None, opts.guidance, ratio)
 
     def _cached_inversion(self, image, prompt, negative_prompt, guidance) -> Inversion:
         """invert(), remembered for the last few (picture, prompt, guidance): repeated edits of one picture
         pay for its inversion once."""
-        pixels = self._pixels(image)
+        pixels, _ = self._pixels(image)
         key = (hashlib.sha1(pixels.detach().cpu().numpy().tobytes()).hexdigest(), str(prompt),
                str(negative_prompt), guidance)
         cache = self.__dict__.setdefault("_inversions", OrderedDict())
@@ -233,7 +238,8 @@ class EditingMixin:
         z, known, pixels = inversion.z, inversion.known, inversion.pixels
         mask_px, mask = self._masks(mask_image if mask_image is not None else
                                     torch.ones(pixels.shape[-2:], dtype=torch.bool), pixels, known.shape)
-        prompts, y, y_null = self._texts(prompt, negative_prompt, known.size(0), opts.guidance)
+        prompts, y, y_null = self._texts(prompt, negative_prompt, known.size(0), opts.guidance,
+                                         inversion.aspect_ratio)
         from ..sampling.sample import sample
         x = sample(self.flow, edit_noise(z, strength, g, mask), y, y_null, opts)
         out = self._finish(x, y, denoise, mask, known, pixels, mask_px, output_type)
@@ -254,10 +260,10 @@ class EditingMixin:
             raise ValueError(f"inpaint_method must be one of {', '.join(INPAINT_METHODS)}, not {inpaint_method!r}")
         opts, denoise, _, _, _ = self._call_setup(options, sampling, denoise, None, None, None)
         g = self._generator(seed, generator)
-        pixels = self._pixels(image)
+        pixels, ratio = self._pixels(image)
         known = self._to_model(pixels)
         mask_px, mask = self._masks(mask_image, pixels, known.shape)
-        prompts, y, y_null = self._texts(prompt, negative_prompt, known.size(0), opts.guidance)
+        prompts, y, y_null = self._texts(prompt, negative_prompt, known.size(0), opts.guidance, ratio)
         if not bool(mask_px.any()):
             x = pixels if output_type != "latent" else known
             return self._outputs(x, prompts, output_type)

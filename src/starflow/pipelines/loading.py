@@ -14,13 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import load_official_yaml
-from ..flow.io import (atomic_folder, load_model, load_state_dict_strict, read_model_config, read_state_dict,
-                       write_model_files, write_weights)
+from ..config import ConfigError, official_vae_factor
+from ..flow.io import (WeightsFile, atomic_folder, checkpoint_txt_dim, load_flow, load_model, read_config_file,
+                       read_model_config, write_model_files, write_weights)
 from ..flow.model import StarFlow
 from ..flow.transforms import load_transform
 from .components import copy_component, load_autoencoder_spec, load_text_encoder_spec, spec_of
-from .spec import PipelineSpec, read_spec, spec_from_official, spec_from_training
+from .spec import PipelineSpec, official_kind, read_spec, spec_from_official, spec_from_training
 
 __all__ = ["PIPELINE_FILE", "FLOW_DIR", "TRAINING_FILE", "save_pipeline", "read_pipeline_folder",
            "official_parts"]
@@ -63,10 +63,12 @@ def save_pipeline(pipe, directory: str | Path, copy_components: bool = False,
     return directory
 
 
-def read_pipeline_folder(directory: str | Path) -> tuple[PipelineSpec, StarFlow, Any, dict | None]:
+def read_pipeline_folder(directory: str | Path, *, dtype=None, device=None
+                         ) -> tuple[PipelineSpec, StarFlow, Any, dict | None]:
     """(spec, flow with its weights, input transform or None, the training run's info or None) from any
     pipeline folder we know. The training info is training.json as `starflow train` wrote it (its "train"
-    entry is the run's TrainConfig as a mapping): plain data, for whoever wants to know how it was trained."""
+    entry is the run's TrainConfig as a mapping): plain data, for whoever wants to know how it was trained.
+    The flow is read tensor by tensor into `dtype` (default float32) on `device` (flow.weights)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no such directory (a pipeline directory has {PIPELINE_FILE}: "
@@ -75,15 +77,14 @@ def read_pipeline_folder(directory: str | Path) -> tuple[PipelineSpec, StarFlow,
     if (directory / PIPELINE_FILE).exists():
         spec = read_spec(directory / PIPELINE_FILE)
         if (directory / FLOW_DIR).is_dir():
-            flow = load_model(directory / FLOW_DIR)
+            flow = load_model(directory / FLOW_DIR, dtype=dtype, device=device)
         else:                                         # version 1: the model inside pipeline.json
             if spec.model is None:
                 raise FileNotFoundError(f"{directory / FLOW_DIR} not found: the pipeline folder has no flow")
-            flow = StarFlow(spec.model_config())
             weights = directory / _V1_FLOW_FILE
             if not weights.exists():
                 raise FileNotFoundError(f"{weights} not found")
-            load_state_dict_strict(flow, read_state_dict(weights))
+            flow = load_flow(spec.model_config(), weights, dtype=dtype, device=device)
         info_file = directory / TRANSFORM_INFO_FILE
         transform = load_transform(json.loads(info_file.read_text()), directory) if info_file.exists() else None
         training = json.loads((directory / TRAINING_FILE).read_text()) if (directory / TRAINING_FILE).exists() \
@@ -96,9 +97,8 @@ def read_pipeline_folder(directory: str | Path) -> tuple[PipelineSpec, StarFlow,
                 raise FileNotFoundError(f"{directory} is a training run folder: its model is {directory / 'final'}")
             raise FileNotFoundError(f"{directory / PIPELINE_FILE} not found: not a pipeline directory")
         config = read_model_config(directory)
-        flow = StarFlow(config)
-        load_state_dict_strict(flow, read_state_dict(directory / "model.safetensors"))
-        return (spec_from_training(info["train"], config), flow.eval(),
+        flow = load_flow(config, directory / "model.safetensors", dtype=dtype, device=device)
+        return (spec_from_training(info["train"], config), flow,
                 load_transform(info.get("input_transform"), directory), info)
     if (directory / "final").is_dir():
         raise FileNotFoundError(f"{directory} is a training run folder: its trained model is {directory / 'final'}")
@@ -106,32 +106,58 @@ def read_pipeline_folder(directory: str | Path) -> tuple[PipelineSpec, StarFlow,
 
 
 def official_parts(config: str | Path | dict, checkpoint, *, text_encoder_spec: str | None,
-                   autoencoder_spec: str | None, text_encoder=None, autoencoder=None):
-    """Official YAML (or one of our configs/*.yaml) + official state dict -> (spec, flow, text encoder,
-    autoencoder), strictly loaded. The official YAML gives img_size in pixels and no txt_dim: both come from
-    the components, which are therefore loaded first."""
-    args = load_official_yaml(config) if isinstance(config, (str, Path)) else dict(config)
-    where = str(config) if not isinstance(config, dict) else "official config"
+                   autoencoder_spec: str | None, text_encoder=None, autoencoder=None, torch_dtype=None, device=None,
+                   check_kind=None):
+    """Official YAML (or one of our configs/*.yaml) + checkpoint -> (spec, flow, text encoder, autoencoder),
+    strictly loaded. The same reading of the config as `starflow.load_official` (flow.io.model_config_for):
+    an official file gives img_size in pixels and no txt_dim, so the components are loaded first and checked
+    against what the checkpoint was trained with (text width, the autoencoder's spatial factor) before the
+    weights are read. `check_kind(kind, where)` is called as soon as the kind is known."""
+    where = str(config) if isinstance(config, (str, Path)) else "official config"
+    args = read_config_file(config) if isinstance(config, (str, Path)) else dict(config)
+    if "arguments" in args and isinstance(args["arguments"], list):   # the official layout given as a mapping
+        args = {k: v for item in args["arguments"] for k, v in dict(item).items()}
+    weights = WeightsFile(checkpoint) if checkpoint is not None else None   # names and shapes: no data read yet
     if "model" in args and "kind" in args:          # our format: the architecture is spelled out
         spec = PipelineSpec.from_dict(args, where=where)
+        if check_kind is not None:
+            check_kind(spec.kind, where)
         spec.text_encoder = text_encoder_spec or spec_of(text_encoder) or spec.text_encoder
         spec.autoencoder = autoencoder_spec or spec_of(autoencoder) or spec.autoencoder
-        flow = StarFlow(spec.model_config())
     else:
         from .spec import official_autoencoder_spec, official_text_spec
 
+        if check_kind is not None:
+            check_kind(official_kind(args), where)
         te_spec = text_encoder_spec or spec_of(text_encoder) or official_text_spec(args.get("text"))
         ae_spec = autoencoder_spec or spec_of(autoencoder) or official_autoencoder_spec(args.get("vae"))
         if text_encoder is None and te_spec is not None:
-            text_encoder = load_text_encoder_spec(te_spec, int(args.get("txt_size", 1)))
+            text_encoder = load_text_encoder_spec(te_spec, int(args.get("txt_size", 1)), dtype=torch_dtype)
         if autoencoder is None:
-            autoencoder = load_autoencoder_spec(ae_spec)
+            autoencoder = load_autoencoder_spec(ae_spec, dtype=torch_dtype)
         factor = int(getattr(autoencoder, "spatial_factor", 1)) if autoencoder is not None else 1
+        _check_components(args, where, weights, text_encoder, te_spec, factor, ae_spec)
         spec = spec_from_official(args, spatial_factor=factor, txt_dim=int(text_encoder.dim) if text_encoder else 0,
-                                  text_encoder=te_spec, autoencoder=ae_spec)
-        flow = StarFlow(spec.model_config())
-    if checkpoint is not None:
-        load_state_dict_strict(flow, read_state_dict(checkpoint) if isinstance(checkpoint, (str, Path))
-                               else checkpoint)
-    return spec, flow.eval(), text_encoder, autoencoder
+                                  text_encoder=te_spec, autoencoder=ae_spec,
+                                  shapes=weights.shapes if weights is not None else None)
+    cfg = spec.model_config()
+    if weights is None:
+        flow = StarFlow(cfg).to(device=device, dtype=torch_dtype).eval()
+    else:
+        flow = load_flow(cfg, weights, dtype=torch_dtype, device=device)
+    return spec, flow, text_encoder, autoencoder
 
+
+def _check_components(args: dict, where: str, weights, text_encoder, te_spec, factor: int, ae_spec) -> None:
+    """What an official checkpoint was trained with against the components given: errors that name them."""
+    trained = checkpoint_txt_dim(weights.shapes) if weights is not None else None
+    if trained is not None and text_encoder is not None and int(text_encoder.dim) != trained:
+        raise ConfigError(f"text encoder {te_spec} gives {text_encoder.dim}-dim embeddings, but the checkpoint "
+                          f"expects {trained}-dim ones (it was trained with {args.get('text') or 'another encoder'}): "
+                          f"give a text encoder of width {trained} (--text-encoder t5:/path/to/flan-t5-xl)")
+    vae = args.get("vae")
+    known = official_vae_factor(vae)
+    if vae not in (None, "") and known not in (None, 1) and factor != known:
+        raise ConfigError(f"autoencoder {ae_spec} has spatial factor {factor}, but {where} was trained behind "
+                          f"{vae} (factor {known}): the model would sample another latent grid than it was trained "
+                          f"on; give that autoencoder (--autoencoder sd-vae:/path or wan:/path)")

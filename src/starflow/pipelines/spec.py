@@ -15,12 +15,14 @@ from typing import Any, Mapping
 
 
 from ..config import ConfigError, ModelConfig, load_official_yaml, load_yaml
-from ..flow.io import atomic_write_text
+from ..data.buckets import aspect_ratio_to_image_size, parse_ratio
+from ..flow.io import atomic_write_text, model_config_for
 from ..sampling.options import SamplerOptions
 from ..strict import check_types, from_mapping
 
 __all__ = ["ASPECT_RATIOS", "aspect_ratio_to_size", "PipelineDefaults", "PipelineSpec", "read_spec",
-           "spec_from_official", "spec_from_training", "official_text_spec", "official_autoencoder_spec", "SPEC_FORMAT"]
+           "spec_from_official", "spec_from_training", "official_text_spec", "official_autoencoder_spec", "SPEC_FORMAT",
+           "OFFICIAL_SCRIPTS", "official_kind"]
 
 SPEC_FORMAT = "starflow-pipeline"
 SPEC_VERSION = 2
@@ -30,17 +32,22 @@ ASPECT_RATIOS = ("1:1", "2:3", "3:2", "16:9", "9:16", "4:5", "5:4", "21:9", "9:2
 
 
 def aspect_ratio_to_size(target: int, ratio: str | None, multiple: int) -> tuple[int, int]:
-    """(height, width) with the area of a target x target square, each side a multiple of `multiple`."""
-    if ratio is None:
-        return target, target
-    if ratio not in ASPECT_RATIOS:
+    """(height, width) with the area of a target x target square, each side a multiple of `multiple` (the
+    official rule, data.buckets). `ratio`: one of ASPECT_RATIOS (or None: the square)."""
+    if ratio is not None and ratio not in ASPECT_RATIOS:
         raise ValueError(f"unknown aspect ratio {ratio!r}; choose one of {', '.join(ASPECT_RATIOS)}")
-    rw, rh = (int(v) for v in ratio.split(":"))
-    r = rw / rh
-    area = target * target
-    h = int(round(math.sqrt(area / r) / multiple)) * multiple
-    w = int(round(math.sqrt(area * r) / multiple)) * multiple
-    return h, w
+    return aspect_ratio_to_image_size(target, ratio, multiple)
+
+
+# The official sampling scripts (scripts/test_sample_image.sh, scripts/test_sample_video.sh of apple/ml-starflow)
+# and sample.py's own defaults where the scripts give none: the settings the released checkpoints are sampled
+# with. sample.py's arguments override the training YAML's (its `cfg: 2.5` is the guidance of training-time
+# samples and never reaches sample.py), so these, not the YAML, are an official checkpoint's defaults.
+OFFICIAL_SCRIPTS = {
+    "image": dict(guidance=3.6, jacobi_block_size=16, jacobi_th=1e-3, jacobi_max_iter=32, aspect_ratio="1:1"),
+    "video": dict(guidance=3.5, jacobi_block_size=32, jacobi_th=1e-3, jacobi_max_iter=32, aspect_ratio="16:9",
+                  context_length=16),
+}
 
 
 @dataclass
@@ -52,8 +59,10 @@ class PipelineDefaults:
     denoise: str = "none"             # "score", "learned" or "none"
     fps_cond: bool = False            # official flags: what the prompt template carries
     cond_noise_level: bool = False
-    mix_aspect: bool = False
+    mix_aspect: bool = False          # the prompt carries the aspect ratio (official mix_aspect); "1:1" by default
     aspect_ratio: str | None = None   # default aspect ratio (None: square)
+    aspect_ratios: list[str] | None = None   # the aspect ratios the flow was trained on, at the area of its square
+                                      # (other sizes are refused); None: not recorded, any size
     num_frames: int | None = None     # videos: the trained length in pixel frames
     fps: int | None = None            # videos: frames per second written (and conditioned on with fps_cond)
 
@@ -63,8 +72,16 @@ class PipelineDefaults:
             raise ConfigError(f"defaults.denoise must be 'score', 'learned' or 'none', not {self.denoise!r}")
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
             raise ConfigError(f"defaults.noise_std must be a finite number >= 0, got {self.noise_std}")
-        if self.aspect_ratio is not None and self.aspect_ratio not in ASPECT_RATIOS:
-            raise ConfigError(f"defaults.aspect_ratio {self.aspect_ratio!r} is not one of {', '.join(ASPECT_RATIOS)}")
+        if self.aspect_ratio is not None and self.aspect_ratio not in (self.aspect_ratios or ASPECT_RATIOS):
+            raise ConfigError(f"defaults.aspect_ratio {self.aspect_ratio!r} is not one of "
+                              f"{', '.join(self.aspect_ratios or ASPECT_RATIOS)}")
+        for r in self.aspect_ratios or []:
+            try:
+                parse_ratio(r)
+            except ValueError as e:
+                raise ConfigError(f"defaults.aspect_ratios: {e}") from None
+        if self.aspect_ratios is not None and not self.aspect_ratios:
+            raise ConfigError("defaults.aspect_ratios is empty: list the trained aspect ratios, or leave it unset")
         for name in ("num_frames", "fps"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -95,11 +112,15 @@ class PipelineSpec:
     text_encoder: str | None = None            # spec for starflow.conditioning.load_text_encoder
     autoencoder: str | None = None             # spec for starflow.autoencoders.load_autoencoder
     defaults: PipelineDefaults = field(default_factory=PipelineDefaults)
+    spatial_factor: int | None = None          # pixels per latent of the autoencoder the flow was trained behind:
+                                               # another autoencoder must have the same (None: not recorded)
 
     def __post_init__(self):
         check_types(self)
         if self.kind not in ("image", "video"):
             raise ConfigError(f"pipeline kind must be 'image' or 'video', not {self.kind!r}")
+        if self.spatial_factor is not None and self.spatial_factor < 1:
+            raise ConfigError(f"spatial_factor must be >= 1 (or unset), got {self.spatial_factor}")
 
     def model_config(self) -> ModelConfig:
         if self.model is None:
@@ -128,7 +149,7 @@ class PipelineSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = {"format": SPEC_FORMAT, "version": SPEC_VERSION, "kind": self.kind, "text_encoder": self.text_encoder,
-             "autoencoder": self.autoencoder, "defaults": asdict(self.defaults)}
+             "autoencoder": self.autoencoder, "spatial_factor": self.spatial_factor, "defaults": asdict(self.defaults)}
         if self.model is not None:
             d["model"] = dict(self.model)
         return d
@@ -169,32 +190,34 @@ def official_autoencoder_spec(name: str | None) -> str:
     return autoencoder_spec_from_official(None if name is None else str(name))
 
 
-def spec_from_official(args: Mapping[str, Any] | str | Path, *, spatial_factor: int, txt_dim: int,
-                       text_encoder: str | None = None, autoencoder: str | None = None) -> PipelineSpec:
+def official_kind(args: Mapping[str, Any]) -> str:
+    """"video" for an official config with `vid_size`, else "image"."""
+    return "video" if args.get("vid_size") is not None else "image"
+
+
+def spec_from_official(args: Mapping[str, Any] | str | Path, *, spatial_factor: int | None, txt_dim: int | None,
+                       text_encoder: str | None = None, autoencoder: str | None = None,
+                       shapes: Mapping[str, tuple[int, ...]] | None = None) -> PipelineSpec:
     """Official argument set (or YAML path) -> PipelineSpec.
 
-    The official YAML gives `img_size` in pixels and no `txt_dim` (both come from the loaded
-    autoencoder and text encoder at run time), hence the two keyword arguments.
-    """
+    The model comes from `flow.io.model_config_for`, the one reading of an official config (img_size in pixels
+    divided by the autoencoder's `spatial_factor`; txt_dim from the checkpoint's `shapes` or the text
+    encoder's `txt_dim`). Generation defaults: the official sampling scripts' settings (OFFICIAL_SCRIPTS), the
+    training noise level and the prompt-template flags of the file, the trained length of a video model."""
     if isinstance(args, (str, Path)):
         args = load_official_yaml(args)
     args = dict(args)
     if "img_size" not in args:
         raise ConfigError("official config has no img_size")
-    px = int(args["img_size"])
-    if px % spatial_factor:
-        raise ConfigError(f"official img_size {px} is not a multiple of the autoencoder factor {spatial_factor}")
-    model = dict(args)
-    model["img_size"] = px // spatial_factor
-    model["txt_dim"] = txt_dim
     # rejects keys that are neither architecture nor official extras
-    cfg = ModelConfig.from_dict(model, official=True, where="official config")
+    cfg = model_config_for(args, shapes=shapes, spatial_factor=spatial_factor, txt_dim=txt_dim,
+                           where="official config")
     extra = cfg.extra
-    video = extra.get("vid_size") is not None
+    kind = official_kind(extra)
     num_frames = fps = None
-    if video:
+    if kind == "video":
         try:
-            num_frames, fps = (int(v) for v in str(extra["vid_size"]).split(":"))
+            num_frames, fps = (int(v) for v in str(extra["vid_size"]).split(":")[:2])
         except ValueError as e:
             raise ConfigError(f"official vid_size {extra['vid_size']!r} is not 'frames:fps'") from e
     noise_std = float(extra.get("target_noise_std") or extra.get("noise_std") or 0.0)
@@ -205,16 +228,21 @@ def spec_from_official(args: Mapping[str, Any] | str | Path, *, spatial_factor: 
         denoise = "score"
     else:  # a decoder fine-tuned on noisy latents removes the noise itself
         denoise = "none"
-    sampling = SamplerOptions(method="jacobi", guidance=float(extra.get("cfg", 0.0) or 0.0),
-                              jacobi_block_size=32 if video else 16, jacobi_th=1e-3, jacobi_max_iter=32)
+    script = dict(OFFICIAL_SCRIPTS[kind])
+    mix_aspect = bool(extra.get("mix_aspect", 0))
+    # without mix_aspect the official sampler ignores the aspect ratio: the trained square only
+    aspect_ratios = list(ASPECT_RATIOS) if mix_aspect else ["1:1"]
+    script_ratio = script.pop("aspect_ratio")
+    aspect_ratio = script_ratio if mix_aspect else None
     defaults = PipelineDefaults(
-        sampling=sampling, noise_std=noise_std, denoise=denoise,
+        sampling=SamplerOptions(method="jacobi", **script), noise_std=noise_std, denoise=denoise,
         fps_cond=bool(extra.get("fps_cond", 0)), cond_noise_level=bool(extra.get("cond_noise_level", 0)),
-        mix_aspect=bool(extra.get("mix_aspect", 0)), num_frames=num_frames, fps=fps)
-    return PipelineSpec(kind="video" if video else "image", model=cfg.to_dict(),
+        mix_aspect=mix_aspect, aspect_ratio=aspect_ratio, aspect_ratios=aspect_ratios, num_frames=num_frames, fps=fps)
+    factor = spatial_factor if spatial_factor is not None else (int(args["img_size"]) // cfg.img_size)
+    return PipelineSpec(kind=kind, model=cfg.to_dict(),
                         text_encoder=text_encoder if text_encoder is not None else official_text_spec(extra.get("text")),
                         autoencoder=autoencoder if autoencoder is not None else official_autoencoder_spec(extra.get("vae")),
-                        defaults=defaults)
+                        defaults=defaults, spatial_factor=factor)
 
 
 def spec_from_training(train: Mapping[str, Any], config: ModelConfig) -> PipelineSpec:
@@ -232,7 +260,9 @@ def spec_from_training(train: Mapping[str, Any], config: ModelConfig) -> Pipelin
     noise = float(data.get("noise_std") or max(data.get("noise_levels") or [0.0]))
     denoise = "learned" if config.learnable_self_denoiser else ("score" if noise > 0 else "none")
     guidance = float(log.get("sample_guidance", 0.0)) if text else 0.0
+    # trained on the square of data.image_size, or on the aspect buckets: other sizes are refused
     defaults = PipelineDefaults(sampling=SamplerOptions(guidance=guidance), noise_std=noise, denoise=denoise,
-                                num_frames=int(data.get("num_frames", 8)) if video else None)
+                                num_frames=int(data.get("num_frames", 8)) if video else None,
+                                aspect_ratios=list(data.get("aspect_ratios") or ["1:1"]))
     return PipelineSpec(kind="video" if video else "image", text_encoder=text,
                         autoencoder=data.get("autoencoder") or "identity", defaults=defaults)

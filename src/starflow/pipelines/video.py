@@ -123,7 +123,9 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
         """Generate videos; arguments as StarFlowPipeline, plus:
 
         num_frames: pixel frames (1 + temporal_factor * k); past the trained length the deep block samples
-        with a sliding window re-encoding `context_length` latent frames (default window - 1).
+        with a sliding window re-encoding `context_length` latent frames (official default 16). num_frames=1
+        makes an image, as the official `--target_length 1` does: image noise, the "An image:" prompt template
+        (fps 0) when the model was trained with fps conditioning; the output has one frame.
         fps: written to the files, and given to the prompt template when the flow was trained with fps_cond.
         image: first frame (file, PIL image, or (C, H, W) / (B, C, H, W) tensor in [-1, 1]): image-to-video.
         """
@@ -137,24 +139,32 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
             raise ValueError("give num_frames (this pipeline has no trained length stored)")
         fps = int(fps or d.fps or 8)
         T = self.latent_frames(num_frames)
+        still = num_frames == 1
         opts, denoise, aspect_ratio, H, W = self._call_setup(options, sampling, denoise, height, width, aspect_ratio)
         sf = self.spatial_factor
         n_total = len(prompts) * num_videos_per_prompt if prompts is not None else (num_videos or 1)
         if image is not None and T < 2:
             raise ValueError("image-to-video needs at least 2 latent frames to generate after the given one")
 
-        cond = self._cond_kwargs(fps, aspect_ratio)
+        cond = self._cond_kwargs(0 if still else fps, aspect_ratio)           # fps 0: "An image:"
         y, y_null = self._encode(prompts, negative_prompt, num_videos_per_prompt, opts.guidance, cond)
         g = self._generator(seed, generator)
-        z = torch.randn((n_total, T, self.latent_channels, H // sf, W // sf), generator=g)   # (N, T, C, h, w)
-        z = z.to(self.device, self.dtype)
+        frame_shape = (self.latent_channels, H // sf, W // sf)
+        z = torch.randn((n_total, *frame_shape) if still else (n_total, T, *frame_shape), generator=g)
+        z = z.to(self.device, self.dtype)                  # (N, c, h, w) for an image, else (N, T, c, h, w)
         prefix = self._first_frame(image, n_total, H, W, g) if image is not None else None
 
-        window = self._window(T, opts.method)
-        if window and opts.method == "jacobi":   # the sampler checks the context against the window
-            opts = opts.with_(attn_window=window, context_length=opts.context_length or window - 1)
-        x = self._run_batches(z, y, y_null, opts, batch_size=batch_size, progress=progress, output_type=output_type,
-                              denoise=lambda x, yb: self._denoise_video(x, yb, denoise, window), prefix=prefix)
+        if still:    # the model's image mode (its positions of an image, not of a one-frame video)
+            x = self._run_batches(z, y, y_null, opts, batch_size=batch_size, progress=progress,
+                                  output_type=output_type, denoise=lambda x, yb: self._denoise(x, yb, denoise))
+            x = x[:, None]
+        else:
+            window = self._window(T, opts.method)
+            if window and opts.method == "jacobi":   # the sampler checks the context against the window
+                opts = opts.with_(attn_window=window, context_length=opts.context_length or window - 1)
+            x = self._run_batches(z, y, y_null, opts, batch_size=batch_size, progress=progress,
+                                  output_type=output_type,
+                                  denoise=lambda x, yb: self._denoise_video(x, yb, denoise, window), prefix=prefix)
         if output_type == "latent":
             frames = x
         else:

@@ -70,13 +70,15 @@ def edit_noise(z: torch.Tensor, strength: float, generator: torch.Generator | No
     return moved if mask is None else torch.where(mask.to(torch.bool).expand_as(z), moved, z)
 
 
-def _determined_tokens(model: StarFlow, known: torch.Tensor, frames: int) -> torch.Tensor:
+def _determined_tokens(model: StarFlow, known: torch.Tensor, frames: int, gh: int, gw: int) -> torch.Tensor:
     """For tokens (N,) known in data space: which deep-block input tokens depend on known ones only.
 
     A block of order `identity` makes token t from tokens <= t, `flip` from tokens >= t, and
     `flip_in_frame` the same within each frame; a frame-local shallow block sees one frame."""
     det = known.clone()
-    for v in model.block_views(_shape(model, frames), sampling=True)[:-1]:
+    c = model.config
+    shape = (1, frames, gh, gw, c.token_channels) if frames > 1 or c.is_video_model else (1, gh, gw, c.token_channels)
+    for v in model.block_views(torch.Size(shape), sampling=True)[:-1]:
         if v.identity:
             continue
         seq = det.reshape(frames, -1) if v.local or v.block.order == "flip_in_frame" else det[None]
@@ -88,12 +90,6 @@ def _determined_tokens(model: StarFlow, known: torch.Tensor, frames: int) -> tor
     return det
 
 
-def _shape(model: StarFlow, frames: int) -> torch.Size:
-    c, g = model.config, model.config.grid_size
-    return torch.Size((1, frames, g, g, c.token_channels) if frames > 1 or c.is_video_model else
-                      (1, g, g, c.token_channels))
-
-
 def exact_prefix_tokens(model: StarFlow, mask: torch.Tensor) -> int | None:
     """How many leading tokens of the deep block's order are known, when the known region is exactly such a
     prefix and the shallow blocks carry it to the deep block on its own (so that sampling the rest given it
@@ -101,13 +97,15 @@ def exact_prefix_tokens(model: StarFlow, mask: torch.Tensor) -> int | None:
     c = model.config
     video = mask.dim() == 5
     frames = mask.size(1) if video else 1
+    p = c.patch_size
+    gh, gw = mask.size(-2) // p, mask.size(-1) // p
     m = mask.bool().any(dim=-3, keepdim=True)                     # any channel masked: the pixel is unknown
-    m = m.reshape(*m.shape[:-2], c.grid_size, c.patch_size, c.grid_size, c.patch_size).any(-1).any(-2)
+    m = m.reshape(*m.shape[:-2], gh, p, gw, p).any(-1).any(-2)
     unknown = m[0].reshape(-1)                                    # (frames * h * w,) tokens, raster order
     known = ~unknown
     if bool(known.all()) or not bool(known.any()):
         return None
-    det = _determined_tokens(model, known, frames)
+    det = _determined_tokens(model, known, frames, gh, gw)
     deep = model.blocks[-1]
     order = deep.permute(torch.arange(len(det))[None, :, None], frames)[0, :, 0]
     det_deep, known_deep = det[order], known[order]

@@ -6,6 +6,7 @@ overrides use dotted paths, values read as YAML: `optim.lr=1e-3 model.channels=6
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -229,7 +230,8 @@ class TrainConfig:
         if isinstance(optim, dict) and "bf16" in optim:
             raise ConfigError(f"{where + ': ' if where else ''}optim.bf16 is now optim.precision "
                               f"(fp32 | bf16 | auto)")
-        return from_mapping(cls, d, where)
+        from .official import apply_official_settings   # an official YAML's train.py settings, where unset
+        return from_mapping(cls, apply_official_settings(copy.deepcopy(d), where), where)
 
     @classmethod
     def from_saved(cls, d: dict[str, Any]) -> "TrainConfig":

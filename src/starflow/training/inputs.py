@@ -6,7 +6,6 @@ So a batch does not depend on the number of processes, nor on whether the run wa
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -172,12 +171,9 @@ def resolve_model_config(cfg: TrainConfig, item_shape: tuple[int, ...], cond: Co
         d.setdefault("txt_size", cond.txt_size)
         if int(d["txt_size"]) != cond.txt_size:
             raise ConfigError(f"model.txt_size={d['txt_size']} differs from data.txt_size={cond.txt_size}")
-    mc = ModelConfig.from_dict(d, official=official, where="model")
-    if mc.extra:  # the official file's training settings (lr, noise_std...) do not reach data / optim by themselves
-        warnings.warn(f"{path}: official settings that are not part of the model are not used: "
-                      f"{', '.join(f'{k}={v}' for k, v in sorted(mc.extra.items()))}; set the ones you want "
-                      f"under data / optim (e.g. data.noise_std, optim.lr)", UserWarning, stacklevel=2)
-    return mc
+    # the official file's training settings were mapped onto data / optim / log, or named as ignored, when the
+    # TrainConfig was read (training.official); here they are only kept in `extra`
+    return ModelConfig.from_dict(d, official=official, where="model")
 
 
 @dataclass
