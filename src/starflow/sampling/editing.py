@@ -151,13 +151,18 @@ def inpaint(model: StarFlow, x: torch.Tensor, mask: torch.Tensor, y: torch.Tenso
                              "order which the shallow blocks see on their own (e.g. a video's first frames); "
                              "use 'resample'")
     known = x
-    x = _paste(sample(model, draw(), y, y_null, opt), known, mask)   # a first guess for the hole
+    first_guess = sample(model, draw(), y, y_null, opt)
+    x = _paste(torch.nan_to_num(first_guess, nan=0.0, posinf=0.0, neginf=0.0), known, mask)   # a guess for the hole
     first, last = schedule
     for i in range(iterations):
         share = first if iterations == 1 else first + (last - first) * i / (iterations - 1)
         z = encode(model, x, y, y_null, opt.guidance)
         z = edit_noise(z, math.asin(min(share, 1.0)) * 2 / math.pi, generator, mask)
-        x = _paste(sample(model, z, y, y_null, opt), known, mask)
+        new = _paste(sample(model, z, y, y_null, opt), known, mask)
+        # an overflowed sample (NonFiniteSampleWarning) keeps the previous round's: the next round's
+        # likelihood pass could not take it, and the other items are unaffected
+        ok = torch.isfinite(new.flatten(1)).all(1).view(-1, *[1] * (x.dim() - 1))
+        x = torch.where(ok, new, x)
     return x
 
 
