@@ -26,7 +26,8 @@ from .model import StarFlow
 
 __all__ = ["CheckpointError", "load_state_dict_strict", "build_model", "read_state_dict", "load_official",
            "write_weights", "save_model", "load_model", "read_model_config", "write_model_files",
-           "load_conformance_file", "atomic_folder", "atomic_write_text", "MODEL_CONFIG_FILE", "MODEL_WEIGHTS_FILE"]
+           "load_conformance_file", "atomic_folder", "atomic_write_text", "clean_atomic_leftovers", "MODEL_CONFIG_FILE",
+           "MODEL_WEIGHTS_FILE"]
 
 MODEL_FORMAT = "starflow-model"
 MODEL_VERSION = 1
@@ -97,6 +98,36 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:       # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_atomic_leftovers(path: str | Path) -> None:
+    """Remove what a killed `atomic_folder(path)` / `atomic_write_text(path)` left beside `path`: its
+    `<name>.tmp-<pid>` copy (a whole model, for a folder) when that process is gone, and `<name>.old`, which
+    is put back when the kill came between the two renames (so `path` is never lost)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for p in path.parent.iterdir():
+        for prefix in (f"{path.name}.tmp-", f".{path.name}.tmp-"):
+            pid = p.name[len(prefix):]
+            if p.name.startswith(prefix) and pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    old = path.with_name(path.name + ".old")
+    if old.exists():
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, path)
+
+
 # ---- state dicts ----------------------------------------------------------------------------------
 def write_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
                   ) -> Path:
@@ -119,7 +150,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, pickle with code, truncated download...
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        raise CheckpointError(f"cannot read checkpoint {path}: {_read_failure(path, e)}") from e
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     elif isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
@@ -157,6 +188,20 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, torc
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"checkpoint entry {k} contains NaN or infinite values")
     model.load_state_dict(sd, strict=True)
+
+
+def _read_failure(path: Path, e: Exception) -> str:
+    """What is wrong with a weights file that did not load, in words (torch's own message can be empty or
+    '[Errno 22] Invalid argument' for a truncated file)."""
+    size = path.stat().st_size if path.exists() else 0
+    msg = " ".join(str(e).split())
+    if size == 0:
+        return "the file is empty (0 bytes): an interrupted download or copy"
+    if "weights_only" in msg or "Unsupported global" in msg or type(e).__name__ == "UnpicklingError":
+        return (f"it holds Python objects other than tensors, which are not loaded (a pickle can run code): "
+                f"{msg[:300]}")
+    return (f"not a complete {'safetensors' if path.suffix == '.safetensors' else 'PyTorch'} weights file "
+            f"({size} bytes; truncated or corrupt?): {msg[:300] or type(e).__name__}")
 
 
 # ---- model folders --------------------------------------------------------------------------------
@@ -238,7 +283,7 @@ def load_conformance_file(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
+        raise CheckpointError(f"cannot read {path}: {_read_failure(path, e)}") from e
     if not isinstance(data, dict) or "config" not in data or "state_dict" not in data:
         raise CheckpointError(f"{path}: expected a dict with 'config' and 'state_dict' (conformance format)")
     return data

@@ -51,12 +51,14 @@ def _base_datasets(data: DataConfig, multiple: int) -> tuple[QuantizedDataset, Q
                 if data.eval_split else None)
     elif data.dataset == "image_folder":
         train = ImageFolderDataset(data.path, data.image_size, data.channels, data.aspect_ratios, multiple,
-                                   require_captions=data.condition == "text", cache=data.cache)
+                                   require_captions=data.condition == "text", cache=data.cache,
+                                   skip_unreadable=data.skip_unreadable)
         held = None
     else:
         train = VideoFolderDataset(data.path, data.image_size, data.num_frames, data.frame_stride,
                                    channels=data.channels, aspect_ratios=data.aspect_ratios, multiple=multiple,
-                                   require_captions=data.condition == "text", cache=data.cache)
+                                   require_captions=data.condition == "text", cache=data.cache,
+                                   skip_unreadable=data.skip_unreadable)
         held = None
     return train, held
 
