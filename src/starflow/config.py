@@ -16,7 +16,8 @@ import yaml
 
 from .strict import ConfigError, check_types, from_mapping, unknown_keys
 
-__all__ = ["ModelConfig", "ConfigError", "load_official_yaml", "load_yaml", "MODEL_SIZES", "unknown_keys"]
+__all__ = ["ModelConfig", "ConfigError", "load_official_yaml", "load_yaml", "load_yaml_file", "MODEL_SIZES",
+           "unknown_keys"]
 
 
 # Keys of the official `arguments:` YAML / CLI that concern training, data or sampling rather than
@@ -227,12 +228,33 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_YamlLoader)
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what and where (line, column)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or ' '.join(str(e).split())}{where}"
+
+
+def load_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """A YAML file's content; a missing file, a folder, bytes that are not UTF-8 or text that is not YAML are
+    errors naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder: give a YAML file")
+    try:
+        return load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {yaml_problem(e)}") from None
+
+
 def load_official_yaml(path: str | Path) -> dict[str, Any]:
     """Read an official config file (`arguments:` list of one-key dicts) or a plain mapping."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file not found: {path}")
-    data = load_yaml(path.read_text())
+    data = load_yaml_file(path)
     if isinstance(data, dict) and "arguments" in data:
         out: dict[str, Any] = {}
         for item in data["arguments"]:

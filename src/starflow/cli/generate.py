@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..outputs import check_output_file, check_output_folder
+from .checks import check_device, positive_int
+
 
 def register(sub) -> None:
     img = sub.add_parser("generate", help="generate images from prompts (a grid when several)",
@@ -11,22 +14,24 @@ def register(sub) -> None:
                                      "one row per prompt.")
     _model_args(img)
     _sampling_args(img)
-    img.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt (default 1)")
+    img.add_argument("-n", "--num-images", type=positive_int, default=1, help="images per prompt (default 1)")
     img.add_argument("--out", type=Path, required=True, help="output image (.png, .jpg, ...)")
+    _overwrite_arg(img)
     img.set_defaults(func=run_generate)
 
     vid = sub.add_parser("generate-video", help="generate videos from prompts (and a first frame)",
                          description="Generate videos (MP4 or GIF); several videos are tiled into one.")
     _model_args(vid)
     _sampling_args(vid)
-    vid.add_argument("-n", "--num-videos", type=int, default=1, help="videos per prompt (default 1)")
-    vid.add_argument("--frames", type=int, default=None,
+    vid.add_argument("-n", "--num-videos", type=positive_int, default=1, help="videos per prompt (default 1)")
+    vid.add_argument("--frames", type=positive_int, default=None,
                      help="pixel frames (default: the trained length; longer ones use the sliding window)")
-    vid.add_argument("--fps", type=int, default=None, help="frames per second (default: the model's)")
+    vid.add_argument("--fps", type=positive_int, default=None, help="frames per second (default: the model's)")
     vid.add_argument("--image", type=Path, default=None, help="first frame: image-to-video")
-    vid.add_argument("--context-length", type=int, default=None,
+    vid.add_argument("--context-length", type=positive_int, default=None,
                      help="long videos: latent frames of context re-encoded per window (default window - 1)")
     vid.add_argument("--out", type=Path, required=True, help="output video (.mp4 or .gif)")
+    _overwrite_arg(vid)
     vid.set_defaults(func=run_generate_video)
 
     conv = sub.add_parser("convert", help="official config + .pth (or a trained run) -> our pipeline directory")
@@ -41,7 +46,14 @@ def register(sub) -> None:
     conv.add_argument("--copy-components", action="store_true",
                       help="copy local text encoder / autoencoder folders into the output")
     conv.add_argument("--out", type=Path, required=True, help="output pipeline directory")
+    _overwrite_arg(conv)
     conv.set_defaults(func=run_convert)
+
+
+def _overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it exists (without it an existing output is an error, checked before "
+                        "any work)")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -61,20 +73,20 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (default: model's)")
     p.add_argument("--sampler", dest="method", choices=["jacobi", "sequential"], default=None,
                    help="jacobi (parallel fixed-point iteration, default) or sequential (token by token, exact)")
-    p.add_argument("--jacobi-block-size", type=int, default=None)
+    p.add_argument("--jacobi-block-size", type=positive_int, default=None)
     p.add_argument("--jacobi-th", "--jacobi-threshold", dest="jacobi_th", type=float, default=None,
                    help="relative squared change that ends a Jacobi chunk (0: run every iteration)")
-    p.add_argument("--jacobi-max-iter", type=int, default=None)
+    p.add_argument("--jacobi-max-iter", type=positive_int, default=None)
     p.add_argument("--jacobi-draft", choices=["auto", "bf16", "none"], default=None,
                    help="bf16: solve each flow block in bfloat16 first, then accept every token by the full-precision "
                         "rule (faster on CPUs with AMX and on GPUs; same accuracy); auto: bf16 where that holds")
     p.add_argument("--denoise", choices=["score", "learned", "none"], default=None)
-    p.add_argument("--height", type=int, default=None, help="pixels")
-    p.add_argument("--width", type=int, default=None, help="pixels")
+    p.add_argument("--height", type=positive_int, default=None, help="pixels")
+    p.add_argument("--width", type=positive_int, default=None, help="pixels")
     p.add_argument("--aspect-ratio", default=None, help="1:1, 2:3, 3:2, 16:9, 9:16, 4:5, 5:4, 21:9 or 9:21")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0): the same seed gives the same output")
-    p.add_argument("--batch-size", type=int, default=None, help="samples per forward pass (default: all)")
-    p.add_argument("--scale", type=int, default=1, help="enlarge the written pictures (nearest) by this factor")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="samples per forward pass (default: all)")
+    p.add_argument("--scale", type=positive_int, default=1, help="enlarge the written pictures (nearest) by this factor")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -88,8 +100,7 @@ def _prompts(args) -> list[str]:
 
 
 def _device(name: str | None) -> str:
-    import torch
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    return check_device(name)
 
 
 def load_any_pipeline(args, kind: str):
@@ -127,10 +138,21 @@ def _check_out(path: Path, allowed: tuple[str, ...], what: str) -> None:
         raise ValueError(f"--out {path}: {what} are written as {', '.join(allowed)}")
 
 
+def _check_before_work(args, allowed: tuple[str, ...], what: str) -> None:
+    """What can be known wrong before a model is loaded: the output path, the sampler settings, the device."""
+    from ..sampling.options import SamplerOptions
+
+    _check_out(args.out, allowed, what)
+    check_output_file(args.out, args.overwrite)
+    kw = _call_kwargs(args)
+    SamplerOptions().with_(**{k: kw[k] for k in kw if k in SamplerOptions.__dataclass_fields__})
+    _device(args.device)
+
+
 def run_generate(args) -> int:
     from ..data.media import IMAGE_SUFFIXES, save_image_grid
 
-    _check_out(args.out, IMAGE_SUFFIXES, "images")
+    _check_before_work(args, IMAGE_SUFFIXES, "images")
     pipe = load_any_pipeline(args, "image")
     prompts = _prompts(args) or None
     out = pipe(prompts, num_images_per_prompt=args.num_images, num_images=args.num_images,
@@ -145,7 +167,7 @@ def run_generate(args) -> int:
 def run_generate_video(args) -> int:
     from ..data.media import VIDEO_SUFFIXES, save_video
 
-    _check_out(args.out, VIDEO_SUFFIXES, "videos")
+    _check_before_work(args, VIDEO_SUFFIXES, "videos")
     pipe = load_any_pipeline(args, "video")
     prompts = _prompts(args) or None
     kw = _call_kwargs(args)
@@ -162,7 +184,9 @@ def run_generate_video(args) -> int:
 
 def run_convert(args) -> int:
     from ..pipelines import BasePipeline
+    from ..pipelines.loading import PIPELINE_FILE
 
+    check_output_folder(args.out, args.overwrite, marker=PIPELINE_FILE)
     if args.trained is not None:
         if args.checkpoint is not None:
             raise ValueError("--checkpoint goes with --official-config, not --trained")

@@ -253,6 +253,8 @@ class BasePipeline:
         from ..sampling.sample import sample
 
         n = z.size(0)
+        if batch_size is not None and batch_size < 1:    # 0 is an error, not "all" (None is)
+            raise ValueError(f"batch_size must be >= 1 (or None: all at once), got {batch_size}")
         bs = batch_size or n
         starts = range(0, n, bs)
         opts = opts.with_(progress=progress and len(starts) == 1)
@@ -284,7 +286,8 @@ class BasePipeline:
             if aspect_ratio is not None:
                 raise ValueError("give either height/width or aspect_ratio, not both")
             target = self.config.img_size * self.spatial_factor
-            height, width = height or target, width or target
+            height = target if height is None else height       # 0 is an error below, not the default
+            width = target if width is None else width
             for name, v in (("height", height), ("width", width)):
                 if v <= 0 or v % multiple:
                     raise ValueError(f"{name} {v} must be a positive multiple of {multiple} "
