@@ -16,6 +16,18 @@ import yaml
 
 from .strict import ConfigError, check_types, from_mapping, unknown_keys
 
+# fields with a lower bound, checked alone (ModelConfig.validate, and partial model sections: check_field_ranges)
+_AT_LEAST_1 = ("channel_size", "img_size", "patch_size", "channels", "blocks", "head_dim")
+_AT_LEAST_0 = ("txt_size", "txt_dim", "temporal_causal")
+
+
+def check_field_ranges(values: Mapping[str, Any]) -> None:
+    """ConfigError for a model value below its field's bound (the fields present in `values`, typed)."""
+    for names, low in ((_AT_LEAST_1, 1), (_AT_LEAST_0, 0)):
+        for name in names:
+            if name in values and values[name] < low:
+                raise ConfigError(f"{name} must be >= {low}, got {values[name]}")
+
 __all__ = ["ModelConfig", "ConfigError", "load_official_yaml", "load_yaml", "load_yaml_file", "MODEL_SIZES",
            "unknown_keys"]
 
@@ -129,12 +141,7 @@ class ModelConfig:
         def bad(msg: str) -> None:
             raise ConfigError(msg)
 
-        for name in ("channel_size", "img_size", "patch_size", "channels", "blocks", "head_dim"):
-            if getattr(self, name) < 1:
-                bad(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("txt_size", "txt_dim", "temporal_causal"):
-            if getattr(self, name) < 0:
-                bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_field_ranges({name: getattr(self, name) for name in _AT_LEAST_1 + _AT_LEAST_0})
         for name in _OPTIONAL_INTS:
             v = getattr(self, name)
             if v is not None and v < 1:

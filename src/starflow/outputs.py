@@ -19,15 +19,23 @@ class OutputError(ValueError):
     """An output path that cannot or may not be written."""
 
 
-def check_writable_dir(folder: str | Path, what: str = "output folder") -> Path:
-    """Create `folder` (and its parents) when needed and prove that a file can be written in it."""
+def check_writable_dir(folder: str | Path, what: str = "output folder", create: bool = True) -> Path:
+    """Prove that files can be written in `folder`: created (with its parents) when `create`, else the nearest
+    folder that exists is probed (where the missing ones would be made), so that a failed check leaves nothing."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{what} {folder} is a file, not a folder")
+    probe_in = folder
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            while not probe_in.exists():
+                probe_in = probe_in.parent
+            if not probe_in.is_dir():
+                raise NotADirectoryError(20, f"{probe_in} is a file")
         # os.access says yes to root on a read-only mount: only writing a file tells
-        fd, probe = tempfile.mkstemp(prefix=".starflow-write-test-", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=".starflow-write-test-", dir=probe_in)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
@@ -43,7 +51,7 @@ def check_output_file(path: str | Path, overwrite: bool = False, flag: str = "--
                           f"{path / ('output' + (path.suffix or '.png'))}")
     if path.exists() and not overwrite:
         raise OutputError(f"{flag} {path} exists: pass --overwrite to replace it, or choose another name")
-    check_writable_dir(path.parent, f"the folder of {flag} {path}")
+    check_writable_dir(path.parent, f"the folder of {flag} {path}", create=False)
     return path
 
 
@@ -60,7 +68,7 @@ def check_output_folder(path: str | Path, overwrite: bool = False, marker: str |
                               f"whole; choose a new folder name")
         if not overwrite:
             raise OutputError(f"{flag} {path} exists: pass --overwrite to replace it, or choose another name")
-    check_writable_dir(path.parent, f"the folder of {flag} {path}")
+    check_writable_dir(path.parent, f"the folder of {flag} {path}", create=False)
     return path
 
 

@@ -33,7 +33,7 @@ def check_run_folder(cfg: TrainConfig) -> Path:
     """log.out_dir can be written, and holds no earlier run unless the config continues (resume) or replaces
     (overwrite) it. Read-only but for a probe file: every process of a launch may call it."""
     out = Path(cfg.log.out_dir)
-    check_writable_dir(out, "log.out_dir")
+    check_writable_dir(out, "log.out_dir", create=False)       # made by the trainer once its data loads
     ckpts = out / "checkpoints"
     earlier = (ckpts.is_dir() and any(p.name.startswith("ckpt-") for p in ckpts.iterdir())) or (out / "final").exists()
     if earlier and not (cfg.resume or cfg.overwrite):

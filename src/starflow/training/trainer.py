@@ -76,8 +76,6 @@ class Trainer:
             raise ConfigError(f"optim.batch_size {o.batch_size} must divide into grad_accum {o.grad_accum} x "
                               f"{ctx.world} processes")
         self.out = Path(cfg.log.out_dir)
-        if ctx.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
         dev = ctx.device
         self.ae = load_autoencoder_for(d, dev)
         patch = int(cfg.model.get("patch_size", 1))
@@ -111,6 +109,8 @@ class Trainer:
         self.den_opt = torch.optim.AdamW(self.den_params, lr=o.denoiser_lr, **kw) if self.has_denoiser else None
         self.ema = EMA(self.module, o.ema) if o.ema > 0 else None
         self.sampler = BatchSampler(len(self.train_set), o.batch_size, cfg.seed, self.train_set.bucket_ids())
+        if ctx.is_main:       # only now: a config or data error above leaves no folder behind
+            self.out.mkdir(parents=True, exist_ok=True)
         self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.log.keep_last)
         self.metrics = MetricsLog(self.out / "metrics.jsonl", ctx.is_main)
 
