@@ -206,12 +206,12 @@ class MetricsLog:
                 try:
                     while data:                 # a full disk may take part of the row, then refuse the rest
                         data = data[os.write(fd, data):]
-                except OSError:
+                except OSError as e:
                     try:
                         os.ftruncate(fd, start)     # no half row left behind (shrinking needs no space)
                     except OSError:
                         pass                        # a resume drops a torn last line anyway
-                    raise
+                    raise OSError(e.errno, e.strerror, str(self.path)) from e
             finally:
                 os.close(fd)
 
