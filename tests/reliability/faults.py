@@ -18,8 +18,6 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file
 
-from starflow.cli.main import main
-
 from ..training.conftest import tiny_overrides
 
 
@@ -36,6 +34,15 @@ def empty_config(folder: Path) -> Path:
     return path
 
 
+def fresh_std_streams() -> None:
+    """In a forked child: sys.stdout / sys.stderr as new file objects on the same descriptors (what pytest's
+    capfd reads), not the capture objects inherited from pytest, whose locks a child can find taken."""
+    import sys
+
+    sys.stdout = open(os.dup(1), "w", buffering=1)
+    sys.stderr = open(os.dup(2), "w", buffering=1)
+
+
 def in_child(body: Callable[[], int], kill_after: float | None = None) -> tuple[int | None, int | None]:
     """Run `body` in a forked child -> (exit code or None, signal number or None). kill_after: seconds after
     which the parent sends SIGKILL (a kill at a random moment), if the child is still running."""
@@ -43,6 +50,7 @@ def in_child(body: Callable[[], int], kill_after: float | None = None) -> tuple[
     if pid == 0:                                   # the child: never returns into pytest
         code = 99
         try:
+            fresh_std_streams()
             torch.set_num_threads(1)
             code = int(body() or 0)
         except BaseException:                      # noqa: BLE001 - report and leave with a code

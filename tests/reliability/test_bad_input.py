@@ -4,6 +4,7 @@ Each case must end with exit code 2 and one line naming the problem, no tracebac
 the output would have gone. `{...}` in an argument is a file or folder made once for the whole table."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -62,6 +63,14 @@ def world(tmp_path_factory, reference_run) -> dict[str, Path]:
                                      defaults=dict(noise_std=0.1, num_frames=3, fps=5)).save_pretrained(t / "vid")
     w["trunc_pipe"] = Path(shutil.copytree(w["img"], t / "trunc_pipe"))
     _truncate(w["trunc_pipe"] / "flow" / "model.safetensors")
+    v1 = t / "v1_pipe"                   # a version-1 folder: the model in pipeline.json, weights in flow.safetensors
+    v1.mkdir()
+    (v1 / "pipeline.json").write_text(json.dumps({
+        "format": "starflow-pipeline", "version": 1, "kind": "image", "text_encoder": "labels:10",
+        "autoencoder": "identity", "defaults": {"noise_std": 0.1}, "model": TINY}))
+    shutil.copy(w["img"] / "flow" / "model.safetensors", v1 / "flow.safetensors")
+    _truncate(v1 / "flow.safetensors")
+    w["v1_pipe"] = v1
     (t / "official.yaml").write_text(yaml.safe_dump({"arguments": OFFICIAL}))
     w["yaml"] = t / "official.yaml"
     torch.save(_flow(2).state_dict(), t / "good.pth")
@@ -115,6 +124,8 @@ CASES = [
     # broken or foreign model files
     ("truncated-pipeline-weights", ["generate", "1", "--model", "{trunc_pipe}", "--out", "{new}/a.png"],
      "model.safetensors: not a complete safetensors weights file"),
+    ("truncated-v1-flow-safetensors", ["generate", "1", "--model", "{v1_pipe}", "--out", "{new}/a.png"],
+     "flow.safetensors: not a complete safetensors weights file"),
     ("truncated-pth", OFF + ["{trunc_pth}"], "trunc.pth: not a complete PyTorch weights file"),
     ("empty-pth", OFF + ["{empty_pth}"], "empty.pth: the file is empty (0 bytes)"),
     ("malicious-pth", OFF + ["{evil_pth}"], "evil.pth: it holds Python objects other than tensors"),
@@ -127,6 +138,7 @@ CASES = [
     # devices
     ("device-bogus", GEN + ["--device", "bogus", "--out", "{new}/a.png"], "--device 'bogus' is not a device"),
     ("device-missing-gpu", GEN + ["--device", "cuda:99", "--out", "{new}/a.png"], "--device cuda:99"),
+    ("device-cuda-without-one", GEN + ["--device", "cuda", "--out", "{new}/a.png"], "--device cuda: "),
     # config files and training data
     ("config-is-a-folder", ["train", "--config", "{cfg_dir}", "--out", "{new}/run"], "is a folder: give a YAML file"),
     ("config-malformed", ["train", "--config", "{bad_yaml}", "--out", "{new}/run"],
@@ -210,6 +222,8 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(world, tmp_path, capsys, ca
     name, args, message = case
     if name == "device-missing-gpu" and torch.cuda.device_count() > 99:
         pytest.skip("this machine has a cuda:99")
+    if name == "device-cuda-without-one" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     new = tmp_path / "new"
     before = {p: p.stat().st_mtime_ns for p in world["tmp"].rglob("*") if p.is_file()}
     argv = _argv(args, world, new)

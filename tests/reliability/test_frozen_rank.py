@@ -13,6 +13,8 @@ from starflow.cli.main import main
 from starflow.training import loop
 from starflow.training.trainer import Trainer
 
+from .faults import fresh_std_streams
+
 
 def test_the_timeout_setting_reaches_the_process_group(train_cli, tmp_path, monkeypatch):
     seen = []
@@ -41,6 +43,7 @@ def test_a_frozen_process_stops_the_other_after_dist_timeout_s(train_cli, tmp_pa
         if pid == 0:
             code = 99
             try:
+                fresh_std_streams()
                 os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                                   MASTER_PORT=str(port))
                 if rank == 1:

@@ -112,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug or not (failure or isinstance(e, _user_errors())):
             raise                       # a bug: keep its traceback
         print(f"starflow {args.command}: {'failed' if failure else 'error'}: {describe(e)}", file=sys.stderr)
+        if type(e).__name__ == "ProcessGroupTimeout":
+            # the process group's threads still wait on the frozen process, and releasing the run's objects
+            # (this exception holds them) would wait with them, for ever: leave now, the checkpoint is on disk
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         return 1 if failure else 2
 
 

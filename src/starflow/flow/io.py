@@ -118,8 +118,13 @@ def clean_atomic_leftovers(path: str | Path) -> None:
     for p in path.parent.iterdir():
         for prefix in (f"{path.name}.tmp-", f".{path.name}.tmp-"):
             pid = p.name[len(prefix):]
-            if p.name.startswith(prefix) and pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            if not (p.name.startswith(prefix) and pid.isdigit()):
+                continue
+            if int(pid) == os.getpid() or not _pid_alive(int(pid)):
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
     old = path.with_name(path.name + ".old")
     if old.exists():
         if path.exists():

@@ -21,14 +21,12 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..data import BatchSampler
-from ..flow.io import CheckpointError
 from ..flow.likelihood import nll_from_terms
 from ..flow.model import StarFlow
 from ..sampling.sample import NonFiniteSampleWarning
 from .checkpoint import TRAINING_FILE, CheckpointManager, MetricsLog, strip_prefix
 from .config import TrainConfig
-from .distributed import (DistContext, full_model_state, full_optim_state, load_model_state, load_optim_state,
-                          no_sync, to_local_scalar, wrap_model)
+from .distributed import DistContext, full_model_state, full_optim_state, no_sync, to_local_scalar, wrap_model
 from .ema import EMA
 from .evaluate import heldout_bpd, sample_grid
 from .inputs import (Conditioner, InputPipeline, build_datasets, build_transform, load_autoencoder_for,
