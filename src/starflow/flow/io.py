@@ -198,6 +198,8 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, torc
 def _read_failure(path: Path, e: Exception) -> str:
     """What is wrong with a weights file that did not load, in words (torch's own message can be empty or
     '[Errno 22] Invalid argument' for a truncated file)."""
+    if path.is_dir():
+        return "it is a folder, not a weights file"
     size = path.stat().st_size if path.exists() else 0
     msg = " ".join(str(e).split())
     if size == 0:
