@@ -10,38 +10,6 @@ from starflow.cli.main import main
 from starflow.conditioning import load_text_encoder
 from starflow.pipelines import StarFlowPipeline, StarFlowVideoPipeline
 
-TINY = dict(channel_size=1, img_size=4, patch_size=1, channels=48, blocks=2, layers_per_block=[1, 1], head_dim=24,
-            rope=True, sos=True, txt_size=1, txt_dim=11, cond_top_only=True, use_softplus=True, use_final_norm=True, soft_clip=2.0,
-            seq_order="L2R")
-
-
-
-def tiny_flow(seed=0, **overrides):
-    flow = StarFlow(ModelConfig.from_dict({**TINY, **overrides}))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in flow.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return flow.eval()
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("img") / "pipe"
-    StarFlowPipeline(tiny_flow(), load_text_encoder("labels:10", 1), None, autoencoder_spec="identity",
-                     defaults=dict(noise_std=0.1, denoise="score", sampling=dict(guidance=1.0))).save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def video_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("vid") / "pipe"
-    StarFlowVideoPipeline(tiny_flow(1, temporal_causal=1, shallow_block_local=True), load_text_encoder("labels:10", 1),
-                          None, autoencoder_spec="identity",
-                          defaults=dict(noise_std=0.1, num_frames=3, fps=5, sampling=dict(guidance=1.0))).save_pretrained(d)
-    return d
-
-
 def run(*argv):
     return main([str(a) for a in argv])
 
@@ -97,8 +65,8 @@ def write_official(tmp_path, flow):
     return cfg, ckpt
 
 
-def test_official_files_and_convert(tmp_path):
-    cfg, ckpt = write_official(tmp_path, tiny_flow(2))
+def test_official_files_and_convert(tmp_path, make_tiny_flow):
+    cfg, ckpt = write_official(tmp_path, make_tiny_flow(2))
     direct = tmp_path / "direct.png"
     assert run("generate", "3", "--official-config", cfg, "--checkpoint", ckpt, "--text-encoder", "labels:10",
                "--out", direct, "--no-progress") == 0
@@ -128,9 +96,9 @@ def test_bad_input_is_a_clear_error(image_dir, video_dir, tmp_path, capsys, argv
     assert message in capsys.readouterr().err
 
 
-def test_trained_folder_generates_and_converts(tmp_path, write_legacy_export):
+def test_trained_folder_generates_and_converts(tmp_path, write_legacy_export, make_tiny_flow):
     from starflow.training import load_train_config
-    flow = tiny_flow(3)
+    flow = make_tiny_flow(3)
     tcfg = load_train_config(None, ["data.condition=labels", "data.noise_std=0.2", "optim.max_steps=1"])
     write_legacy_export(tmp_path / "final", flow, tcfg.to_dict())
     a, b = tmp_path / "a.png", tmp_path / "b.png"

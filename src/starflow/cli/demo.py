@@ -21,6 +21,7 @@ DIGITS_CONFIG = "digits_t2i.yaml"
 VIDEO_CONFIG = "moving_digits_t2v.yaml"
 VIDEO_PROMPTS = [(3, 1), (7, 3), (0, 0), (5, 2)]        # (digit, direction): right, down, left, up
 SCALE = 4                                                # 8x8 digits are tiny: enlarge the written files
+INPAINT_ITEMS, INPAINT_ITERATIONS, EDIT_STRENGTH = 0, 8, 0.8   # all 297 held-out digits
 # the small KL autoencoder of a latent-space moving-digits config (the commands in its comments train the same)
 VIDEO_AE = dict(steps=600, batch_size=128, latent_channels=8, hidden_channels=(32, 64, 64))
 
@@ -129,6 +130,30 @@ def digits_part(pipe, tc, out_dir: Path, samples_per_prompt: int, seed: int):
     return acc, path
 
 
+def editing_part(pipe, tc, out_dir: Path, seed: int):
+    """Inpainting and editing of the held-out digits (evaluation.inpainting): figures and two pictures."""
+    import torch
+
+    from ..data.media import save_image_grid
+    from ..evaluation.inpainting import evaluate_inpainting
+
+    f = evaluate_inpainting(pipe, items=INPAINT_ITEMS, seed=seed, iterations=INPAINT_ITERATIONS,
+                            edit_strength=EDIT_STRENGTH, dequantized=tc.data.dequantize, progress=False)
+    shown = 10                                                       # pairs per picture: 10 rows of 2 x 3 tasks
+    rows = torch.cat([f.pictures[k][:2 * shown] for k in ("lower", "box", "other")])
+    inpaint = save_image_grid(_interleave(rows, shown), out_dir / "inpaint.png", nrow=6, scale=SCALE)
+    edit = save_image_grid(f.pictures["edit"][:4 * shown], out_dir / "edit.png", nrow=8, scale=SCALE)
+    return f, [inpaint, edit]
+
+
+def _interleave(rows, shown: int):
+    """Three tasks' (input, output) pairs side by side, one item per row: (3 * 2 * shown, ...) -> rows of 6."""
+    import torch
+
+    tasks = rows.reshape(3, shown, 2, *rows.shape[1:])                   # task, item, (input, output)
+    return torch.cat([tasks[:, i].flatten(0, 1) for i in range(shown)])
+
+
 def video_part(pipe, tc, out_dir: Path, seed: int) -> list[Path]:
     import torch
 
@@ -183,7 +208,10 @@ def run(args) -> int:
 
     print("sampling digits ...", flush=True)
     image_pipe = StarFlowPipeline.from_pretrained(img_dir, device=device)
-    acc, grid_path = digits_part(image_pipe, read_train_config(img_dir), args.out, args.samples_per_prompt, args.seed)
+    img_tc = read_train_config(img_dir)
+    acc, grid_path = digits_part(image_pipe, img_tc, args.out, args.samples_per_prompt, args.seed)
+    print("inpainting and editing held-out digits ...", flush=True)
+    edits, edit_paths = editing_part(image_pipe, img_tc, args.out, args.seed)
     print("sampling moving digits ...", flush=True)
     video_pipe = StarFlowVideoPipeline.from_pretrained(vid_dir, device=device)
     videos = video_part(video_pipe, read_train_config(vid_dir), args.out, args.seed)
@@ -197,7 +225,16 @@ def run(args) -> int:
     print(f"  ({acc.num_samples} digits, {args.samples_per_prompt} per prompt; per digit "
           + " ".join(f"{d}:{a:.2f}" for d, a in acc.per_digit.items()) + ")")
     print(f"classifier test accuracy: {acc.classifier_test_accuracy:.3f} (SVM on the held-out digits split)")
+    e = edits
+    print(f"inpainting ({e.items} held-out digits, classifier reads the prompted digit): lower half "
+          f"{e.lower_right:.2f}, random 4x4 box {e.box_right:.2f}, lower half under another digit's prompt "
+          f"{e.lower_other:.2f} ({e.lower_other_items} digits whose upper half allows one); known pixels changed "
+          f"by at most {e.known_max_change:.1e}")
+    print(f"editing to another digit's prompt (strength {e.edit_strength}): {e.edit_target:.2f}; unchanged prompt "
+          f"at strength 0 gives the input back to {e.edit_identity_max_err:.1e}")
     print(f"wrote {grid_path}")
+    for p in edit_paths:
+        print(f"wrote {p}")
     for v in videos:
         print(f"wrote {v}")
     print(f"trained models cached in {cache}; demo took {time.time() - t0:.0f}s")

@@ -103,11 +103,12 @@ def _device(name: str | None) -> str:
     return check_device(name)
 
 
-def load_any_pipeline(args, kind: str):
-    """--model DIR (pipeline or trained folder) or --official-config + --checkpoint -> pipeline of `kind`."""
-    from ..pipelines import StarFlowPipeline, StarFlowVideoPipeline
+def load_any_pipeline(args, kind: str | None):
+    """--model DIR (pipeline or trained folder) or --official-config + --checkpoint -> pipeline of `kind`
+    ("image", "video", or None: whichever the files hold)."""
+    from ..pipelines import BasePipeline, StarFlowPipeline, StarFlowVideoPipeline
 
-    cls = StarFlowVideoPipeline if kind == "video" else StarFlowPipeline
+    cls = {"video": StarFlowVideoPipeline, "image": StarFlowPipeline}.get(kind, BasePipeline)
     official = args.official_config is not None or args.checkpoint is not None
     if (args.model is None) == (not official):
         raise ValueError("give either --model DIR or --official-config X.yaml --checkpoint Y.pth")

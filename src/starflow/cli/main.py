@@ -20,8 +20,10 @@ COMMAND_MODULES = [
     "starflow.cli.train",         # train, bench-train
     "starflow.cli.autoencoder",   # train-autoencoder, finetune-decoder
     "starflow.cli.generate",      # generate, generate-video, convert
+    "starflow.cli.edit",          # inpaint, edit
     "starflow.cli.demo",          # demo
     "starflow.cli.evaluate",      # evaluate
+    "starflow.cli.serve",         # serve
 ]
 
 DEBUG_HELP = "show the traceback of an error instead of one line (also STARFLOW_DEBUG=1)"

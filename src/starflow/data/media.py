@@ -17,7 +17,7 @@ from PIL import Image
 from ..outputs import atomic_file
 
 __all__ = ["to_uint8", "make_grid", "video_grid", "save_image", "save_image_grid", "save_video", "load_image",
-           "eight_bit", "VIDEO_SUFFIXES", "IMAGE_SUFFIXES"]
+           "load_video", "eight_bit", "VIDEO_SUFFIXES", "IMAGE_SUFFIXES"]
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -181,3 +181,20 @@ def load_image(image: str | Path | Image.Image) -> Image.Image:
         return eight_bit(img)
     except Exception as e:  # truncated or not an image
         raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def load_video(path: str | Path) -> np.ndarray:
+    """A GIF / MP4 (any format imageio reads) -> uint8 frames (T, H, W, C), C 1 (grey) or 3."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"video not found: {path}")
+    plugin = "pillow" if path.suffix.lower() == ".gif" else "pyav"
+    try:
+        frames = [np.asarray(f) for f in iio.imiter(path, plugin=plugin)]
+    except Exception as e:   # not a video, truncated, unknown codec
+        raise ValueError(f"cannot read video {path}: {e}") from e
+    if not frames:
+        raise ValueError(f"cannot read video {path}: it has no frames")
+    return np.stack([f[..., None] if f.ndim == 2 else f[..., :3] for f in frames])

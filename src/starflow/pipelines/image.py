@@ -8,6 +8,7 @@ import torch
 
 from ..sampling.options import SamplerOptions
 from .base import BasePipeline
+from .editing import EditingMixin
 from ..data.media import to_uint8
 
 __all__ = ["StarFlowPipeline", "ImagePipelineOutput", "convert_images"]
@@ -37,7 +38,7 @@ def convert_images(x: torch.Tensor, output_type: str):
     return [Image.fromarray(a[..., 0], "L") if a.shape[-1] == 1 else Image.fromarray(a, "RGB") for a in u8]
 
 
-class StarFlowPipeline(BasePipeline):
+class StarFlowPipeline(EditingMixin, BasePipeline):
     """Images from prompts with a STARFlow model.
 
     >>> pipe = StarFlowPipeline.from_pretrained("runs/digits_pipeline")

@@ -9,6 +9,7 @@ import torch
 
 from ..sampling.options import SamplerOptions
 from .base import BasePipeline
+from .editing import EditingMixin
 from .image import convert_images
 
 __all__ = ["StarFlowVideoPipeline", "VideoPipelineOutput"]
@@ -22,7 +23,7 @@ class VideoPipelineOutput:
     fps: int
 
 
-class StarFlowVideoPipeline(BasePipeline):
+class StarFlowVideoPipeline(EditingMixin, BasePipeline):
     """Videos from prompts (and optionally a first frame) with a STARFlow-V model."""
 
     kind = "video"

@@ -37,11 +37,12 @@ class BlockInverse:
 
     `view` (StarFlow.block_views) gives the block, its text ([y; y_null] when guided), positions, frames
     and guidance weight; guidance doubles the batch and both halves follow the guided parameters.
-    `prefix` (B, P, C), raster order, are known first tokens (image-to-video): pushed into the cache and kept.
+    `prefix` (B, P, C) are known first tokens, in raster order (whole frames: image-to-video), or already in
+    the block's order (`prefix_in_block_order`, any count): pushed into the cache and kept.
     """
 
     def __init__(self, view: BlockView, z: torch.Tensor, prefix: torch.Tensor | None = None,
-                 window_frames: int | None = None):
+                 window_frames: int | None = None, prefix_in_block_order: bool = False):
         block = self.block = view.block
         self.frames, self.guidance, self.rope, self.text = view.frames, view.guidance, view.rope, view.text
         zp = block.permute(upcast(z), self.frames)                      # (B, N, C) block order
@@ -63,10 +64,13 @@ class BlockInverse:
         self.start = 0
         self.initialised = False                                        # x_full holds a draft (start_from)
         if prefix is not None:
-            if block.order == "flip":
-                raise ValueError("a prefix needs a block order that keeps frames in time order (temporal_causal)")
             P = prefix.size(1)
-            pp = block.permute(prefix.to(zp.dtype), P // self.frame_tokens)
+            if prefix_in_block_order:
+                pp = prefix.to(zp.dtype)
+            elif block.order == "flip":
+                raise ValueError("a prefix needs a block order that keeps frames in time order (temporal_causal)")
+            else:
+                pp = block.permute(prefix.to(zp.dtype), P // self.frame_tokens)
             if self.guidance > 0:
                 pp = torch.cat([pp, pp])
             self.x_full[:, self.off:self.off + P] = pp
