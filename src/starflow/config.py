@@ -16,8 +16,21 @@ import yaml
 
 from .strict import ConfigError, check_types, from_mapping, unknown_keys
 
-__all__ = ["ModelConfig", "ConfigError", "load_official_yaml", "load_yaml", "MODEL_SIZES", "unknown_keys",
-           "official_vae_factor"]
+# fields with a lower bound, checked alone (ModelConfig.validate, and partial model sections: check_field_ranges)
+_AT_LEAST_1 = ("channel_size", "img_size", "patch_size", "channels", "blocks", "head_dim")
+_AT_LEAST_0 = ("txt_size", "txt_dim", "temporal_causal")
+
+
+def check_field_ranges(values: Mapping[str, Any]) -> None:
+    """ConfigError for a model value below its field's bound (the fields present in `values`, typed)."""
+    for names, low in ((_AT_LEAST_1, 1), (_AT_LEAST_0, 0)):
+        for name in names:
+            if name in values and values[name] < low:
+                raise ConfigError(f"{name} must be >= {low}, got {values[name]}")
+
+
+__all__ = ["ModelConfig", "ConfigError", "load_official_yaml", "load_yaml", "load_yaml_file", "MODEL_SIZES",
+           "unknown_keys", "official_vae_factor"]
 
 
 # Keys of the official `arguments:` YAML / CLI that concern training, data or sampling rather than
@@ -163,12 +176,7 @@ class ModelConfig:
         def bad(msg: str) -> None:
             raise ConfigError(msg)
 
-        for name in ("channel_size", "img_size", "patch_size", "channels", "blocks", "head_dim"):
-            if getattr(self, name) < 1:
-                bad(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("txt_size", "txt_dim", "temporal_causal"):
-            if getattr(self, name) < 0:
-                bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_field_ranges({name: getattr(self, name) for name in _AT_LEAST_1 + _AT_LEAST_0})
         for name in _OPTIONAL_INTS:
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -262,12 +270,33 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_YamlLoader)
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what and where (line, column)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or ' '.join(str(e).split())}{where}"
+
+
+def load_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """A YAML file's content; a missing file, a folder, bytes that are not UTF-8 or text that is not YAML are
+    errors naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder: give a YAML file")
+    try:
+        return load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {yaml_problem(e)}") from None
+
+
 def load_official_yaml(path: str | Path) -> dict[str, Any]:
     """Read an official config file (`arguments:` list of one-key dicts) or a plain mapping."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file not found: {path}")
-    data = load_yaml(path.read_text())
+    data = load_yaml_file(path)
     if isinstance(data, dict) and "arguments" in data:
         out: dict[str, Any] = {}
         for item in data["arguments"]:

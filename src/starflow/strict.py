@@ -17,7 +17,7 @@ import types
 import typing
 from typing import Any, Mapping
 
-__all__ = ["ConfigError", "from_mapping", "check_types", "unknown_keys"]
+__all__ = ["ConfigError", "from_mapping", "check_types", "unknown_keys", "read_fields"]
 
 
 class ConfigError(ValueError):
@@ -129,6 +129,13 @@ def from_mapping(cls, data: Mapping[str, Any] | None, where: str = "config", *, 
         if where and not str(e).startswith(where):
             raise ConfigError(f"{where}: {e}") from None
         raise
+
+
+def read_fields(cls, data: Mapping[str, Any], where: str = "config", *, official: bool = False) -> dict[str, Any]:
+    """The values of `data` whose keys are fields of dataclass `cls`, each read as its field's type (as
+    from_mapping does), without building an instance: for partial mappings completed later."""
+    hints = _hints(cls)
+    return {k: _read(v, hints[k], f"{where}.{k}", official) for k, v in data.items() if k in hints}
 
 
 def check_types(obj) -> None:

@@ -45,5 +45,5 @@ def test_train_on_moving_digit_frames(tmp_path, capsys):
 def test_missing_weights_is_a_clear_cli_error(tmp_path, capsys):
     rc = main(["finetune-decoder", "--autoencoder", "sd-vae:starflow-tests/no-such-vae", "--out", str(tmp_path),
                "--steps", "1", "--no-progress"])
-    assert rc == 1
+    assert rc == 2
     assert "hf download starflow-tests/no-such-vae" in capsys.readouterr().err

@@ -63,9 +63,9 @@ def test_demo_trains_caches_and_writes(tmp_path, capsys):
 
 
 def test_demo_needs_enough_samples_and_its_configs(tmp_path, capsys):
-    assert main(["demo", "--samples-per-prompt", "5", "--configs", str(tmp_path)]) == 1
+    assert main(["demo", "--samples-per-prompt", "5", "--configs", str(tmp_path)]) == 2
     assert "must be >= 20" in capsys.readouterr().err
-    assert main(["demo", "--configs", str(tmp_path)]) == 1
+    assert main(["demo", "--configs", str(tmp_path)]) == 2
     assert "digits_t2i.yaml" in capsys.readouterr().err
 
 

@@ -95,7 +95,7 @@ def test_fid_kid_and_prompt_accuracy_record_their_settings_and_resume(trained_di
     assert again["kid"]["kid_mean"] == pytest.approx(kid["kid_mean"], abs=1e-12)
     # other settings in the same folder are refused, not mixed in
     rc, _, err = _evaluate(capsys, *[a if a != 1.5 else 2.5 for a in args])
-    assert rc == 1 and "other settings" in err and "guidance" in err
+    assert rc == 2 and "other settings" in err and "guidance" in err
 
 
 def test_missing_inception_is_a_clear_error_before_any_sampling(trained_digits, tmp_path, capsys, monkeypatch):
@@ -104,7 +104,7 @@ def test_missing_inception_is_a_clear_error_before_any_sampling(trained_digits, 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     rc, _, err = _evaluate(capsys, "fid", "--model", trained_digits[0], "--num-samples", 4,
                            "--out", tmp_path / "r.json")
-    assert rc == 1
+    assert rc == 2
     assert INCEPTION_FILE in err and INCEPTION_URL in err and "--inception" in err and "Traceback" not in err
     assert not (tmp_path / "r.work" / "samples").exists()
 
@@ -112,11 +112,11 @@ def test_missing_inception_is_a_clear_error_before_any_sampling(trained_digits, 
 def test_bad_requests_are_clear_errors(trained_digits, tmp_path, capsys):
     folder, _ = trained_digits
     rc, _, err = _evaluate(capsys, "clip-score", "--model", folder, "--clip", tmp_path, "--out", tmp_path / "r.json")
-    assert rc == 1 and "text prompts" in err
+    assert rc == 2 and "text prompts" in err
     rc, _, err = _evaluate(capsys, "bpd", "--model", folder, "--data-set", "imagesize=4", "--out", tmp_path / "r.json")
-    assert rc == 1 and "imagesize" in err
+    assert rc == 2 and "imagesize" in err
     rc, _, err = _evaluate(capsys, "bpd", "--out", tmp_path / "r.json")
-    assert rc == 1 and "--model" in err
+    assert rc == 2 and "--model" in err
 
 
 def test_video_model_bpd_equals_its_training_figure_and_the_rest_is_refused_clearly(tmp_path, capsys):
@@ -136,9 +136,9 @@ def test_video_model_bpd_equals_its_training_figure_and_the_rest_is_refused_clea
     assert r["items"] == 2 and r["bpd"] == pytest.approx(result.test_bpd, abs=1e-6)   # 16 // 8 held-out videos
     assert r["protocol"]["noise"]["sigma"] == 0.1
     rc, _, err = _evaluate(capsys, "prompt-accuracy", "--model", result.checkpoint_dir, "--out", tmp_path / "p.json")
-    assert rc == 1 and "issue 12" in err
+    assert rc == 2 and "issue 12" in err
     rc, _, err = _evaluate(capsys, "fid", "--model", result.checkpoint_dir, "--out", tmp_path / "f.json")
-    assert rc == 1 and "image model" in err
+    assert rc == 2 and "image model" in err
 
 
 def test_latent_model_reports_bits_per_latent_dimension_equal_to_training(tmp_path, capsys):

@@ -86,13 +86,13 @@ def test_official_files_and_convert(tmp_path, make_tiny_flow):
     (["generate", "1", "--model", "{img}", "--aspect-ratio", "7:5", "--out", "{tmp}/a.png"], "unknown aspect ratio"),
     (["generate", "1", "--model", "{vid}", "--out", "{tmp}/a.png"], "holds a video model: use `starflow generate-video`"),
     (["generate-video", "1", "--model", "{vid}", "--out", "{tmp}/a.png"], "videos are written as"),
-    (["generate-video", "1", "--model", "{vid}", "--frames", "0", "--out", "{tmp}/a.gif"], "num_frames must be"),
+    (["generate-video", "1", "--model", "{vid}", "--frames", "0", "--out", "{tmp}/a.gif"], "--frames: must be >= 1"),
     (["generate", "1", "--model", "{tmp}/missing", "--out", "{tmp}/a.png"], "missing: no such directory"),
     (["generate", "1", "--model", "{tmp}", "--out", "{tmp}/a.png"], "not a pipeline directory"),
 ])
 def test_bad_input_is_a_clear_error(image_dir, video_dir, tmp_path, capsys, argv, message):
     argv = [a.format(img=image_dir, vid=video_dir, tmp=tmp_path) for a in argv]
-    assert main(argv + ["--no-progress"]) == 1
+    assert main(argv + ["--no-progress"]) == 2
     assert message in capsys.readouterr().err
 
 

@@ -74,7 +74,7 @@ def test_command_line_errors_name_the_command(official, tmp_path, capsys, argv, 
     full = []
     for a in argv:
         full += _args(official, a[1:-1]) if a in ("{image}", "{video}") else [a.format(tmp=tmp_path)]
-    assert main(full + ["--no-progress"]) == 1
+    assert main(full + ["--no-progress"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Pipeline" not in err and "Traceback" not in err
 
@@ -84,7 +84,7 @@ def test_narrow_text_encoder_is_named(official, tmp_path, capsys):
     cfg, ckpt, *_ = official["image"]
     assert main(["generate", "x", "--official-config", str(cfg), "--checkpoint", str(ckpt), "--text-encoder",
                  f"t5:{narrow}", "--autoencoder", f"sd-vae:{official['sd']}", "--out", str(tmp_path / "a.png"),
-                 "--no-progress"]) == 1
+                 "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"text encoder t5:{narrow} gives 16-dim embeddings, but the checkpoint expects 32-dim ones" in err
 

@@ -41,7 +41,7 @@ def _free_port() -> int:
 ])
 def test_bad_arguments_are_one_line(argv, message, model_dir, tmp_path, capsys):
     argv = [str(tmp_path / "missing") if a == "MISSING" else str(model_dir) if a == "MODEL" else a for a in argv]
-    assert main(["serve", *argv]) == 1
+    assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.startswith("starflow serve: error:")
 
@@ -51,7 +51,7 @@ def test_a_port_in_use_says_so(model_dir, capsys):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert main(["serve", "--model", str(model_dir), "--port", str(port)]) == 1
+        assert main(["serve", "--model", str(model_dir), "--port", str(port)]) == 2
     assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
 
 

@@ -80,3 +80,80 @@ def test_video_folder_gif_and_mp4(tmp_path):
     with pytest.warns(UserWarning, match="repeating its last frame"):
         long = VideoFolderDataset(tmp_path, image_size=8, num_frames=10, channels=1).load(0)
     assert long.shape[0] == 10 and torch.equal(long[-1], long[-2])
+
+
+# ---- issue 14: depth, unreadable files, caption encodings ------------------------------------------------------
+def _png16(path, a):
+    """A 16-bit PNG written byte by byte (Pillow cannot write 16-bit colour): a is uint16 (H, W, 1 or 3)."""
+    import struct
+    import zlib
+
+    h, w, c = a.shape
+    raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    header = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 3: 2}[c], 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) +
+                     chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16_bit_pngs_are_scaled_to_8_bits_not_clipped(tmp_path, channels):
+    a = (np.arange(64, dtype=np.uint16).reshape(8, 8, 1) * 1000 + 500)        # 500 .. 63500, mean 32000
+    _png16(tmp_path / "grey.png", a)
+    _png16(tmp_path / "rgb.png", np.concatenate([a, a // 2, a // 3], -1))
+    ds = ImageFolderDataset(tmp_path, image_size=8, channels=channels, require_captions=False)
+    expected = np.round(a[..., 0] / 257)                                      # v * 255 / 65535
+    for i, name in enumerate(p.name for p in ds.files):
+        x = ds.load(i).numpy().astype(float)
+        assert x.shape == (channels, 8, 8)
+        if name == "grey.png":     # Pillow's convert clipped these to 255 (mean 254 of 255)
+            assert np.abs(x - expected).max() <= 1 and abs(x.mean() - 32000 / 257) < 1
+        elif channels == 3:        # Pillow reads 16-bit colour by its high byte: within one level
+            assert np.abs(x[0] - expected).max() <= 1 and np.abs(x[1] - np.round(a[..., 0] // 2 / 257)).max() <= 1
+
+
+def test_a_16_bit_first_frame_is_scaled_too(tmp_path):
+    from starflow.data.media import load_image
+
+    _png16(tmp_path / "g.png", np.full((4, 4, 1), 65535 // 2, np.uint16))
+    img = load_image(tmp_path / "g.png")
+    assert img.mode == "L" and np.asarray(img).max() == 127          # 32767 * 255 / 65535 = 127.5-; clipped: 255
+
+
+def _broken(path):
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a picture")
+
+
+def test_an_unreadable_image_is_a_clear_error_or_skipped_and_counted(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        _img(tmp_path / name, 16, 16)
+    _broken(tmp_path / "bad.png")
+    ds = ImageFolderDataset(tmp_path, image_size=8, require_captions=False, cache=False)
+    i = [p.name for p in ds.files].index("bad.png")
+    with pytest.raises(ValueError, match=r"cannot read .*bad.png.*data.skip_unreadable=true"):
+        ds.load(i)
+    # with aspect-ratio buckets every header is read while the folder is scanned: the same error, naming the file
+    with pytest.raises(ValueError, match=r"cannot read .*bad.png"):
+        ImageFolderDataset(tmp_path, image_size=8, aspect_ratios=["1:1", "2:1"], require_captions=False)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file\(s\) of 4 .*bad.png"):
+        ds = ImageFolderDataset(tmp_path, image_size=8, aspect_ratios=["1:1", "2:1"], require_captions=False,
+                                skip_unreadable=True)
+    assert [p.name for p in ds.files] == ["a.png", "b.png", "c.png"] and len(ds.skipped) == 1
+    assert ds.get_batch(torch.arange(3)).values.shape == (3, 3, 8, 8)
+    for name in ("a.png", "b.png", "c.png"):
+        _broken(tmp_path / name)
+    with pytest.raises(ValueError, match="none of the 4 image files"), pytest.warns(UserWarning):
+        ImageFolderDataset(tmp_path, image_size=8, require_captions=False, skip_unreadable=True)
+
+
+def test_a_caption_file_that_is_not_utf8_is_named(tmp_path):
+    _img(tmp_path / "x.png", 16, 16)
+    (tmp_path / "x.txt").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"x.txt is not UTF-8 text"):
+        ImageFolderDataset(tmp_path, image_size=8)
+    (tmp_path / "x.txt").unlink()
+    (tmp_path / "captions.csv").write_bytes("file,caption\nx.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"captions.csv is not UTF-8 text"):
+        ImageFolderDataset(tmp_path, image_size=8)

@@ -57,6 +57,8 @@ def run_train(args) -> int:
         hidden = [int(c) for c in args.hidden_channels.split(",") if c.strip()]
     except ValueError:
         raise ValueError(f"--hidden-channels must be comma-separated ints, got {args.hidden_channels!r}") from None
+    from .checks import check_device
+    check_device(args.device)
     images = (moving_digit_frames(args.canvas, args.num_frames, args.num_videos) if args.data == "moving_digits"
               else None)
     out = train_small_autoencoder(args.out, steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
@@ -108,7 +110,8 @@ def run_finetune(args) -> int:
     from ..autoencoders import LPIPS, FinetuneConfig, finetune_decoder, find_perceptual_weights, load_autoencoder
     from ..autoencoders.train_small import reconstruction_mse
 
-    ae = load_autoencoder(args.autoencoder, device=args.device)
+    from .checks import check_device
+    ae = load_autoencoder(args.autoencoder, device=check_device(args.device))
     images = _load_images(args.data, args.img_size, ae.in_channels)
     f = ae.spatial_factor
     if images.shape[-1] % f or images.shape[-2] % f:

@@ -56,7 +56,8 @@ def run(args) -> int:
             raise ValueError(f"--reference {args.reference}: expected a JSON object of figures")
     sampling = BenchOptions().sampling.with_(jacobi_schedule=args.jacobi_schedule, jacobi_draft=args.jacobi_draft,
                                              jacobi_draft_block_size=args.jacobi_draft_block_size)
-    opt = BenchOptions(device=args.device or "cpu", dtype=args.dtype, threads=args.threads, repeats=args.repeats,
+    from .checks import check_device
+    opt = BenchOptions(device=check_device(args.device) if args.device else "cpu", dtype=args.dtype, threads=args.threads, repeats=args.repeats,
                        sample_repeats=args.sample_repeats, warmup=args.warmup, seed=args.seed, compile=args.compile,
                        sampling=sampling, compare_official=not args.no_official, train_autocast=args.train_autocast,
                        sequential_compile=not args.eager_sequential, reference=reference,

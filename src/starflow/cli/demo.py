@@ -98,7 +98,9 @@ def trained_model(name: str, config: Path, cache: Path, retrain: bool,
             return Path(info["model_dir"]), info.get("test_bpd")
     from ..training import load_train_config, train
 
-    cfg = load_train_config(config, overrides=[f"log.out_dir={root / 'run'}", *overrides])
+    # an interrupted earlier demo continues from its checkpoint; --retrain starts the run again
+    again = "overwrite=true" if retrain else "resume=true"
+    cfg = load_train_config(config, overrides=[f"log.out_dir={root / 'run'}", again, *overrides])
     print(f"[{name}] training from {config} into {root} ...", flush=True)
     t0 = time.time()
     result = train(cfg)

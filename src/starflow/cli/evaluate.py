@@ -130,8 +130,9 @@ def run(args) -> int:
     try:
         if ctx.distributed and figures != ["bpd"]:
             raise ValueError("under torchrun only bpd is computed across processes; run the other figures alone")
-        device = args.device or (str(ctx.device) if ctx.distributed else ("cuda" if torch.cuda.is_available()
-                                                                            else "cpu"))
+        from .checks import check_device
+        device = check_device(args.device) if args.device else (
+            str(ctx.device) if ctx.distributed else ("cuda" if torch.cuda.is_available() else "cpu"))
         work = args.work_dir or args.out.with_name(args.out.name.removesuffix(".json") + ".work")
         pipe, info = load_pipeline_for(args, device)
         from ..evaluation import runner

@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..outputs import check_output_file, check_output_folder
+from .checks import check_device, positive_int
+
 
 def register(sub) -> None:
     img = sub.add_parser("generate", help="generate images from prompts (a grid when several)",
@@ -11,33 +14,35 @@ def register(sub) -> None:
                                      "one row per prompt.")
     _model_args(img)
     _sampling_args(img)
-    img.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt (default 1)")
+    img.add_argument("-n", "--num-images", type=positive_int, default=1, help="images per prompt (default 1)")
     img.add_argument("--out", type=Path, default=None, help="output image (.png, .jpg, ...): one grid of all images")
     img.add_argument("--out-dir", type=Path, default=None,
                      help="also (or instead) one file per image in this folder, NNNN_prompt.png, with prompts.txt "
                           "(as the official sample.py --caption file.txt --save_folder 1)")
+    _overwrite_arg(img)
     img.set_defaults(func=run_generate)
 
     vid = sub.add_parser("generate-video", help="generate videos from prompts (and a first frame)",
                          description="Generate videos (MP4 or GIF); several videos are tiled into one.")
     _model_args(vid)
     _sampling_args(vid)
-    vid.add_argument("-n", "--num-videos", type=int, default=1, help="videos per prompt (default 1)")
-    vid.add_argument("--frames", type=int, default=None,
+    vid.add_argument("-n", "--num-videos", type=positive_int, default=1, help="videos per prompt (default 1)")
+    vid.add_argument("--frames", type=positive_int, default=None,
                      help="pixel frames (default: the trained length, official vid_size: 81); longer ones use the "
                           "sliding window; 1 makes an image under the 'An image:' template, as the official "
                           "--target_length 1 (--out may then be a .png)")
-    vid.add_argument("--fps", type=int, default=None,
+    vid.add_argument("--fps", type=positive_int, default=None,
                      help="frames per second (default: the model's; official: vid_size's, 16, as --out_fps 16 of "
                           "its video script)")
     vid.add_argument("--image", type=Path, default=None, help="first frame: image-to-video")
-    vid.add_argument("--context-length", type=int, default=None,
+    vid.add_argument("--context-length", type=positive_int, default=None,
                      help="long videos: latent frames of context re-encoded per window (default: the model's; "
                           "official checkpoints 16, sample.py's --context_length; others window - 1)")
     vid.add_argument("--out", type=Path, default=None, help="output video (.mp4 or .gif): all videos tiled")
     vid.add_argument("--out-dir", type=Path, default=None,
                      help="also (or instead) one file per video in this folder, NNNN_prompt.mp4 (or the --out "
                           "suffix), with prompts.txt (as the official --caption file.txt --save_folder 1)")
+    _overwrite_arg(vid)
     vid.set_defaults(func=run_generate_video)
 
     conv = sub.add_parser("convert", help="official config + .pth (or a trained run) -> our pipeline directory")
@@ -54,7 +59,14 @@ def register(sub) -> None:
     conv.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                       help="precision of the written flow weights (default fp32; bf16 halves the folder)")
     conv.add_argument("--out", type=Path, required=True, help="output pipeline directory")
+    _overwrite_arg(conv)
     conv.set_defaults(func=run_convert)
+
+
+def _overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it exists (without it an existing output is an error, checked before "
+                        "any work)")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -86,19 +98,19 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                         "YAML's cfg; for `starflow train` exports log.sample_guidance)")
     p.add_argument("--sampler", dest="method", choices=["jacobi", "sequential"], default=None,
                    help="jacobi (parallel fixed-point iteration, default) or sequential (token by token, exact)")
-    p.add_argument("--jacobi-block-size", type=int, default=None,
+    p.add_argument("--jacobi-block-size", type=positive_int, default=None,
                    help="tokens solved together (default: the model's; official scripts: 16 image, 32 video)")
     p.add_argument("--jacobi-th", "--jacobi-threshold", dest="jacobi_th", type=float, default=None,
                    help="relative squared change that ends a Jacobi chunk, 0: run every iteration (default: the "
                         "model's; official scripts: 0.001)")
-    p.add_argument("--jacobi-max-iter", type=int, default=None,
+    p.add_argument("--jacobi-max-iter", type=positive_int, default=None,
                    help="iterations per Jacobi chunk at most (default: the model's; official sample.py: 32)")
     p.add_argument("--jacobi-draft", choices=["auto", "bf16", "none"], default=None,
                    help="bf16: solve each flow block in bfloat16 first, then accept every token by the full-precision "
                         "rule (faster on CPUs with AMX and on GPUs; same accuracy); auto: bf16 where that holds")
     p.add_argument("--denoise", choices=["score", "learned", "none"], default=None)
-    p.add_argument("--height", type=int, default=None, help="pixels")
-    p.add_argument("--width", type=int, default=None, help="pixels")
+    p.add_argument("--height", type=positive_int, default=None, help="pixels")
+    p.add_argument("--width", type=positive_int, default=None, help="pixels")
     p.add_argument("--aspect-ratio", default=None,
                    help="1:1, 2:3, 3:2, 16:9, 9:16, 4:5, 5:4, 21:9 or 9:21, at the trained area (default: the model's; "
                         "official video: 16:9 as its script, others 1:1). A model trained with mixed aspect ratios "
@@ -107,8 +119,8 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed (default 0): the same seed gives the same output (the official scripts' seeds draw "
                         "other noise: they do not carry over)")
-    p.add_argument("--batch-size", type=int, default=None, help="samples per forward pass (default: all)")
-    p.add_argument("--scale", type=int, default=1, help="enlarge the written pictures (nearest) by this factor")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="samples per forward pass (default: all)")
+    p.add_argument("--scale", type=positive_int, default=1, help="enlarge the written pictures (nearest) by this factor")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -122,8 +134,7 @@ def _prompts(args) -> list[str]:
 
 
 def _device(name: str | None) -> str:
-    import torch
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    return check_device(name)
 
 
 def load_any_pipeline(args, kind: str | None):
@@ -174,18 +185,27 @@ def _check_out(path: Path, allowed: tuple[str, ...], what: str) -> None:
         raise ValueError(f"--out {path}: {what} are written as {', '.join(allowed)}")
 
 
-def _check_outputs(args, allowed: tuple[str, ...], what: str) -> None:
+def _check_before_work(args, allowed: tuple[str, ...], what: str) -> None:
+    """What can be known wrong before a model is loaded: the outputs, the sampler settings, the device."""
+    from ..sampling.options import SamplerOptions
+
     if args.out is None and args.out_dir is None:
         raise ValueError(f"give --out FILE (one file of all {what}) and/or --out-dir DIR (one file each)")
     if args.out is not None:
         _check_out(args.out, allowed, what)
+        check_output_file(args.out, args.overwrite)
+    if args.out_dir is not None:
+        check_output_folder(args.out_dir, args.overwrite, marker="prompts.txt", flag="--out-dir")
+    kw = _call_kwargs(args)
+    SamplerOptions().with_(**{k: kw[k] for k in kw if k in SamplerOptions.__dataclass_fields__})
+    _device(args.device)
 
 
 def run_generate(args) -> int:
     from ..data.media import IMAGE_SUFFIXES, save_image, save_image_grid
     from .outputs import write_each
 
-    _check_outputs(args, IMAGE_SUFFIXES, "images")
+    _check_before_work(args, IMAGE_SUFFIXES, "images")
     pipe = load_any_pipeline(args, "image")
     prompts = _prompts(args) or None
     out = pipe(prompts, num_images_per_prompt=args.num_images, num_images=args.num_images,
@@ -208,7 +228,7 @@ def run_generate_video(args) -> int:
     from .outputs import write_each
 
     still = args.frames == 1             # an image, as the official --target_length 1
-    _check_outputs(args, VIDEO_SUFFIXES + (IMAGE_SUFFIXES if still else ()), "videos")
+    _check_before_work(args, VIDEO_SUFFIXES + (IMAGE_SUFFIXES if still else ()), "videos")
     pipe = load_any_pipeline(args, "video")
     prompts = _prompts(args) or None
     kw = _call_kwargs(args)
@@ -238,7 +258,9 @@ def run_generate_video(args) -> int:
 
 def run_convert(args) -> int:
     from ..pipelines import BasePipeline
+    from ..pipelines.loading import PIPELINE_FILE
 
+    check_output_folder(args.out, args.overwrite, marker=PIPELINE_FILE)
     if args.trained is not None:
         if args.checkpoint is not None:
             raise ValueError("--checkpoint goes with --official-config, not --trained")

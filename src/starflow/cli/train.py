@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--config", type=Path, required=True, help="training YAML (model/data/optim/log/dist sections)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 log.out_dir=runs/x")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in log.out_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in a log.out_dir that holds an earlier run (its checkpoints, metrics, samples "
+                        "and final/ are removed); without it, such a folder is an error")
     p.add_argument("--out", type=Path, default=None, help="output folder (same as log.out_dir=...)")
     p.set_defaults(func=run_train)
 
@@ -31,7 +34,8 @@ def register(sub) -> None:
                                            "and print held-out bits/dim as JSON")
     b.add_argument("--config", type=Path, default=None, help=f"default: configs/{DEFAULT_BENCH_CONFIG}")
     b.add_argument("--seconds", type=float, default=BENCH_SECONDS, help="training wall time (default 600)")
-    b.add_argument("--out", type=Path, default=Path("runs/bench-train"))
+    b.add_argument("--out", type=Path, default=Path("runs/bench-train"), help="output folder, replaced (default "
+                                                                              "runs/bench-train)")
     b.add_argument("overrides", nargs="*", help="dotted overrides")
     b.set_defaults(func=run_bench)
 
@@ -49,6 +53,8 @@ def run_train(args) -> int:
     extra = _overrides(args)
     if args.resume:
         extra.append("resume=true")
+    if args.overwrite:
+        extra.append("overwrite=true")
     result = train(load_train_config(args.config, extra))
     if result.model is not None:  # rank 0
         print(json.dumps({"steps": result.steps, "test_bpd": result.test_bpd, "seconds": round(result.seconds, 1),
@@ -61,7 +67,8 @@ def run_bench(args) -> int:
     from ..training import load_train_config, train
 
     path = args.config or configs_dir() / DEFAULT_BENCH_CONFIG
-    extra = [f"optim.max_seconds={args.seconds}", "optim.max_steps=null", "resume=false"] + _overrides(args)
+    extra = [f"optim.max_seconds={args.seconds}", "optim.max_steps=null", "resume=false", "overwrite=true"] + \
+        _overrides(args)
     cfg = load_train_config(path, extra)
     result = train(cfg)
     if result.model is not None:

@@ -8,11 +8,16 @@ Captions, first source found wins:
 3. the name of the item's folder below the root (`root/golden_retriever/x.jpg` -> "golden retriever");
    those folder names are also the class labels.
 Items are resized to cover the target size and centre-cropped; with aspect-ratio buckets each item
-goes to the bucket nearest its own aspect ratio.
+goes to the bucket nearest its own aspect ratio. Pixels are 8-bit: 16-bit pictures are scaled down
+(data.media.eight_bit), never clipped.
+
+A file that cannot be read is an error naming it; with `skip_unreadable=True` every file is decoded once
+when the folder is scanned, and the unreadable ones are left out with a warning that counts them.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import warnings
 from pathlib import Path
@@ -22,6 +27,7 @@ import torch
 
 from .base import QuantizedDataset
 from .buckets import aspect_ratio_to_image_size, nearest_bucket, parse_ratio
+from .media import eight_bit
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "ImageFolderDataset", "VideoFolderDataset", "read_captions"]
 
@@ -38,12 +44,19 @@ def _pick(keys, wanted, where: Path) -> str:
     raise ValueError(f"{where}: needs a column named one of {wanted}; found {list(keys)}")
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+
+
 def read_captions(root: Path) -> dict[str, str] | None:
     """Root-level caption table (relative file name -> caption), or None when there is none."""
     table: dict[str, str] = {}
     csv_path, jsonl_path = root / "captions.csv", root / "captions.jsonl"
     if csv_path.exists():
-        with open(csv_path, newline="", encoding="utf-8") as f:
+        with io.StringIO(_read_text(csv_path), newline="") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames:
                 raise ValueError(f"{csv_path} has no header row")
@@ -52,7 +65,7 @@ def read_captions(root: Path) -> dict[str, str] | None:
                 table[row[fk].strip()] = row[ck].strip()
         return table
     if jsonl_path.exists():
-        for n, line in enumerate(jsonl_path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(_read_text(jsonl_path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -82,7 +95,8 @@ class _FolderDataset(QuantizedDataset):
     kind = "item"
 
     def __init__(self, root: str | Path, image_size: int, channels: int = 3, aspect_ratios: list | None = None,
-                 multiple: int = 8, require_captions: bool = True, cache: bool | None = None):
+                 multiple: int = 8, require_captions: bool = True, cache: bool | None = None,
+                 skip_unreadable: bool = False):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.kind} folder not found: {self.root}")
@@ -92,6 +106,9 @@ class _FolderDataset(QuantizedDataset):
         self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in self.suffixes and p.is_file())
         if not self.files:
             raise ValueError(f"no {self.kind} files ({', '.join(self.suffixes)}) under {self.root}")
+        self.skipped: list[tuple[Path, str]] = []      # (file, why) left out by skip_unreadable
+        if skip_unreadable:
+            self._skip_unreadable()
         rel = [p.relative_to(self.root) for p in self.files]
         folders = sorted({r.parts[0] for r in rel if len(r.parts) > 1})
         self.class_names = [f.replace("_", " ").replace("-", " ") for f in folders]
@@ -103,7 +120,7 @@ class _FolderDataset(QuantizedDataset):
             if table is not None and r.as_posix() in table:
                 cap = table[r.as_posix()]
             elif side.exists():
-                cap = side.read_text(encoding="utf-8").strip()
+                cap = _read_text(side).strip()
             elif len(r.parts) > 1:
                 cap = self.class_names[folders.index(r.parts[0])]
             elif require_captions:
@@ -118,11 +135,39 @@ class _FolderDataset(QuantizedDataset):
                       else [aspect_ratio_to_image_size(image_size, None, multiple)])
         if not self.ratios and image_size % multiple:
             raise ValueError(f"image_size {image_size} is not a multiple of {multiple} (autoencoder factor x patch)")
-        self._buckets = [nearest_bucket(*self._native_hw(p), self.ratios) for p in self.files] if self.ratios else None
+        self._buckets = [nearest_bucket(*self._header_hw(p), self.ratios) for p in self.files] if self.ratios else None
         self.cache = len(self.files) <= 4096 if cache is None else cache
         self._cache: dict[int, torch.Tensor] = {}
 
+    def _skip_unreadable(self) -> None:
+        keep = []
+        for p in self.files:
+            try:
+                self._probe(p)
+                keep.append(p)
+            except Exception as e:  # any decoder failure: the file is what is wrong, and it is named
+                self.skipped.append((p, " ".join(str(e).split()) or type(e).__name__))
+        if self.skipped:
+            first, why = self.skipped[0]
+            warnings.warn(f"skipped {len(self.skipped)} unreadable {self.kind} file(s) of {len(self.files)} under "
+                          f"{self.root} (first: {first.name}: {why})", stacklevel=3)
+        if not keep:
+            raise ValueError(f"none of the {len(self.files)} {self.kind} files under {self.root} can be read "
+                             f"(first: {self.skipped[0][0].name}: {self.skipped[0][1]})")
+        self.files = keep
+
+    def _header_hw(self, path: Path) -> tuple[int, int]:
+        try:
+            return self._native_hw(path)
+        except Exception as e:  # not a picture / video, truncated: name the file
+            raise ValueError(f"cannot read {path}: {' '.join(str(e).split()) or type(e).__name__} "
+                             f"(data.skip_unreadable=true leaves unreadable files out)") from e
+
     def _native_hw(self, path: Path) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def _probe(self, path: Path) -> None:
+        """Decode `path` enough to know it is readable (raise otherwise)."""
         raise NotImplementedError
 
     def _read(self, index: int, height: int, width: int) -> torch.Tensor:
@@ -140,7 +185,8 @@ class _FolderDataset(QuantizedDataset):
         try:
             out = self._read(index, *self.target_size(index))
         except (OSError, ValueError, RuntimeError) as e:
-            raise ValueError(f"cannot read {self.files[index]}: {e}") from e
+            raise ValueError(f"cannot read {self.files[index]}: {e} (data.skip_unreadable=true leaves unreadable "
+                             f"files out)") from e
         if self.cache:
             self._cache[index] = out
         return out
@@ -163,11 +209,18 @@ class ImageFolderDataset(_FolderDataset):
         with Image.open(path) as im:  # reads the header only
             return im.size[1], im.size[0]
 
+    def _probe(self, path: Path) -> None:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()          # the whole picture: a truncated file fails here, not at its header
+            eight_bit(im)
+
     def _read(self, index: int, height: int, width: int) -> torch.Tensor:
         from PIL import Image
 
         with Image.open(self.files[index]) as im:
-            return torch.from_numpy(self._frame(_resize_crop(im, height, width)).copy())
+            return torch.from_numpy(self._frame(_resize_crop(eight_bit(im), height, width)).copy())
 
 
 class VideoFolderDataset(_FolderDataset):
@@ -198,7 +251,7 @@ class VideoFolderDataset(_FolderDataset):
                 break
         if not frames:
             raise ValueError("no frames")
-        return frames
+        return [_frame_8bit(f) for f in frames]
 
     def _native_hw(self, path: Path) -> tuple[int, int]:
         import imageio.v3 as iio
@@ -206,6 +259,9 @@ class VideoFolderDataset(_FolderDataset):
         plugin = "pillow" if path.suffix.lower() == ".gif" else "pyav"
         first = next(iter(iio.imiter(path, plugin=plugin)))
         return first.shape[0], first.shape[1]
+
+    def _probe(self, path: Path) -> None:
+        self._frames(path)
 
     def _read(self, index: int, height: int, width: int) -> torch.Tensor:
         from PIL import Image
@@ -220,3 +276,12 @@ class VideoFolderDataset(_FolderDataset):
         out = [self._frame(_resize_crop(Image.fromarray(f[..., :3] if f.ndim == 3 else f), height, width))
                for f in frames[:self.num_frames]]
         return torch.from_numpy(np.stack(out))                      # (T, C, H, W)
+
+
+def _frame_8bit(f: np.ndarray) -> np.ndarray:
+    """A decoded video frame with 8 bits per channel (16-bit frames scaled, as data.media.eight_bit)."""
+    if f.dtype == np.uint8:
+        return f
+    if f.dtype == np.uint16:
+        return np.round(f.astype(np.float64) * (255 / 65535)).astype(np.uint8)
+    raise ValueError(f"frames of {f.dtype} pixels are not read: only 8- and 16-bit videos")

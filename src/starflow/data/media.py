@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..outputs import atomic_file
+
 __all__ = ["to_uint8", "make_grid", "video_grid", "save_image", "save_image_grid", "save_video", "load_image",
-           "load_video", "VIDEO_SUFFIXES", "IMAGE_SUFFIXES"]
+           "load_video", "eight_bit", "VIDEO_SUFFIXES", "IMAGE_SUFFIXES"]
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -89,7 +91,8 @@ def save_image(image: torch.Tensor | np.ndarray, path: str | Path, scale: int = 
     if scale > 1:
         arr = arr.repeat(scale, axis=0).repeat(scale, axis=1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _pil(arr).save(path)
+    with atomic_file(path) as tmp:   # a kill or a full disk never leaves half a picture
+        _pil(arr).save(tmp)
     return path
 
 
@@ -118,12 +121,13 @@ def save_video(frames: torch.Tensor | np.ndarray, path: str | Path, fps: float =
     if scale > 1:
         arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".gif":
-        imgs = [_pil(f) for f in arr]
-        # GIF stores frame durations in milliseconds; loop=0 repeats forever
-        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=max(1, round(1000 / fps)), loop=0)
-    else:
-        _write_mp4(arr, path, fps)
+    with atomic_file(path) as tmp:   # a kill or a full disk never leaves half a video
+        if path.suffix.lower() == ".gif":
+            imgs = [_pil(f) for f in arr]
+            # GIF stores frame durations in milliseconds; loop=0 repeats forever
+            imgs[0].save(tmp, save_all=True, append_images=imgs[1:], duration=max(1, round(1000 / fps)), loop=0)
+        else:
+            _write_mp4(arr, tmp, fps)
     return path
 
 
@@ -148,19 +152,35 @@ def _write_mp4(arr: np.ndarray, path: Path, fps: float) -> None:
             container.mux(packet)
 
 
+def eight_bit(img: Image.Image) -> Image.Image:
+    """`img` with 8 bits per channel. Pillow opens a 16-bit grey PNG as mode I;16 (or I), and its `convert`
+    clips such pixels to 255 (a white picture); here they are scaled, v * 255 / 65535 rounded, to the 8-bit
+    levels everything downstream uses. (16-bit colour PNGs Pillow itself reads as 8-bit RGB, by the high byte.)
+    Pixels that are not 8- or 16-bit integers (32-bit integers, floats) are refused."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img)
+        if a.size and (int(a.min()) < 0 or int(a.max()) > 65535):
+            raise ValueError(f"{img.mode} pixels span {int(a.min())}..{int(a.max())}: only 8- and 16-bit images "
+                             f"are read")
+        return Image.fromarray(np.round(a.astype(np.float64) * (255 / 65535)).astype(np.uint8), "L")
+    if img.mode == "F":
+        raise ValueError("floating-point pixels (mode F) are not read: save the picture with 8 or 16 bits per channel")
+    return img
+
+
 def load_image(image: str | Path | Image.Image) -> Image.Image:
-    """Open an image file (or pass a PIL image through)."""
+    """Open an image file (or pass a PIL image through), with 8 bits per channel (see `eight_bit`)."""
     if isinstance(image, Image.Image):
-        return image
+        return eight_bit(image)
     path = Path(image)
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")
     try:
         img = Image.open(path)
         img.load()
+        return eight_bit(img)
     except Exception as e:  # truncated or not an image
         raise ValueError(f"cannot read image {path}: {e}") from e
-    return img
 
 
 def load_video(path: str | Path) -> np.ndarray:

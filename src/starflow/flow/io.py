@@ -27,14 +27,14 @@ import torch
 
 from ..config import ConfigError, ModelConfig, load_official_yaml, official_vae_factor
 from .model import StarFlow
-from .weights import (DEPRECATED_KEYS, DEPRECATED_SUFFIXES, CheckpointError, WeightsFile, empty_model,
+from .weights import (DEPRECATED_KEYS, DEPRECATED_SUFFIXES, CheckpointError, WeightsFile, empty_model, read_failure,
                       load_weights)
 
 __all__ = ["CheckpointError", "load_state_dict_strict", "build_model", "read_state_dict", "load_official",
            "write_weights", "save_model", "load_model", "read_model_config", "write_model_files",
-           "load_conformance_file", "atomic_folder", "atomic_write_text", "MODEL_CONFIG_FILE", "MODEL_WEIGHTS_FILE",
-           "model_config_for", "checkpoint_txt_dim", "read_config_file", "WeightsFile", "DEPRECATED_KEYS",
-           "DEPRECATED_SUFFIXES"]
+           "load_conformance_file", "atomic_folder", "atomic_write_text", "clean_atomic_leftovers", "MODEL_CONFIG_FILE",
+           "MODEL_WEIGHTS_FILE", "model_config_for", "checkpoint_txt_dim", "read_config_file", "WeightsFile",
+           "DEPRECATED_KEYS", "DEPRECATED_SUFFIXES"]
 
 MODEL_FORMAT = "starflow-model"
 MODEL_VERSION = 1
@@ -96,6 +96,41 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:       # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_atomic_leftovers(path: str | Path) -> None:
+    """Remove what a killed `atomic_folder(path)` / `atomic_write_text(path)` left beside `path`: its
+    `<name>.tmp-<pid>` copy (a whole model, for a folder) when that process is gone, and `<name>.old`, which
+    is put back when the kill came between the two renames (so `path` is never lost)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for p in path.parent.iterdir():
+        for prefix in (f"{path.name}.tmp-", f".{path.name}.tmp-"):
+            pid = p.name[len(prefix):]
+            if not (p.name.startswith(prefix) and pid.isdigit()):
+                continue
+            if int(pid) == os.getpid() or not _pid_alive(int(pid)):
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+    old = path.with_name(path.name + ".old")
+    if old.exists():
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, path)
+
+
 # ---- state dicts ----------------------------------------------------------------------------------
 def write_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
                   ) -> Path:
@@ -118,7 +153,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, pickle with code, truncated download...
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        raise CheckpointError(f"cannot read checkpoint {path}: {read_failure(path, e)}") from e
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     elif isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
@@ -328,7 +363,7 @@ def load_conformance_file(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
+        raise CheckpointError(f"cannot read {path}: {read_failure(path, e)}") from e
     if not isinstance(data, dict) or "config" not in data or "state_dict" not in data:
         raise CheckpointError(f"{path}: expected a dict with 'config' and 'state_dict' (conformance format)")
     return data

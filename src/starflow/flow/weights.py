@@ -35,6 +35,22 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model: names the file or the offending keys."""
 
 
+def read_failure(path: Path, e: Exception) -> str:
+    """What is wrong with a weights file that did not load, in words (torch's own message can be empty or
+    '[Errno 22] Invalid argument' for a truncated file)."""
+    if path.is_dir():
+        return "it is a folder, not a weights file"
+    size = path.stat().st_size if path.exists() else 0
+    msg = " ".join(str(e).split())
+    if size == 0:
+        return "the file is empty (0 bytes): an interrupted download or copy"
+    if "weights_only" in msg or "Unsupported global" in msg or type(e).__name__ == "UnpicklingError":
+        return (f"it holds Python objects other than tensors, which are not loaded (a pickle can run code): "
+                f"{msg[:300]}")
+    return (f"not a complete {'safetensors' if path.suffix == '.safetensors' else 'PyTorch'} weights file "
+            f"({size} bytes; truncated or corrupt?): {msg[:300] or type(e).__name__}")
+
+
 def normalize_key(key: str) -> str:
     """DDP / torch.compile prefixes removed: the same parameter name however the model was wrapped."""
     return key.removeprefix("module.").removeprefix("_orig_mod.")
@@ -91,7 +107,7 @@ class WeightsFile:
             try:
                 handle = safe_open(str(path), framework="pt", device="cpu")
             except Exception as e:  # truncated download, not a safetensors file...
-                raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+                raise CheckpointError(f"cannot read checkpoint {path}: {read_failure(path, e)}") from e
             with handle as f:
                 yield _SafetensorsEntries(f, path)
             return
@@ -99,10 +115,10 @@ class WeightsFile:
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as e:
             if "mmap" not in str(e):
-                raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+                raise CheckpointError(f"cannot read checkpoint {path}: {read_failure(path, e)}") from e
             data = self._load_whole(path)             # a legacy (non-zip) .pth cannot be mapped
         except Exception as e:  # corrupt file, pickle with code, truncated download...
-            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+            raise CheckpointError(f"cannot read checkpoint {path}: {read_failure(path, e)}") from e
         entries = _state_dict_entry(data)
         if not isinstance(entries, dict):
             raise CheckpointError(f"{path} does not hold a state dict")
@@ -116,7 +132,7 @@ class WeightsFile:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+            raise CheckpointError(f"cannot read checkpoint {path}: {read_failure(path, e)}") from e
         self._mapping = _state_dict_entry(data)
         if not isinstance(self._mapping, dict):
             raise CheckpointError(f"{path} does not hold a state dict")

@@ -280,6 +280,8 @@ class BasePipeline:
         from ..sampling.sample import sample
 
         n = z.size(0)
+        if batch_size is not None and batch_size < 1:    # 0 is an error, not "all" (None is)
+            raise ValueError(f"batch_size must be >= 1 (or None: all at once), got {batch_size}")
         bs = batch_size or n
         starts = range(0, n, bs)
         opts = opts.with_(progress=progress and len(starts) == 1)
@@ -320,7 +322,8 @@ class BasePipeline:
         if height is not None or width is not None:
             if aspect_ratio is not None:
                 raise ValueError("give either height/width or aspect_ratio, not both")
-            height, width = height or side, width or side
+            height = side if height is None else height       # 0 is an error below, not the default
+            width = side if width is None else width
             for name, v in (("height", height), ("width", width)):
                 if v <= 0 or v % multiple:
                     raise ValueError(f"{name} {v} must be a positive multiple of {multiple} "

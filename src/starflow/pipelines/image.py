@@ -71,8 +71,8 @@ class StarFlowPipeline(EditingMixin, BasePipeline):
         self._check_output_type(output_type)
         c = self.config
         prompts = self._prompts(prompt, conditioned=c.txt_dim > 0)
-        if num_images_per_prompt < 1:
-            raise ValueError("num_images_per_prompt must be >= 1")
+        if num_images_per_prompt < 1 or (num_images is not None and num_images < 1):
+            raise ValueError("num_images_per_prompt and num_images must be >= 1")
         opts, denoise, aspect_ratio, H, W = self._call_setup(options, sampling, denoise, height, width, aspect_ratio)
         sf = self.spatial_factor
         n_total = len(prompts) * num_images_per_prompt if prompts is not None else (num_images or 1)

@@ -86,12 +86,11 @@ def read_pipeline_folder(directory: str | Path, *, dtype=None, device=None
                 raise FileNotFoundError(f"{weights} not found")
             flow = load_flow(spec.model_config(), weights, dtype=dtype, device=device)
         info_file = directory / TRANSFORM_INFO_FILE
-        transform = load_transform(json.loads(info_file.read_text()), directory) if info_file.exists() else None
-        training = json.loads((directory / TRAINING_FILE).read_text()) if (directory / TRAINING_FILE).exists() \
-            else None
+        transform = load_transform(_read_json(info_file), directory) if info_file.exists() else None
+        training = _read_json(directory / TRAINING_FILE) if (directory / TRAINING_FILE).exists() else None
         return spec, flow.eval(), transform, training
     if (directory / "config.json").exists():          # starflow 0.1 training export
-        info = json.loads((directory / "config.json").read_text())
+        info = _read_json(directory / "config.json")
         if not isinstance(info, dict) or "train" not in info:
             if (directory / "final" / PIPELINE_FILE).exists():
                 raise FileNotFoundError(f"{directory} is a training run folder: its model is {directory / 'final'}")
@@ -102,7 +101,17 @@ def read_pipeline_folder(directory: str | Path, *, dtype=None, device=None
                 load_transform(info.get("input_transform"), directory), info)
     if (directory / "final").is_dir():
         raise FileNotFoundError(f"{directory} is a training run folder: its trained model is {directory / 'final'}")
+    if (directory / "checkpoints").is_dir() or (directory / "metrics.jsonl").exists():
+        raise FileNotFoundError(f"{directory} is a training run folder without its final/ model yet: let the run "
+                                f"finish, or continue it with `starflow train --resume` (it exports final/ at the end)")
     raise FileNotFoundError(f"{directory / PIPELINE_FILE} not found: not a pipeline directory")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a readable JSON file ({e})") from None
 
 
 def official_parts(config: str | Path | dict, checkpoint, *, text_encoder_spec: str | None,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-from ..config import ConfigError, ModelConfig, load_official_yaml, load_yaml
+from ..config import ConfigError, ModelConfig, load_official_yaml, load_yaml_file
 from ..data.buckets import aspect_ratio_to_image_size, parse_ratio
 from ..flow.io import atomic_write_text, model_config_for
 from ..sampling.options import SamplerOptions
@@ -165,10 +165,15 @@ def _is_official(d: Mapping[str, Any]) -> bool:
 def read_spec(path: str | Path) -> PipelineSpec:
     """Read our YAML/JSON pipeline config. Official YAML files are rejected here: use `spec_from_official`."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"pipeline config not found: {path}")
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else load_yaml(text)
+    if path.suffix == ".json":
+        if not path.exists():
+            raise FileNotFoundError(f"pipeline config not found: {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path} is not a readable JSON file ({e})") from None
+    else:
+        data = load_yaml_file(path, "pipeline config")
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping")
     if "arguments" in data or _is_official(data):

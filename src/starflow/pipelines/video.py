@@ -132,12 +132,14 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
         self._check_output_type(output_type)
         c, d = self.config, self.defaults
         prompts = self._prompts(prompt, conditioned=c.txt_dim > 0)
-        if num_videos_per_prompt < 1:
-            raise ValueError("num_videos_per_prompt must be >= 1")
+        if num_videos_per_prompt < 1 or (num_videos is not None and num_videos < 1):
+            raise ValueError("num_videos_per_prompt and num_videos must be >= 1")
         num_frames = d.num_frames if num_frames is None else num_frames
         if num_frames is None:
             raise ValueError("give num_frames (this pipeline has no trained length stored)")
-        fps = int(fps or d.fps or 8)
+        if fps is not None and not fps >= 1:     # 0 is an error, not the default (None is)
+            raise ValueError(f"fps must be >= 1, got {fps}")
+        fps = int(fps if fps is not None else (d.fps or 8))
         T = self.latent_frames(num_frames)
         still = num_frames == 1
         opts, denoise, aspect_ratio, H, W = self._call_setup(options, sampling, denoise, height, width, aspect_ratio)

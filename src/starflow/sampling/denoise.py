@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -12,11 +13,25 @@ __all__ = ["score_denoise", "learned_denoise", "DENOISER_NOISE_CONST"]
 DENOISER_NOISE_CONST = 0.3  # official constant: the denoiser predicts noise in units of 0.3
 
 
+def _check_sigma(name: str, value) -> None:
+    try:
+        ok = math.isfinite(float(value)) and float(value) >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a finite number >= 0 (0: no denoising), got {value!r}")
+
+
 def _finite_items(fn):
     """Apply fn(model, x, y, ...) to the items of x that are finite; the others (a sampler's overflow,
     see sampling.sample) pass through untouched instead of failing the whole batch."""
     @functools.wraps(fn)
     def wrapper(model, x, y, *args, **kwargs):
+        for i, name in enumerate(("noise_std", "next_noise_std")):   # a NaN sigma would make every item NaN
+            if i < len(args):
+                _check_sigma(name, args[i])
+            elif name in kwargs:
+                _check_sigma(name, kwargs[name])
         ok = torch.isfinite(x.flatten(1)).all(1)                  # (B,)
         if bool(ok.all()):
             return fn(model, x, y, *args, **kwargs)
@@ -49,5 +64,7 @@ def learned_denoise(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, no
     """Official update x - 0.3 * denoiser(x) * (sigma - sigma_next) / sigma."""
     if noise_std <= 0:
         return x
+    if next_noise_std > noise_std:
+        raise ValueError(f"next_noise_std {next_noise_std} must not exceed noise_std {noise_std}")
     pred = model.denoise_output(x, y)
     return x - pred * DENOISER_NOISE_CONST * (noise_std - next_noise_std) / noise_std

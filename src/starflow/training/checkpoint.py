@@ -6,14 +6,19 @@ A checkpoint is a folder `ckpt-00001234/`:
 - `state.pt`          : optimiser(s) (keyed by parameter name), schedule, RNG states, step, counters
                         (read with `torch.load(weights_only=True)`).
 It is written into `ckpt-00001234.tmp-<pid>/` and renamed into place, and only then does the
-`latest` file point at it: a kill at any moment leaves the previous checkpoint whole and findable.
+`latest` file point at it: a kill at any moment leaves the previous checkpoint whole and findable. A save
+that fails (a full disk) removes its temporary folder and raises a CheckpointWriteError (an OSError); the
+previous checkpoint stays the newest. `candidates()` lists what a resume may use, newest first: when the
+newest cannot be read (a truncated file), the trainer falls back to the one before and says so.
 
 The exported model (`final/`) is a pipeline folder (pipelines.loading: `pipeline.json` + the flow as a
 model folder `flow/`) with `training.json` (the run's config) beside it: `starflow generate --model final`
 and `StarFlowPipeline.from_pretrained` read it; `load_trained(dir)` gives (model, TrainConfig).
 
-`metrics.jsonl` (MetricsLog) gets one JSON row per line, appended; a resume cuts it back to the
-checkpoint's step with an atomic rewrite, and a torn last line (a full disk, a kill) is dropped with a
+`metrics.jsonl` (MetricsLog) gets one JSON row per line, appended (an append that fails part way, a full
+disk, is cut back off). A resume cuts the log back to the rows that were there when its checkpoint was saved
+(`metrics_rows` in state.pt; older checkpoints: the rows up to its step) with an atomic rewrite, so that
+work redone after the checkpoint is logged once; a torn last line (a kill, a full disk) is dropped with a
 warning instead of failing the resume.
 """
 from __future__ import annotations
@@ -29,10 +34,15 @@ from typing import Any
 
 import torch
 
-from ..flow.io import _fsync_dir, atomic_write_text, write_weights
+from ..flow.io import CheckpointError, _fsync_dir, atomic_write_text, write_weights
 from ..pipelines.loading import TRAINING_FILE
 
-__all__ = ["CheckpointManager", "MetricsLog", "load_trained", "read_train_config", "strip_prefix"]
+__all__ = ["CheckpointManager", "CheckpointWriteError", "MetricsLog", "load_trained", "read_train_config",
+           "strip_prefix"]
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a quota); the previous one is untouched."""
 
 _CKPT = re.compile(r"^ckpt-(\d{8})$")
 
@@ -68,12 +78,22 @@ class CheckpointManager:
         done = self.complete()
         return done[-1] if done else None
 
+    def candidates(self) -> list[Path]:
+        """Checkpoints a resume may start from, newest first: the one `latest` names, then the whole ones
+        before it (a fallback when the newest cannot be read)."""
+        first = self.latest()
+        if first is None:
+            return []
+        return [first] + [p for p in reversed(self.complete()) if p.name < first.name]
+
     def clean_partial(self) -> None:
         """Remove the temporary folders that a killed save left behind."""
         if self.dir.exists():
             for p in self.dir.iterdir():
                 if p.name.startswith("ckpt-") and (".tmp-" in p.name or p.name.endswith(".old")):
                     shutil.rmtree(p, ignore_errors=True)
+                elif p.name.startswith(".latest.tmp-"):      # a killed atomic_write_text of the pointer
+                    p.unlink(missing_ok=True)
 
     def save(self, step: int, weights: dict[str, dict[str, torch.Tensor]], state: dict[str, Any],
              extra_files: dict[str, str] | None = None) -> Path:
@@ -84,14 +104,23 @@ class CheckpointManager:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        for stem, sd in weights.items():
-            write_weights(tmp / f"{stem}.safetensors", sd)
-        torch.save(state, tmp / "state.pt")
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        try:
+            for stem, sd in weights.items():
+                write_weights(tmp / f"{stem}.safetensors", sd)
+            torch.save(state, tmp / "state.pt")
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        except Exception as e:   # the writers raise their own types (torch: RuntimeError) for a full disk
+            shutil.rmtree(tmp, ignore_errors=True)
+            prev = self.latest()
+            raise CheckpointWriteError(
+                getattr(e, "errno", None) or 0,
+                f"could not write checkpoint {final.name} in {self.dir} ({' '.join(str(e).split())[:300]}); "
+                f"{'the newest checkpoint is still ' + prev.name if prev else 'no checkpoint was saved'} "
+                f"(is the disk full?)") from e
         _fsync_dir(tmp)
         if final.exists():  # re-saving a step (after a resume): move the old one aside first
             old = final.with_name(final.name + ".old")
@@ -109,13 +138,24 @@ class CheckpointManager:
 
     @staticmethod
     def load(folder: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+        """(file stem -> tensors, state). A file that cannot be read is a CheckpointError naming it."""
         from safetensors.torch import load_file
 
         folder = Path(folder)
         if not (folder / "state.pt").exists():
             raise FileNotFoundError(f"{folder} is not a training checkpoint (no state.pt)")
-        weights = {p.stem: load_file(str(p)) for p in sorted(folder.glob("*.safetensors"))}
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        weights = {}
+        for p in sorted(folder.glob("*.safetensors")):
+            try:
+                weights[p.stem] = load_file(str(p))
+            except Exception as e:  # truncated or overwritten: safetensors raises its own error types
+                raise CheckpointError(f"{p} cannot be read ({' '.join(str(e).split())[:200]})") from e
+        try:
+            state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{folder / 'state.pt'} cannot be read ({' '.join(str(e).split())[:200]})") from e
+        if not isinstance(state, dict) or "step" not in state:
+            raise CheckpointError(f"{folder / 'state.pt'} is not a training state (no step)")
         return weights, state
 
 
@@ -132,9 +172,10 @@ class MetricsLog:
         if self.write:
             atomic_write_text(self.path, "")
 
-    def resume(self, step: int) -> None:
-        """Continue a run from its checkpoint at `step`: keep the rows up to it (later ones will be logged
-        again), dropping a torn last line with a warning, and rewrite the file atomically."""
+    def resume(self, step: int, saved_rows: int | None = None) -> None:
+        """Continue a run from its checkpoint at `step`: keep the rows that were logged when it was saved
+        (`saved_rows`; unknown: the rows up to its step), since later ones will be logged again, dropping a
+        torn last line with a warning, and rewrite the file atomically."""
         rows: list[dict] = []
         if self.path.exists():
             lines = self.path.read_text(errors="replace").splitlines()
@@ -149,6 +190,8 @@ class MetricsLog:
                                       f"({line[:60]!r})", RuntimeWarning, stacklevel=2)
                         continue
                     raise ValueError(f"{self.path}: line {n + 1} is not a JSON row; fix or remove it") from None
+        if saved_rows is not None and len(rows) >= saved_rows:
+            rows = rows[:saved_rows]
         self.rows = [r for r in rows if r.get("step", 0) <= step]
         if self.write:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
@@ -156,8 +199,21 @@ class MetricsLog:
     def append(self, row: dict) -> None:
         self.rows.append(row)
         if self.write:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            data = memoryview((json.dumps(row) + "\n").encode())
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    while data:                 # a full disk may take part of the row, then refuse the rest
+                        data = data[os.write(fd, data):]
+                except OSError as e:
+                    try:
+                        os.ftruncate(fd, start)     # no half row left behind (shrinking needs no space)
+                    except OSError:
+                        pass                        # a resume drops a torn last line anyway
+                    raise OSError(e.errno, e.strerror, str(self.path)) from e
+            finally:
+                os.close(fd)
 
 
 def read_train_config(folder: str | Path):

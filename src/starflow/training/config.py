@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, ModelConfig, load_yaml
+import yaml
+
+from ..config import ConfigError, ModelConfig, load_yaml, load_yaml_file, yaml_problem
 from ..strict import check_types, from_mapping, unknown_keys
 
 __all__ = ["DataConfig", "OptimConfig", "LogConfig", "DistConfig", "TrainConfig", "load_train_config",
@@ -51,6 +53,8 @@ class DataConfig:
     autoencoder: str | None = None       # None/"identity" (pixels), "kl:<dir>", "sd-vae:<dir>", "wan:<dir>"
     cache_latents: bool = True           # encode each item once (small datasets; noise is added after)
     cache: bool | None = None            # folders: keep decoded items in memory (None: when <= 4096 items)
+    skip_unreadable: bool = False        # folders: decode every file once at the start and leave out (with a
+                                         # warning counting them) those that fail; false: such a file is an error
     eval_split: bool = True              # digits / moving digits: evaluate on the held-out split
     val_items: int = 0                   # items of the training data held out for validation (model selection)
 
@@ -110,6 +114,8 @@ class OptimConfig:
     denoiser_lr: float = 1e-4            # the learnable denoiser's own AdamW (official values)
     denoiser_min_lr: float = 1e-6
     num_threads: int | None = None       # torch CPU threads (None: leave torch's default)
+    nonfinite_patience: int = 50         # stop when this many steps in a row had a non-finite loss or gradient
+                                         # (each one skipped): the model has diverged (0: never stop)
 
     def __post_init__(self):
         check_types(self)
@@ -141,6 +147,8 @@ class OptimConfig:
                 raise ConfigError(f"optim.{name} must be a finite number >= 0, got {v}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"optim.num_threads must be >= 1 (or null: torch's default), got {self.num_threads}")
+        if self.nonfinite_patience < 0:
+            raise ConfigError(f"optim.nonfinite_patience must be >= 0 (0: never stop), got {self.nonfinite_patience}")
 
 
 @dataclass
@@ -176,6 +184,9 @@ class LogConfig:
 class DistConfig:
     strategy: str = "auto"               # auto (ddp when launched by torchrun) | none | ddp | fsdp
     backend: str = "auto"                # auto: nccl on GPU, gloo on CPU
+    timeout_s: float = 600.0             # how long a process waits for the others in a collective before the run
+                                         # stops with an error (a frozen or dead process); raise it when one process
+                                         # works alone for long, e.g. saving a very large checkpoint to slow storage
 
     def __post_init__(self):
         check_types(self)
@@ -183,6 +194,8 @@ class DistConfig:
             raise ConfigError(f"dist.strategy must be auto, none, ddp or fsdp, not {self.strategy!r}")
         if self.backend not in ("auto", "gloo", "nccl"):
             raise ConfigError(f"dist.backend must be auto, gloo or nccl, not {self.backend!r}")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ConfigError(f"dist.timeout_s must be a finite number of seconds > 0, got {self.timeout_s}")
 
 
 # keys of the `model:` section that are not ModelConfig fields: where the model part comes from
@@ -212,9 +225,14 @@ class TrainConfig:
     dist: DistConfig = field(default_factory=DistConfig)
     seed: int = 0
     resume: bool = False                 # continue from the latest checkpoint in log.out_dir
+    overwrite: bool = False              # start again in a log.out_dir that holds an earlier run (its checkpoints,
+                                         # metrics, samples and final/ are removed); without it that is an error
 
     def __post_init__(self):
         check_types(self)
+        if self.resume and self.overwrite:
+            raise ConfigError("resume and overwrite exclude each other: resume continues the run in log.out_dir, "
+                              "overwrite starts it again")
         if self.log.keep_best and not (self.data.val_items > 0 and self.log.eval_every > 0):
             raise ConfigError("log.keep_best needs data.val_items > 0 and log.eval_every > 0")
         check_model_section(self.model)
@@ -250,7 +268,10 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     path = key.strip().split(".")
     if not all(path):
         raise ConfigError(f"override {item!r} has an empty key")
-    return path, load_yaml(raw) if raw.strip() else None
+    try:
+        return path, load_yaml(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({yaml_problem(e)})") from None
 
 
 def apply_overrides(d: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
@@ -271,9 +292,7 @@ def load_train_config(path: str | Path | None = None, overrides: list[str] | Non
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"training config not found: {path}")
-        raw = load_yaml(path.read_text()) or {}
+        raw = load_yaml_file(path, "training config") or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping with model/data/optim/log/dist sections")
         model = raw.get("model") or {}

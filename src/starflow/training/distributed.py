@@ -1,7 +1,8 @@
 """Process groups, DDP / FSDP2 wrapping, and full (unsharded) state dicts in the single-process format.
 
 Launched by `torchrun`, the trainer joins the process group from the environment (gloo on CPU, NCCL
-on GPU). FSDP2 shards every transformer layer, then every flow block, then the root; on GPU it
+on GPU), with a timeout (`dist.timeout_s`, default 600 s): a process that freezes or dies makes the others
+stop with an error after that long instead of waiting. FSDP2 shards every transformer layer, then every flow block, then the root; on GPU it
 computes in bf16 (fp32 gradient reduction). Checkpoints always hold *full* state dicts keyed by the
 plain model's parameter names, so files written under FSDP, DDP or one process are interchangeable.
 """
@@ -16,7 +17,18 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistContext", "setup_distributed", "wrap_model", "unwrap", "full_model_state", "load_model_state",
-           "full_optim_state", "load_optim_state", "no_sync", "to_local_scalar"]
+           "full_optim_state", "load_optim_state", "no_sync", "to_local_scalar", "ProcessGroupTimeout",
+           "is_timeout"]
+
+
+class ProcessGroupTimeout(dist.DistError):
+    """Another process of the run did not answer within dist.timeout_s (it froze, died, or worked alone longer)."""
+
+
+def is_timeout(e: BaseException) -> bool:
+    """Whether a collective's error is a timeout (gloo raises a plain RuntimeError 'Timed out waiting ...')."""
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("timed out" in text or "timeout" in text)
 
 
 @dataclass
@@ -59,8 +71,13 @@ class DistContext:
             dist.destroy_process_group()
 
 
-def setup_distributed(strategy: str = "auto", backend: str = "auto") -> DistContext:
-    """Join the torchrun process group when the environment names one; pick the device and strategy."""
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def setup_distributed(strategy: str = "auto", backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S
+                      ) -> DistContext:
+    """Join the torchrun process group when the environment names one; pick the device and strategy.
+    timeout_s: how long a collective waits for the other processes before it raises."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -73,7 +90,7 @@ def setup_distributed(strategy: str = "auto", backend: str = "auto") -> DistCont
         if "MASTER_ADDR" not in os.environ:
             raise RuntimeError("WORLD_SIZE > 1 but MASTER_ADDR is not set: launch with torchrun")
         be = backend if backend != "auto" else ("nccl" if cuda else "gloo")
-        dist.init_process_group(be, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group(be, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
         owns = True
     if world > 1:
         rank, world = dist.get_rank(), dist.get_world_size()

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import torch
 
-from ..config import MODEL_SIZES, ConfigError, ModelConfig, load_official_yaml
+from ..config import MODEL_SIZES, ConfigError, ModelConfig, check_field_ranges, load_official_yaml
+from ..strict import read_fields
 from ..data import (Batch, DigitsDataset, ImageFolderDataset, MovingDigitsDataset, QuantizedDataset, Subset,
                     VideoFolderDataset, dequantize, to_unit_range)
 from ..flow.likelihood import bits_per_dim
@@ -50,12 +51,14 @@ def _base_datasets(data: DataConfig, multiple: int) -> tuple[QuantizedDataset, Q
                 if data.eval_split else None)
     elif data.dataset == "image_folder":
         train = ImageFolderDataset(data.path, data.image_size, data.channels, data.aspect_ratios, multiple,
-                                   require_captions=data.condition == "text", cache=data.cache)
+                                   require_captions=data.condition == "text", cache=data.cache,
+                                   skip_unreadable=data.skip_unreadable)
         held = None
     else:
         train = VideoFolderDataset(data.path, data.image_size, data.num_frames, data.frame_stride,
                                    channels=data.channels, aspect_ratios=data.aspect_ratios, multiple=multiple,
-                                   require_captions=data.condition == "text", cache=data.cache)
+                                   require_captions=data.condition == "text", cache=data.cache,
+                                   skip_unreadable=data.skip_unreadable)
         held = None
     return train, held
 
@@ -150,6 +153,11 @@ def resolve_model_config(cfg: TrainConfig, item_shape: tuple[int, ...], cond: Co
         if name not in MODEL_SIZES:
             raise ConfigError(f"unknown model size {name!r}; known: {', '.join(MODEL_SIZES)}")
         d.update(MODEL_SIZES[name])
+    # the values given here, typed and in range, before they are compared with the data
+    if isinstance(section.get("layers_per_block"), int) and not isinstance(section["layers_per_block"], bool):
+        section["layers_per_block"] = [section["layers_per_block"]]        # one count for every block
+    section = read_fields(ModelConfig, section, "model")
+    check_field_ranges(section)
     d.update(section)
     channels = ae.latent_channels if (ae is not None and ae.latent_channels) else item_shape[-3]
     # with aspect buckets the model's nominal side is that of the square bucket (RoPE handles the rest)
@@ -163,10 +171,12 @@ def resolve_model_config(cfg: TrainConfig, item_shape: tuple[int, ...], cond: Co
     if not int(d.get("rope", 1)) and int(d["img_size"]) != side:
         raise ConfigError(f"model.img_size={d['img_size']} but the data gives {side}: learned positions (rope=0) "
                           f"need the exact side")
-    if cond.mode == "none":
-        d["txt_size"] = 0
-    elif cond.mode == "labels":
-        d["txt_size"] = 1
+    if cond.mode in ("none", "labels"):
+        tokens = 0 if cond.mode == "none" else 1
+        if "txt_size" in section and int(d["txt_size"]) != tokens:
+            raise ConfigError(f"model.txt_size={d['txt_size']} contradicts data.condition={cond.mode} (it gives "
+                              f"{tokens} token{'s' if tokens != 1 else ''}): leave model.txt_size out")
+        d["txt_size"] = tokens
     else:
         d.setdefault("txt_size", cond.txt_size)
         if int(d["txt_size"]) != cond.txt_size:

@@ -26,16 +26,19 @@ from ..flow.model import StarFlow
 from ..sampling.sample import NonFiniteSampleWarning
 from .checkpoint import TRAINING_FILE, CheckpointManager, MetricsLog, strip_prefix
 from .config import TrainConfig
-from .distributed import (DistContext, full_model_state, full_optim_state, load_model_state, load_optim_state,
-                          no_sync, to_local_scalar, wrap_model)
+from .distributed import DistContext, full_model_state, full_optim_state, no_sync, to_local_scalar, wrap_model
 from .ema import EMA
 from .evaluate import heldout_bpd, sample_grid
 from .inputs import (Conditioner, InputPipeline, build_datasets, build_transform, load_autoencoder_for,
                      resolve_model_config, step_generator)
 from .objective import TrainModule, add_dropout, denoiser_target
 
-__all__ = ["TrainResult", "TrainModule", "Trainer", "Progress", "denoiser_target"]
+__all__ = ["TrainResult", "TrainModule", "Trainer", "Progress", "denoiser_target", "NonFiniteWeightsError"]
 
+
+class NonFiniteWeightsError(RuntimeError):
+    """Training stopped: the weights became NaN or infinite, or the loss stayed non-finite (the model diverged).
+    Nothing was saved after the last good checkpoint."""
 
 
 @dataclass
@@ -71,8 +74,6 @@ class Trainer:
             raise ConfigError(f"optim.batch_size {o.batch_size} must divide into grad_accum {o.grad_accum} x "
                               f"{ctx.world} processes")
         self.out = Path(cfg.log.out_dir)
-        if ctx.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
         dev = ctx.device
         self.ae = load_autoencoder_for(d, dev)
         patch = int(cfg.model.get("patch_size", 1))
@@ -106,6 +107,8 @@ class Trainer:
         self.den_opt = torch.optim.AdamW(self.den_params, lr=o.denoiser_lr, **kw) if self.has_denoiser else None
         self.ema = EMA(self.module, o.ema) if o.ema > 0 else None
         self.sampler = BatchSampler(len(self.train_set), o.batch_size, cfg.seed, self.train_set.bucket_ids())
+        if ctx.is_main:       # only now: a config or data error above leaves no folder behind
+            self.out.mkdir(parents=True, exist_ok=True)
         self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.log.keep_last)
         self.metrics = MetricsLog(self.out / "metrics.jsonl", ctx.is_main)
 
@@ -243,10 +246,22 @@ class Trainer:
         return out, applied
 
     def weights_finite(self) -> bool:
-        """Whether every trained weight (and EMA average) is finite, on every process."""
-        tensors = [p for p in self.module.parameters()] + (list(self.ema.shadow) if self.ema is not None else [])
-        bad = any(not bool(torch.isfinite(_local(t)).all()) for t in tensors)
+        """Whether every trained weight (and EMA average) is finite, on every process (one sync)."""
+        tensors = [_local(p).detach() for p in self.module.parameters()]
+        tensors += [_local(t) for t in self.ema.shadow] if self.ema is not None else []
+        flags = [torch.isfinite(t).all() for t in tensors if t.numel()]
+        bad = bool(flags) and not bool(torch.stack(flags).all())
         return not self.ctx.any(bad)
+
+    def diverged(self, p: Progress, why: str) -> NonFiniteWeightsError:
+        """The error that stops a run whose model diverged, naming what is kept and what to do."""
+        newest = self.ckpt.latest()
+        kept = (f"the newest checkpoint is still {newest.name} (step {int(newest.name.split('-')[1])}), saved "
+                f"before it" if newest else "no checkpoint had been saved")
+        return NonFiniteWeightsError(
+            f"{why} at step {p.step}: training stopped, nothing saved after it and no final/ model exported; {kept}. "
+            f"Lower optim.lr (now {self.cfg.optim.lr:g}) or clip gradients (optim.grad_clip), then --resume or "
+            f"start again")
 
     # ---- evaluation, samples, checkpoints --------------------------------------------------------------
     def evaluate(self, dataset=None) -> float | None:
@@ -333,7 +348,8 @@ class Trainer:
         if self.transform is not None and self.transform.tensors():
             weights["input_transform"] = self.transform.tensors()
         state = {"step": p.step, "elapsed": p.elapsed, "skipped": p.skipped, "samples": p.samples,
-                 "optimizer": full_optim_state(self.wrapped, self.opt), "world": ctx.world}
+                 "optimizer": full_optim_state(self.wrapped, self.opt), "world": ctx.world,
+                 "metrics_rows": len(self.metrics.rows)}   # a resume drops the rows logged after this
         if self.den_opt is not None:
             state["denoiser_optimizer"] = full_optim_state(self.wrapped, self.den_opt)
         if self.ema is not None:
@@ -350,25 +366,9 @@ class Trainer:
         ctx.barrier()
 
     def resume(self) -> Progress | None:
-        """Restore the latest checkpoint: weights, optimisers, EMA, RNG; the metrics log is cut back to it."""
-        folder = self.ckpt.latest()
-        if folder is None:
-            return None
-        weights, state = self.ckpt.load(folder)
-        load_model_state(self.wrapped, self.ctx, {f"model.{k}": v for k, v in weights["model"].items()})
-        load_optim_state(self.wrapped, self.opt, state["optimizer"])
-        if self.den_opt is not None:
-            load_optim_state(self.wrapped, self.den_opt, state["denoiser_optimizer"])
-        if self.ema is not None:
-            src = weights.get("ema", weights["model"])  # a run that turns EMA on starts it from the weights
-            self.ema.load({f"model.{k}": v for k, v in src.items()}, int(state.get("ema_updates", 0)))
-        p = Progress(int(state["step"]), float(state["elapsed"]), int(state["skipped"]), int(state["samples"]))
-        rng = state.get("rng") or []
-        if len(rng) == self.ctx.world:
-            torch.set_rng_state(rng[self.ctx.rank])
-        self.metrics.resume(p.step)
-        self.ctx.barrier()
-        return p
+        """Restore the latest checkpoint that can be resumed from (training.resume)."""
+        from .resume import resume_run
+        return resume_run(self)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
