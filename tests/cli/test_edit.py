@@ -48,6 +48,7 @@ def test_inpaint_a_video_region_in_every_frame(video_dir, tmp_path):
     (["inpaint", "3", "--image", "{tmp}/nope.png", "--box", "0,0,2,2", "--out", "{tmp}/o.png"], "no such file"),
     (["inpaint", "3", "--image", "{src}", "--box", "0,0,2,2", "--out", "{tmp}/o.gif"], "images are written as"),
     (["edit", "3", "--image", "{src}", "--strength", "1.5", "--out", "{tmp}/o.png"], "strength"),
+    (["edit", "3", "--image", "{src}", "--out", "{src}"], "exists: pass --overwrite"),
     (["edit", "3", "--image", "{src}", "--mask", "{big}", "--out", "{tmp}/o.png"], "mask image is 8x8; the picture is 4x4"),
 ])
 def test_bad_input_is_one_clear_line(image_dir, tmp_path, capsys, argv, message):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .generate import _call_kwargs, _check_out, _model_args, _prompts, _sampling_args, load_any_pipeline
+from ..outputs import check_output_file
+from .generate import _call_kwargs, _check_out, _model_args, _overwrite_arg, _prompts, _sampling_args, load_any_pipeline
 
 
 def register(sub) -> None:
@@ -40,6 +41,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", type=Path, default=None, help="mask PNG of the picture's size (white = fill)")
     p.add_argument("--box", default=None, help="mask box x0,y0,x1,y1 in pixels (x1, y1 exclusive)")
     p.add_argument("--out", type=Path, required=True, help="output image (.png ...) or video (.gif / .mp4)")
+    _overwrite_arg(p)
 
 
 def _mask(args, required: bool):
@@ -82,6 +84,7 @@ def _load(args):
 
     if not args.image.exists():
         raise FileNotFoundError(f"--image {args.image}: no such file")
+    check_output_file(args.out, args.overwrite)          # before the model loads and the work starts
     pipe = load_any_pipeline(args, None)
     suffixes, what = (VIDEO_SUFFIXES, "videos") if pipe.kind == "video" else (IMAGE_SUFFIXES, "images")
     _check_out(args.out, suffixes, what)
