@@ -29,7 +29,7 @@ def _png(tmp_path, arr, name="in.png"):
 
 def test_image_app_tabs_are_what_the_model_does(image_app):
     _, app, client = image_app
-    assert _endpoints(client) == {"/text_to_image", "/likelihood"}
+    assert _endpoints(client) == {"/text_to_image", "/inpaint", "/edit", "/likelihood"}
     assert app.session.out_dir.is_dir()
 
 
@@ -75,7 +75,7 @@ def test_likelihood_through_the_api(image_app, tmp_path):
 
 def test_video_app_every_tab(video_app, tmp_path):
     pipe, _, client = video_app
-    assert _endpoints(client) == {"/text_to_video", "/image_to_video", "/likelihood"}
+    assert _endpoints(client) == {"/text_to_video", "/image_to_video", "/inpaint", "/edit", "/likelihood"}
     video, settings, files = client.predict("3", **VIDEO_ARGS, api_name="/text_to_video")
     assert video.endswith(".mp4") and "1 video of 4 frames, 8x8 px" in settings
     assert {p.rsplit(".", 1)[1] for p in files} == {"mp4", "gif", "json"}
@@ -88,6 +88,13 @@ def test_video_app_every_tab(video_app, tmp_path):
         client.predict("3", **{**VIDEO_ARGS, "num_frames": 6, "sampler": "sequential"}, api_name="/text_to_video")
     bpd, details = client.predict(_png(tmp_path, np.full((8, 8), 90, np.uint8)), "", False, api_name="/likelihood")
     assert np.isfinite(bpd) and "per **latent** dimension" in details
+    from starflow.data.media import save_video
+    gif = save_video((np.random.default_rng(1).random((4, 8, 8, 1)) * 255).astype(np.uint8), tmp_path / "v.mp4", fps=4)
+    video, settings, _ = client.predict(handle_file(str(gif)), None, "0,4,8,8", "3",
+                                        **{k: v for k, v in VIDEO_ARGS.items() if k not in
+                                           ("num_samples", "num_frames", "fps", "aspect_ratio")},
+                                        iterations=1, api_name="/inpaint")
+    assert video.endswith(".mp4") and "inpaint: a video of 4 frames, 8x8 px" in settings
 
 
 class _Recording(ModelSession):
@@ -129,3 +136,45 @@ def test_two_requests_at_once_are_queued_and_crashes_are_messages(image_pipe, tm
         client.predict("3", **IMAGE_ARGS, api_name="/text_to_image")
     assert "Traceback" not in str(err.value)
     assert len(client.predict("3", **IMAGE_ARGS, api_name="/text_to_image")[0]) == 2     # still serving
+
+
+SAMPLING = dict(negative_prompt="", guidance=1.5, sampler="jacobi", jacobi_block_size=4, jacobi_threshold=1e-3,
+                seed=0)
+
+
+def _editor(tmp_path, picture, painted=None):
+    """An ImageEditor value as the API takes it: the picture, and a layer painted where `painted` is True."""
+    layers = []
+    if painted is not None:
+        rgba = np.zeros((*painted.shape, 4), np.uint8)
+        rgba[painted] = 255
+        layers = [_png(tmp_path, rgba, "layer.png")]
+    return {"background": _png(tmp_path, picture, "picture.png"), "layers": layers, "composite": None}
+
+
+def test_inpaint_and_edit_through_the_api(image_app, tmp_path):
+    _, _, client = image_app
+    picture = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
+    lower = np.zeros((8, 8), bool)
+    lower[4:] = True
+    gallery, settings, files = client.predict(_editor(tmp_path, picture, lower), None, "", "3", **SAMPLING,
+                                               iterations=2, api_name="/inpaint")
+    shown = np.asarray(Image.open(gallery[0]["image"]))[::32, ::32]
+    assert np.array_equal(shown[:4], picture[:4])            # the known upper half, byte for byte
+    assert "inpaint: a 8x8 px picture" in settings and "| iterations | 2 |" in settings
+    gallery, settings, _ = client.predict(_editor(tmp_path, picture), None, "0,4,8,8", "3", **SAMPLING,
+                                          iterations=1, api_name="/inpaint")
+    assert "| region | box (0, 4, 8, 8) |" in settings
+    gallery, settings, _ = client.predict(_editor(tmp_path, picture), None, "", "7", "3", 0.7, **SAMPLING,
+                                          api_name="/edit")
+    assert "| strength | 0.7 |" in settings and "| source prompt | 3 |" in settings
+    for args, message in [((_editor(tmp_path, picture), None, ""), "paint the region to fill"),
+                          ((_editor(tmp_path, picture), None, "1,2"), "expected four integers"),
+                          ((_editor(tmp_path, picture), None, "0,0,9,9"), "not inside the 8x8 picture"),
+                          ((None, None, "0,0,2,2"), "upload the picture")]:
+        with pytest.raises(AppError, match=message) as err:
+            client.predict(*args, "3", **SAMPLING, iterations=1, api_name="/inpaint")
+        assert "Traceback" not in str(err.value)
+    with pytest.raises(AppError, match="does not fit the model"):
+        client.predict(_editor(tmp_path, np.zeros((8, 9), np.uint8)), None, "0,0,2,2", "3", **SAMPLING,
+                       iterations=1, api_name="/inpaint")

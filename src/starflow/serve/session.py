@@ -255,6 +255,86 @@ class ModelSession:
         return Result(video=files[0], files=files, settings=settings, seconds=secs,
                       summary=f"{n} {what}{'s' * (n > 1)} of {T} frames, {W}x{H} px, in {secs:.2f} s")
 
+    def _mask(self, mask, box: str | None):
+        """The region to make: an image (white = make; thresholded), a (H, W) array, or a box 'x0,y0,x1,y1'."""
+        if box and str(box).strip():
+            try:
+                vals = tuple(int(v) for v in str(box).replace(" ", "").split(","))
+            except ValueError:
+                raise InputError(f"box {box!r}: expected four integers x0,y0,x1,y1 in pixels") from None
+            if len(vals) != 4:
+                raise InputError(f"box {box!r}: expected four integers x0,y0,x1,y1 in pixels")
+            if mask is not None:
+                raise InputError("give either a mask or a box, not both")
+            return vals
+        if mask is None:
+            raise InputError("paint the region to fill, upload a mask (white = fill) or give a box x0,y0,x1,y1")
+        return mask
+
+    def _picture_result(self, out, secs, what: str, kw: dict, **extra) -> Result:
+        from ..data.media import save_image, save_video, to_uint8
+
+        folder = self._folder(what)
+        if self.kind == "video":
+            x = out.frames * 2 - 1                                               # (1, T, C, H, W)
+            H, W = x.shape[-2:]
+            k = display_scale(H, W)
+            files = [save_video(x[0], folder / f"{what}_x{k}{suffix}", fps=out.fps, scale=k)
+                     for suffix in (".mp4", ".gif")]
+            settings = self._settings(extra.pop("prompt"), kw, size=f"{W}x{H} px", frames=x.size(1), **extra)
+            files.append(self._write_settings(folder, settings))
+            return Result(video=files[0], files=files, settings=settings, seconds=secs,
+                          summary=f"{what}: a video of {x.size(1)} frames, {W}x{H} px, in {secs:.2f} s")
+        x = out.images * 2 - 1                                                   # (1, C, H, W)
+        H, W = x.shape[-2:]
+        k = display_scale(H, W)
+        files = [save_image(x[0], folder / f"{what}.png"), save_image(x[0], folder / f"{what}_x{k}.png", scale=k)]
+        from PIL import Image
+        shown = [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a).resize((W * k, H * k), Image.NEAREST)
+                 for a in to_uint8(x)]
+        settings = self._settings(extra.pop("prompt"), kw, size=f"{W}x{H} px", **extra)
+        files.append(self._write_settings(folder, settings))
+        return Result(images=shown, files=files, settings=settings, seconds=secs,
+                      summary=f"{what}: a {W}x{H} px picture in {secs:.2f} s")
+
+    def _picture(self, picture):
+        if picture is None:
+            raise InputError("upload the picture" + (" (a video: GIF or MP4)" if self.kind == "video" else ""))
+        return picture
+
+    def inpaint(self, picture, mask=None, box: str | None = None, prompt: str | None = None,
+                negative_prompt: str | None = None, guidance: float | None = None, sampler: str | None = None,
+                jacobi_block_size: int | None = None, jacobi_threshold: float | None = None, seed: int | None = 0,
+                iterations: int = 8) -> Result:
+        """Fill a region of a picture (a video: of every frame) with `pipe.inpaint`; the rest is kept exactly."""
+        picture = self._picture(picture)
+        region = self._mask(mask, box)
+        prompt = self._prompt(prompt)
+        iterations = self._int(iterations, "iterations", 1, 64)
+        kw = self._sampling(negative_prompt, guidance, sampler, jacobi_block_size, jacobi_threshold, seed)
+        out, secs = self._run(lambda: self.pipe.inpaint(prompt, picture, region, iterations=iterations,
+                                                        output_type="pt", **kw))
+        return self._picture_result(out, secs, "inpaint", kw, prompt=prompt, iterations=iterations,
+                                    region=f"box {region}" if isinstance(region, tuple) else "mask")
+
+    def edit(self, picture, prompt: str | None = None, source_prompt: str | None = None, strength: float = 0.8,
+             mask=None, box: str | None = None, negative_prompt: str | None = None, guidance: float | None = None,
+             sampler: str | None = None, jacobi_block_size: int | None = None, jacobi_threshold: float | None = None,
+             seed: int | None = 0) -> Result:
+        """Change a picture towards a prompt with `pipe.edit` (the inversion of a picture is kept for its next
+        edits); a mask or box limits the change."""
+        picture = self._picture(picture)
+        region = self._mask(mask, box) if (mask is not None or (box and str(box).strip())) else None
+        prompt = self._prompt(prompt)
+        source = (source_prompt or "").strip() or None
+        strength = self._float(strength, "strength", 0.0, 1.0)
+        kw = self._sampling(negative_prompt, guidance, sampler, jacobi_block_size, jacobi_threshold, seed)
+        out, secs = self._run(lambda: self.pipe.edit(prompt, picture, source_prompt=source, strength=strength,
+                                                     mask_image=region, output_type="pt", **kw))
+        return self._picture_result(out, secs, "edit", kw, prompt=prompt, source_prompt=source or prompt,
+                                    strength=strength, region=None if region is None else
+                                    (f"box {region}" if isinstance(region, tuple) else "mask"))
+
     def likelihood(self, image, prompt: str | None = None, resize: bool = False):
         """-> (ImageLikelihood, markdown explaining it)."""
         from ..pipelines.likelihood import image_likelihood

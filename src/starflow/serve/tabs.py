@@ -63,8 +63,9 @@ def _prompt_boxes(s: ModelSession, key: str, required: bool = True) -> list:
     return [prompt]
 
 
-def _sampling_controls(s: ModelSession, key: str, max_n: int, what: str) -> list:
-    """negative prompt, guidance, sampler, Jacobi block size and threshold, seed, number of samples."""
+def _sampling_controls(s: ModelSession, key: str, max_n: int | None, what: str) -> list:
+    """negative prompt, guidance, sampler, Jacobi block size and threshold, seed, number of samples (unless
+    max_n is None: one picture in, one out)."""
     d = s.pipe.defaults.sampling
     negative = gr.Textbox(label="negative prompt", placeholder="replaces the empty prompt of the guidance branch",
                           visible=s.conditioned, elem_id=f"{key}-negative")
@@ -78,8 +79,10 @@ def _sampling_controls(s: ModelSession, key: str, max_n: int, what: str) -> list
         block = gr.Number(value=d.jacobi_block_size, precision=0, minimum=1, label="Jacobi block size")
         threshold = gr.Number(value=d.jacobi_th, minimum=0, label="Jacobi threshold",
                               info="0: never stop early")
-    n = gr.Slider(1, max_n, value=1, step=1, label=f"number of {what}")
-    return [negative, guidance, sampler, block, threshold, seed, n]
+    controls = [negative, guidance, sampler, block, threshold, seed]
+    if max_n is not None:
+        controls.append(gr.Slider(1, max_n, value=1, step=1, label=f"number of {what}"))
+    return controls
 
 
 def _aspect_control(s: ModelSession, key: str) -> gr.Dropdown:
@@ -199,9 +202,97 @@ def likelihood_tab(s: ModelSession) -> None:
     wire(button, run, inputs, [bpd, info], "likelihood")
 
 
+def _painted(editor) -> tuple[object, object]:
+    """An ImageEditor's value -> (the picture, the painted region as a boolean array, or None)."""
+    import numpy as np
+
+    if not editor or editor.get("background") is None:
+        return None, None
+    layers = [np.asarray(layer.convert("RGBA"))[..., 3] > 0 for layer in editor.get("layers") or [] if layer is not None]
+    painted = np.any(layers, axis=0) if layers else None
+    return editor["background"], (painted if painted is not None and painted.any() else None)
+
+
+def _picture_inputs(s: ModelSession, key: str):
+    """The picture (an editor to paint the region on, for images; a video upload for videos), a mask upload
+    and a box."""
+    if s.kind == "video":
+        picture = gr.Video(label="video (GIF / MP4, the model's size)", elem_id=f"{key}-video", sources=["upload"])
+    else:
+        picture = gr.ImageEditor(type="pil", label="picture: paint the region to change", elem_id=f"{key}-picture",
+                                 sources=["upload", "clipboard"], height=320)
+    mask = gr.Image(type="pil", image_mode="L", label="or a mask (white = change)", elem_id=f"{key}-mask",
+                    sources=["upload"], height=160)
+    box = gr.Textbox(label="or a box x0,y0,x1,y1 (pixels)", elem_id=f"{key}-box")
+    return picture, mask, box
+
+
+def _split_picture(s: ModelSession, picture, mask):
+    if s.kind == "video":
+        return picture, mask
+    background, painted = _painted(picture)
+    if painted is not None and mask is not None:
+        raise InputError("give either a painted region or an uploaded mask, not both")
+    return background, (painted if painted is not None else mask)
+
+
+def inpaint_tab(s: ModelSession) -> None:
+    key = "inpaint"
+    with gr.Tab("Inpaint", id=key):
+        with gr.Row():
+            with gr.Column():
+                picture, mask, box = _picture_inputs(s, key)
+                inputs = [picture, mask, box] + _prompt_boxes(s, key) + _sampling_controls(s, key, None, "pictures")
+                inputs.append(gr.Slider(1, 32, value=8, step=1, label="iterations",
+                                        info="rounds in the flow's noise space"))
+                button = gr.Button("Fill", variant="primary", elem_id=f"{key}-run")
+            with gr.Column():
+                shown, info, files = _result_column(key, video=s.kind == "video")
+
+    def run(picture, mask, box, prompt, negative_prompt, guidance, sampler, jacobi_block_size, jacobi_threshold,
+            seed, iterations, progress=gr.Progress(track_tqdm=True)):
+        progress(0, desc="inpainting")
+        pic, region = _split_picture(s, picture, mask)
+        r = s.inpaint(pic, region, box, prompt, negative_prompt, guidance, sampler, jacobi_block_size,
+                      jacobi_threshold, seed, iterations)
+        return (str(r.video) if r.video else r.images), r.info_markdown(), _files(r)
+
+    wire(button, run, inputs, [shown, info, files], "inpaint")
+
+
+def edit_tab(s: ModelSession) -> None:
+    key = "edit"
+    with gr.Tab("Edit", id=key):
+        with gr.Row():
+            with gr.Column():
+                picture, mask, box = _picture_inputs(s, key)
+                prompt = _prompt_boxes(s, key)
+                source = gr.Textbox(label="what the picture shows (source prompt)", elem_id=f"{key}-source",
+                                    visible=s.conditioned, info="empty: the new prompt")
+                strength = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="strength",
+                                     info="0: the picture's own noise, 1: fresh noise")
+                inputs = ([picture, mask, box] + prompt + [source, strength]
+                          + _sampling_controls(s, key, None, "pictures"))
+                button = gr.Button("Edit", variant="primary", elem_id=f"{key}-run")
+            with gr.Column():
+                shown, info, files = _result_column(key, video=s.kind == "video")
+
+    def run(picture, mask, box, prompt, source_prompt, strength, negative_prompt, guidance, sampler,
+            jacobi_block_size, jacobi_threshold, seed, progress=gr.Progress(track_tqdm=True)):
+        progress(0, desc="editing")
+        pic, region = _split_picture(s, picture, mask)
+        r = s.edit(pic, prompt, source_prompt, strength, region, box, negative_prompt, guidance, sampler,
+                   jacobi_block_size, jacobi_threshold, seed)
+        return (str(r.video) if r.video else r.images), r.info_markdown(), _files(r)
+
+    wire(button, run, inputs, [shown, info, files], "edit")
+
+
 TABS: list[Tab] = [
     Tab("text_to_image", lambda s: s.kind == "image", text_to_image_tab),
     Tab("text_to_video", lambda s: s.kind == "video", text_to_video_tab),
     Tab("image_to_video", lambda s: s.kind == "video", image_to_video_tab),
+    Tab("inpaint", lambda s: True, inpaint_tab),
+    Tab("edit", lambda s: True, edit_tab),
     Tab("likelihood", lambda s: True, likelihood_tab),
 ]
