@@ -82,7 +82,7 @@ def test_video_folder_gif_and_mp4(tmp_path):
     assert long.shape[0] == 10 and torch.equal(long[-1], long[-2])
 
 
-# ---- issue 14: depth, unreadable files, caption encodings ------------------------------------------------------
+# ---- bit depth, unreadable files, caption encodings -----------------------------------------------------------
 def _png16(path, a):
     """A 16-bit PNG written byte by byte (Pillow cannot write 16-bit colour): a is uint16 (H, W, 1 or 3)."""
     import struct
