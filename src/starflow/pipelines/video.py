@@ -46,19 +46,16 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
         n = self.defaults.num_frames
         return self.latent_frames(n) if n else None
 
-    def _window(self, frames: int, method: str) -> int | None:
+    def _window(self, frames: int) -> int | None:
         """The deep block's attention window in latent frames (None: the whole video). Past the trained length
         the trained length becomes a sliding window (official `local_attn_window`, as its target_length sets
-        it); the sampler gets it as a setting, the model's config is never changed."""
+        it), for both samplers; the sampler gets it as a setting, the model's config is never changed."""
         c = self.config
         trained = self.trained_latent_frames()
         window = c.local_attn_window or (trained if trained is not None and frames > trained else None)
-        if window and frames > window:
-            if not c.shallow_block_local:
-                raise ValueError(f"this flow was trained on {window} latent frames and its shallow blocks see the "
-                                 f"whole video (shallow_block_local=False): it cannot make {frames} latent frames")
-            if method != "jacobi":
-                raise ValueError("videos longer than the trained length need the sliding window of method='jacobi'")
+        if window and frames > window and not c.shallow_block_local:
+            raise ValueError(f"this flow was trained on {window} latent frames and its shallow blocks see the "
+                             f"whole video (shallow_block_local=False): it cannot make {frames} latent frames")
         return window
 
     def _denoise_video(self, x: torch.Tensor, y: torch.Tensor | None, method: str, window: int | None) -> torch.Tensor:
@@ -161,8 +158,8 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
                                   output_type=output_type, denoise=lambda x, yb: self._denoise(x, yb, denoise))
             x = x[:, None]
         else:
-            window = self._window(T, opts.method)
-            if window and opts.method == "jacobi":   # the sampler checks the context against the window
+            window = self._window(T)
+            if window:   # the sampler checks the context against the window
                 opts = opts.with_(attn_window=window, context_length=opts.context_length or window - 1)
             x = self._run_batches(z, y, y_null, opts, batch_size=batch_size, progress=progress,
                                   output_type=output_type,

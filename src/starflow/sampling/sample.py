@@ -44,10 +44,10 @@ def _prefix_inputs(model: StarFlow, z: torch.Tensor, y, prefix: torch.Tensor) ->
 def _invert_block(view: BlockView, tokens: torch.Tensor, opt: SamplerOptions, prefix: torch.Tensor | None,
                   window: int | None, stats: JacobiStats | None) -> torch.Tensor:
     """One block's inverse on its tokens (B', N', C): sequential, or Jacobi (after a low-precision draft)."""
-    if opt.method == "sequential":
-        inv = BlockInverse(view, tokens, prefix)
-        return sequential_inverse(inv, opt.attn_temp, opt.annealed_guidance, opt.progress, opt.compile)
     inv = BlockInverse(view, tokens, prefix, window)
+    if opt.method == "sequential":
+        return sequential_inverse(inv, opt.attn_temp, opt.annealed_guidance, opt.progress, opt.compile,
+                                  opt.context_length, window)
     low = draft_copy(view.block, opt.jacobi_draft)
     if low is not None:
         # the same inputs for a low-precision copy of the block, solved first
@@ -78,9 +78,10 @@ def sample(model: StarFlow, z: torch.Tensor, y: torch.Tensor | None = None, y_nu
     model.check_input(z, y, name="z")
     w = _check_condition(model, y, y_null, opt.guidance)
     prefix_inputs = _prefix_inputs(model, z, y, prefix) if prefix is not None else None
-    # the deep block's attention window in latent frames (the sampler's setting, else the model's own): only
-    # the Jacobi sampler slides it past its end, as the official code; sequential decoding attends to all frames
-    window = (opt.attn_window or c.local_attn_window) if (z.dim() == 5 and opt.method == "jacobi") else None
+    # the deep block's attention window in latent frames (the sampler's setting, else the model's own), slid
+    # past its end as the official long-video (Jacobi) sampler does; the sequential sampler solves the same
+    # equations token by token
+    window = (opt.attn_window or c.local_attn_window) if z.dim() == 5 else None
     if window and z.size(1) > window and not c.shallow_block_local:
         raise ValueError(f"a {z.size(1)}-frame video with an attention window of {window} frames needs a model "
                          f"whose shallow blocks see one frame at a time (shallow_block_local)")
