@@ -261,3 +261,28 @@ def test_sampling_never_writes_the_model_config(make_model):
     z, y, y_null = _noise(model, T=5)
     sample(model, z, y, y_null, guidance=1.0, attn_window=2, context_length=1)
     assert model.config.to_dict() == before and model.config.local_attn_window is None
+
+
+@pytest.mark.parametrize("T, window, denoiser_window", [(8, 4, None), (7, 3, 1), (3, 4, None), (5, None, None)])
+def test_windowed_denoising_equals_the_official_loop(T, window, denoiser_window):
+    from starflow.sampling.denoise import in_windows
+
+    x = torch.randn(2, T, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    calls = []
+
+    def step(chunk):   # a step whose output depends on every frame of its chunk
+        calls.append(chunk.size(1))
+        return chunk * 0.5 + chunk.mean(1, keepdim=True)
+    # the official loop (utils/inference.py process_denoising): it goes on while its start is inside the video
+    ref, s, overlap = x.clone(), 0, 0
+    steps = window or T
+    official = 0
+    while s < T:
+        out = step(ref[:, s:s + steps].clone())
+        ref[:, s + overlap:s + steps] = out[:, overlap:]
+        overlap = steps - 1 if denoiser_window is None else denoiser_window
+        s += steps - overlap
+        official += 1
+    calls.clear()
+    torch.testing.assert_close(in_windows(step, x, window, denoiser_window), ref, atol=0, rtol=0)
+    assert len(calls) <= official and calls[-1] >= 1

@@ -61,20 +61,11 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
     def _denoise_video(self, x: torch.Tensor, y: torch.Tensor | None, method: str, window: int | None) -> torch.Tensor:
         """Denoise in windows of the trained length; after the first window each step re-uses `overlap` frames
         (official: denoiser_window, or window - 1) as context and replaces only the new ones."""
+        from ..sampling.denoise import in_windows
+
         if method == "none" or self.defaults.noise_std <= 0:
             return x
-        T = x.size(1)
-        steps = window or T
-        x = x.clone()
-        s, overlap = 0, 0
-        while True:
-            out = self._denoise(x[:, s:s + steps].clone(), y, method)
-            x[:, s + overlap:s + steps] = out[:, overlap:]
-            if s + steps >= T:
-                return x
-            dw = self.config.denoiser_window
-            overlap = min(steps - 1 if dw is None else dw, steps - 1)
-            s += steps - overlap
+        return in_windows(lambda chunk: self._denoise(chunk, y, method), x, window, self.config.denoiser_window)
 
     # ---- first frame --------------------------------------------------------------------------------
     def _first_frame(self, image, n: int, H: int, W: int, g: torch.Generator) -> torch.Tensor:
