@@ -94,7 +94,8 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
             raise ValueError(f"{x.size(0)} first frames for {n} videos: give one, or one per video")
         x = x.to(self.device).expand(n, -1, -1, -1)
         # the posterior mean, not a draw: the same first frame gives the same prefix on any device
-        z = self.autoencoder.encode(x, sample=False) if self.autoencoder is not None else x   # (n, c, h, w)
+        with self._use(self.autoencoder) as ae:          # (n, c, h, w)
+            z = ae.encode(x, sample=False) if ae is not None else x
         noise = torch.randn(z.shape, generator=g).to(z.device)                             # CPU draw: reproducible
         z = z.float() + self.defaults.noise_std * noise                                    # training noise level
         return z[:, None].to(self.device, self.dtype)
