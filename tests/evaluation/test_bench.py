@@ -125,3 +125,67 @@ def test_check_targets():
     t = check_targets(res)
     assert t["train_step_ms_ok"] and t["sample_sequential_s_ok"] and t["jacobi_max_abs_err_ok"]
     assert not t["sample_jacobi_s_ok"] and not t["jacobi_over_forward_ok"] and not t["all_ok"]
+
+
+@pytest.fixture
+def video_model_file(make_model, tmp_path):
+    model = make_model(dtype=torch.float32, temporal_causal=1, shallow_block_local=True, local_attn_window=2,
+                       learnable_self_denoiser=True, conditional_denoiser=True)
+    path = tmp_path / "tiny_video.pt"
+    torch.save({"config": model.config.to_dict(), "state_dict": model.state_dict()}, path)
+    return path
+
+
+VIDEO_FAST = dict(FAST, video_frames=3, long_video_frames=(3, 5), video_sampling=SAMPLING)
+
+
+def test_video_model_figures(video_model_file):
+    res = bench(video_model_file, BenchOptions(**{**VIDEO_FAST, "sequential_compile": True}))
+    assert "forward_ms" not in res and "sample_jacobi_s" not in res          # a video model: video parts only
+    assert res["video_frames"] == 3 and res["video_window"] == 2 and res["video_denoiser"]
+    for key in ("video_sequential_s", "video_sequential_eager_s", "video_jacobi_s", "video_jacobi_official_s"):
+        assert res[key] > 0, key
+    # 3 frames through a window of 2: both samplers slide it, and Jacobi is measured against the sequential sample
+    for key in ("", "_official"):
+        assert 0 <= res[f"video_jacobi{key}_max_abs_err"] < 0.5
+        assert res[f"video_jacobi{key}_tokens"] >= res[f"video_jacobi{key}_trunk_calls"] > 0
+    assert res["video_sequential_compiled"] and res["video_sequential_compiled_max_abs_diff"] < 1e-3
+    assert res["video_jacobi_over_sequential"] == round(res["video_jacobi_s"] / res["video_sequential_s"], 3)
+    per_frame = res["long_video_s_per_frame"]
+    assert set(per_frame) == {"3", "5"} and per_frame["3"] == round(res["video_jacobi_s"] / 3, 4)
+    assert res["long_video_flatness"] == round(max(per_frame.values()) / min(per_frame.values()), 3)
+    t = res["targets"]
+    assert {"video_jacobi_over_sequential_ok", "long_video_flat_ok", "all_ok"} <= set(t)
+    assert "video_jacobi_s_ok" not in t                      # no official figures given
+
+
+def test_video_targets_against_the_official_figures(video_model_file):
+    ref = {"video_jacobi_s": 1e6, "video_jacobi_max_abs_err": 0.0, "long_video_s_per_frame": {"5": 1e6}}
+    res = bench(video_model_file, BenchOptions(**VIDEO_FAST, parts=("video_jacobi", "long_video"), reference=ref,
+                                               compare_official=False))
+    t = res["targets"]
+    assert "video_sequential_s" not in res and "video_jacobi_official_s" not in res
+    assert t["video_jacobi_s_ok"] and t["video_jacobi_s_vs_official"] < 0.01
+    assert t["video_jacobi_max_abs_err_ok"] == (res["video_jacobi_max_abs_err"] <= 0.0)
+    assert set(t["long_video_vs_official"]) == {"5"} and t["reference"]["source"] == "--reference"
+    with pytest.raises(ValueError, match="not measured on a video model"):
+        bench(video_model_file, BenchOptions(**VIDEO_FAST, parts=("forward",)))
+
+
+def test_image_model_refuses_video_parts(model_file, capsys):
+    with pytest.raises(ValueError, match="long_video: not measured on an image model"):
+        bench(model_file, BenchOptions(**FAST, parts=("jacobi", "long_video")))
+    with pytest.raises(ValueError, match="long_video_frames"):
+        BenchOptions(long_video_frames=(8, 0))
+    assert main(["bench", "--model", str(model_file), "--long-video-frames", "8,x"]) != 0
+    assert "--long-video-frames" in capsys.readouterr().err
+
+
+def test_video_cli(video_model_file, capsys):
+    assert main(["bench", "--model", str(video_model_file), "--json", "--sample-repeats", "1", "--warmup", "0",
+                 "--threads", "1", "--video-frames", "3", "--long-video-frames", "3", "--eager-sequential",
+                 "--no-official"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["video_sequential_s"] > 0 and res["video_jacobi_s"] > 0 and set(res["long_video_s_per_frame"]) == {"3"}
+    assert res["options"]["video_frames"] == 3 and res["options"]["parts"] == ["video_sequential", "video_jacobi",
+                                                                                 "long_video"]

@@ -56,6 +56,17 @@ def test_compiled_sequential_sampling_with_guidance_and_prefix(make_model):
                                atol=1e-4, rtol=1e-4)
 
 
+def test_compiled_steps_follow_the_sliding_window(make_model):
+    # past the attention window the cache is rebuilt by eager calls between compiled steps
+    model = make_model(dtype=torch.float32, temporal_causal=1, shallow_block_local=True, local_attn_window=2)
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(1, 5, 2, 4, 4, generator=g)
+    y, y_null = torch.randn(1, 3, 5, generator=g), torch.randn(1, 3, 5, generator=g)
+    opts = dict(method="sequential", guidance=1.5, context_length=1)
+    eager = sample(model, z, y, y_null, **opts)
+    torch.testing.assert_close(sample(model, z, y, y_null, compile=True, **opts), eager, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.gpu
 def test_compiled_sequential_on_cuda(make_model):
     model = make_model(dtype=torch.float32).cuda()

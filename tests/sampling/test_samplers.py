@@ -218,9 +218,71 @@ def test_windowed_jacobi_equals_the_uncached_reference(make_model, rope):
     assert (full - ref).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("rope", [True, False])
+def test_windowed_sequential_equals_the_uncached_reference(make_model, rope):
+    """The sequential sampler slides the same window: it solves the equations Jacobi solves, token by token."""
+    from starflow.sampling.inverse import BlockInverse, sequential_inverse
+
+    model = make_model(temporal_causal=1, shallow_block_local=True, rope=rope)
+    z, y, _ = _noise(model, B=2, T=5)
+    tokens = model.patchify(z).reshape(2, -1, model.config.token_channels)
+    view = model.block_views(model.patchify(z).shape, y, sampling=True)[-1]
+    ref = _windowed_reference(view, tokens, window=2, context=1)
+    got = sequential_inverse(BlockInverse(view, tokens, window_frames=2), context_frames=1, window_frames=2)
+    torch.testing.assert_close(got, ref, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="context_length"):
+        sequential_inverse(BlockInverse(view, tokens, window_frames=2), context_frames=2, window_frames=2)
+
+
+def test_long_video_samplers_agree(make_model):
+    # the whole model past its window, guided, with an image-to-video prefix: Jacobi without early stop
+    # and the sequential sampler give the same video
+    model = make_model(temporal_causal=1, shallow_block_local=True, local_attn_window=2)
+    z, y, y_null = _noise(model, B=2, T=5)
+    opts = dict(guidance=1.5, context_length=1)
+    seq = sample(model, z, y, y_null, method="sequential", **opts)
+    jac = sample(model, z, y, y_null, method="jacobi", jacobi_block_size=4, jacobi_th=0.0, jacobi_max_iter=64, **opts)
+    torch.testing.assert_close(jac, seq, atol=1e-10, rtol=0)
+    prefix = torch.randn(2, 1, *z.shape[2:], dtype=z.dtype, generator=torch.Generator().manual_seed(5))
+    seq = sample(model, z, y, y_null, method="sequential", prefix=prefix, **opts)
+    jac = sample(model, z, y, y_null, method="jacobi", jacobi_block_size=4, jacobi_th=0.0, jacobi_max_iter=64,
+                 prefix=prefix, **opts)
+    torch.testing.assert_close(jac, seq, atol=1e-10, rtol=0)
+    assert torch.equal(seq[:, :1], prefix)
+    # the window matters for the sequential sampler too: full attention gives another video
+    full = sample(make_model(temporal_causal=1, shallow_block_local=True), z, y, y_null, method="sequential",
+                  guidance=1.5)
+    assert (full - sample(model, z, y, y_null, method="sequential", **opts)).abs().max() > 1e-3
+
+
 def test_sampling_never_writes_the_model_config(make_model):
     model = make_model(temporal_causal=1, shallow_block_local=True)
     before = model.config.to_dict()
     z, y, y_null = _noise(model, T=5)
     sample(model, z, y, y_null, guidance=1.0, attn_window=2, context_length=1)
     assert model.config.to_dict() == before and model.config.local_attn_window is None
+
+
+@pytest.mark.parametrize("T, window, denoiser_window", [(8, 4, None), (7, 3, 1), (3, 4, None), (5, None, None)])
+def test_windowed_denoising_equals_the_official_loop(T, window, denoiser_window):
+    from starflow.sampling.denoise import in_windows
+
+    x = torch.randn(2, T, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    calls = []
+
+    def step(chunk):   # a step whose output depends on every frame of its chunk
+        calls.append(chunk.size(1))
+        return chunk * 0.5 + chunk.mean(1, keepdim=True)
+    # the official loop (utils/inference.py process_denoising): it goes on while its start is inside the video
+    ref, s, overlap = x.clone(), 0, 0
+    steps = window or T
+    official = 0
+    while s < T:
+        out = step(ref[:, s:s + steps].clone())
+        ref[:, s + overlap:s + steps] = out[:, overlap:]
+        overlap = steps - 1 if denoiser_window is None else denoiser_window
+        s += steps - overlap
+        official += 1
+    calls.clear()
+    torch.testing.assert_close(in_windows(step, x, window, denoiser_window), ref, atol=0, rtol=0)
+    assert len(calls) <= official and calls[-1] >= 1

@@ -38,8 +38,12 @@ def register(sub) -> None:
     p.add_argument("--reference", type=Path, default=None,
                    help="JSON of official figures measured just before on this machine "
                         "(benchmarks/official_baseline.py); default: the speed issue's figures")
-    p.add_argument("--parts", default="forward,train,sequential,jacobi",
-                   help="comma-separated subset of forward,train,sequential,jacobi")
+    p.add_argument("--parts", default=None,
+                   help="comma-separated subset of forward,train,sequential,jacobi (image models) or "
+                        "video_sequential,video_jacobi,long_video (video models); default: all of the model's kind")
+    p.add_argument("--video-frames", type=int, default=8, help="video models: latent frames of the video figures")
+    p.add_argument("--long-video-frames", default="8,16,32",
+                   help="video models: comma-separated latent frame counts of long_video_s_per_frame")
     p.set_defaults(func=run)
 
 
@@ -54,14 +58,21 @@ def run(args) -> int:
             raise ValueError(f"--reference {args.reference}: not a readable JSON file ({e})") from None
         if not isinstance(reference, dict):
             raise ValueError(f"--reference {args.reference}: expected a JSON object of figures")
-    sampling = BenchOptions().sampling.with_(jacobi_schedule=args.jacobi_schedule, jacobi_draft=args.jacobi_draft,
-                                             jacobi_draft_block_size=args.jacobi_draft_block_size)
+    jacobi = dict(jacobi_schedule=args.jacobi_schedule, jacobi_draft=args.jacobi_draft,
+                  jacobi_draft_block_size=args.jacobi_draft_block_size)
+    sampling = BenchOptions().sampling.with_(**jacobi)
+    video_sampling = BenchOptions().video_sampling.with_(**jacobi)
+    try:
+        long_video = tuple(int(t) for t in args.long_video_frames.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"--long-video-frames: comma-separated integers, not {args.long_video_frames!r}") from None
     from .checks import check_device
     opt = BenchOptions(device=check_device(args.device) if args.device else "cpu", dtype=args.dtype, threads=args.threads, repeats=args.repeats,
                        sample_repeats=args.sample_repeats, warmup=args.warmup, seed=args.seed, compile=args.compile,
                        sampling=sampling, compare_official=not args.no_official, train_autocast=args.train_autocast,
                        sequential_compile=not args.eager_sequential, reference=reference,
-                       parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()))
+                       video_sampling=video_sampling, video_frames=args.video_frames, long_video_frames=long_video,
+                       parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()) if args.parts else None)
     log = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     res = bench(args.model, opt, log)
     if args.json:

@@ -27,10 +27,13 @@ from ..flow.model import StarFlow
 from ..sampling.draft import fast_bf16
 from ..sampling.inverse import JacobiStats
 from ..sampling.sample import SamplerOptions, sample
+from .bench_video import VIDEO_PARTS, bench_video, check_video_targets
+from .timing import loadavg as _loadavg, ms as _ms, sync as _sync, timed as _timed
 
-__all__ = ["BenchOptions", "bench", "bench_model", "load_bench_model", "check_targets", "DTYPES", "OFFICIAL_CPU"]
+__all__ = ["BenchOptions", "IMAGE_PARTS", "VIDEO_PARTS", "bench", "bench_model", "load_bench_model", "check_targets", "DTYPES", "OFFICIAL_CPU"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+IMAGE_PARTS = ("forward", "train", "sequential", "jacobi")
 
 # The official implementation on the bench model, a 2-core Intel Xeon with AMX, float32, same protocol (3 runs each,
 # from the speed issue): the fastest of its runs, and the error of its Jacobi sample.
@@ -62,10 +65,21 @@ class BenchOptions:
     compile: bool = False            # torch.compile the trunks' layers (likelihood pass and training)
     sequential_compile: bool = True  # sequential sampling with compiled one-token steps (nn.decode); the
                                      # eager figure is timed too unless compare_official is off
-    parts: tuple[str, ...] = ("forward", "train", "sequential", "jacobi")
+    # what to measure: None, everything for the model's kind; an image model's parts are IMAGE_PARTS, a video
+    # model's VIDEO_PARTS (evaluation.bench_video)
+    parts: tuple[str, ...] | None = None
+    # video models: batch, latent frames, the sampler (the image bench's, blocks of 16 tokens: one 64-token frame
+    # after the first), the learnable denoiser after sampling, and the lengths of the long-video figure
+    video_batch: int = 2
+    video_frames: int = 8
+    video_sampling: SamplerOptions = field(default_factory=lambda: SamplerOptions(
+        guidance=2.0, jacobi_block_size=16, jacobi_th=1e-3, jacobi_max_iter=32, jacobi_schedule="sliding",
+        jacobi_draft="auto"))
+    video_denoise: bool = True
+    long_video_frames: tuple[int, ...] = (8, 16, 32)
     # the official figures the targets compare with: None, the speed issue's (OFFICIAL_CPU); or figures
     # measured just before on this machine by benchmarks/official_baseline.py (`--reference FILE.json`)
-    reference: dict[str, float] | None = None
+    reference: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BenchOptions":
@@ -75,12 +89,15 @@ class BenchOptions:
         check_types(self)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {self.dtype!r}")
-        bad = sorted(set(self.parts) - {"forward", "train", "sequential", "jacobi"})
+        bad = sorted(set(self.parts or ()) - set(IMAGE_PARTS) - set(VIDEO_PARTS))
         if bad:
-            raise ValueError(f"unknown bench part(s) {bad}")
-        for name in ("batch", "sample_batch", "repeats", "sample_repeats"):
+            raise ValueError(f"unknown bench part(s) {bad}; image models: {', '.join(IMAGE_PARTS)}; video models: "
+                             f"{', '.join(VIDEO_PARTS)}")
+        for name in ("batch", "sample_batch", "repeats", "sample_repeats", "video_batch", "video_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if any(t < 1 for t in self.long_video_frames):
+            raise ValueError("long_video_frames must be >= 1 each")
         if self.warmup < 0:
             raise ValueError("warmup must be >= 0")
         if self.train_autocast not in ("auto", "bf16", "none"):
@@ -95,26 +112,6 @@ def load_bench_model(path: str | Path) -> StarFlow:
                                 f"../shared/bench/bench_t2i_small.pt from the project root)")
     data = load_conformance_file(path)
     return load_official(data["config"], data["state_dict"])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> tuple[list[float], Any]:
-    """Run fn warmup + repeats times; return the timed durations (s) and the last result."""
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return times, out
 
 
 def _inputs(model: StarFlow, batch: int, seed: int, device, dtype):
@@ -168,17 +165,6 @@ def _compile_layers(model: StarFlow) -> None:
             layer.compile(dynamic=False)
 
 
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
-def _ms(ts: list[float]) -> float:
-    return round(1000 * statistics.median(ts), 2)
-
-
 def bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure `model` (already loaded, float32) as described in `BenchOptions`; returns the JSON-able figures."""
     before = torch.get_num_threads()
@@ -203,9 +189,19 @@ def _bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None])
         # other processes on the same cores distort CPU timings (two threads most): say how busy it was
         "loadavg_1m_start": _loadavg(),
     }
+    video = base.config.is_video_model
+    parts = opt.parts or (VIDEO_PARTS if video else IMAGE_PARTS)
+    wrong = sorted(set(parts) - set(VIDEO_PARTS if video else IMAGE_PARTS))
+    if wrong:
+        kind, theirs = ("a video", VIDEO_PARTS) if video else ("an image", IMAGE_PARTS)
+        raise ValueError(f"{', '.join(wrong)}: not measured on {kind} model (its parts: {', '.join(theirs)})")
+    opt = dataclasses.replace(opt, parts=tuple(parts))
     infer = base if dtype == torch.float32 else copy.deepcopy(base).to(dtype)
     if opt.compile:
         _compile_layers(infer)
+    if video:
+        bench_video(infer, opt, device, res, log)
+        return _finish(res, opt, device, video=True)
     if "forward" in opt.parts:
         _bench_forward(infer, base, opt, device, dtype, res, log)
     if "train" in opt.parts:
@@ -225,11 +221,20 @@ def _bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None])
     if "forward_ms" in res and "sample_jacobi_s" in res:
         # the forward pass of batch `batch` (8) is the doubled batch of the guided samples (2 x 4)
         res["jacobi_over_forward"] = round(1000 * res["sample_jacobi_s"] / res["forward_ms"], 2)
+    return _finish(res, opt, device, video=False)
+
+
+def _finish(res: dict[str, Any], opt: BenchOptions, device: torch.device, video: bool) -> dict[str, Any]:
+    """Memory, load and the targets, after the measurements."""
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if device.type == "cuda":
         res["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
     res["loadavg_1m_end"] = _loadavg()
-    if device.type == "cpu" and opt.dtype == "fp32":
+    if video and opt.dtype == "fp32":
+        res["targets"] = check_video_targets(res, opt.reference)
+        res["targets"]["reference"] = {"source": "--reference" if opt.reference else "none (official video "
+                                                 "figures come from benchmarks/official_baseline.py)"}
+    elif device.type == "cpu" and opt.dtype == "fp32":
         known = set(OFFICIAL_CPU) | {"train_step_autocast_ms"}
         ref = {**OFFICIAL_CPU, **{k: float(v) for k, v in (opt.reference or {}).items() if k in known}}
         res["targets"] = check_targets(res, ref)

@@ -49,6 +49,12 @@ class CompiledStep:
         self._patches = (inductor_config.patch(cpp_wrapper=True),
                          dynamo_config.patch(**{limit: max(getattr(dynamo_config, limit), _GRAPHS_PER_CODE)}))
 
+    def sync(self) -> None:
+        """The cache was rewound and refilled by eager calls (a sliding window re-encoding its context):
+        the mask shows what it holds now. Entries past `pos` keep earlier finite values, hidden by the mask."""
+        self.mask.fill_(-math.inf)
+        self.mask[:, :self.cache.pos] = 0
+
     def __call__(self, x: torch.Tensor, rope_rows: tuple[torch.Tensor, torch.Tensor] | None,
                  pos_embed: torch.Tensor | None = None, attn_temp: float = 1.0) -> torch.Tensor:
         """x (B, 1, C_in) at cache position cache.pos; rope_rows: that position's (cos, sin) rows (1, head_dim)."""

@@ -89,9 +89,11 @@ class Trunk(torch.nn.Module):
             tables = (cos, sin) if torch.compiler.is_compiling() else (cos, sin, rotary_cis(cos, sin)[:, None])
         if causal and attn_mask is None and start > 0 and L > 1:
             # queries after cached keys: one explicit mask for all layers (SDPA's is_causal aligns top-left),
-            # additive (0 / -inf) as SDPA would turn a boolean one in every layer
+            # additive (0 / -inf) as SDPA would turn a boolean one in every layer; float32 for bf16 / fp16 models, as
+            # their layers may compute in float32 (nn.precision.layers_compute_in) and SDPA takes it for any query
             allowed = causal_mask(L, start, h.device)
-            attn_mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(~allowed, -math.inf)
+            mdt = h.dtype if h.dtype == torch.float64 else torch.float32
+            attn_mask = torch.zeros(allowed.shape, dtype=mdt, device=h.device).masked_fill_(~allowed, -math.inf)
         kw = dict(cache=cache, causal=causal, attn_mask=attn_mask, temp=attn_temp)
         ckpt = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.attn_blocks):

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from ..config import ModelConfig
 from ..flow.model import StarFlow
 from ..sampling.options import SamplerOptions
+from .offload import OffloadMixin
 from .components import load_autoencoder_spec, load_text_encoder_spec, spec_of
 from .loading import official_parts, read_pipeline_folder, save_pipeline
 from ..data.buckets import aspect_ratio_to_image_size
@@ -27,7 +28,7 @@ class PipelineKindError(ValueError):
         super().__init__(f"{where} holds {what} model: use {cls} (or load_pipeline, which picks the class by kind)")
 
 
-class BasePipeline:
+class BasePipeline(OffloadMixin):
     """flow + text encoder + autoencoder, with the defaults the flow was trained for."""
 
     kind = "image"
@@ -99,7 +100,9 @@ class BasePipeline:
         return self.config.channel_size if self.spatial_factor == 1 else 3
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "BasePipeline":
-        """Move every component to `device`; `dtype` applies to the flow's weights."""
+        """Move every component to `device`; `dtype` applies to the flow's weights. Ends a CPU offload
+        (enable_cpu_offload): everything is then on one device."""
+        self._offload_device = None
         self.flow.to(device=device, dtype=dtype)
         for comp in (self.text_encoder, self.autoencoder):
             if comp is not None and hasattr(comp, "to"):
@@ -241,17 +244,16 @@ class BasePipeline:
         """-> y, y_null: (N, txt_size, txt_dim), each prompt repeated `repeat` times; y_null only with guidance."""
         if prompts is None or self.config.txt_dim == 0:
             return None, None
-        enc = self.text_encoder
-        y = enc.encode(prompts, **cond)
+        neg = None
+        if guidance > 0 and negative is not None:
+            neg = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
+            if len(neg) != len(prompts):
+                raise ValueError(f"{len(neg)} negative prompts for {len(prompts)} prompts")
         y_null = None
-        if guidance > 0:
-            if negative is None:
-                y_null = enc.null(len(prompts), **cond)
-            else:
-                neg = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
-                if len(neg) != len(prompts):
-                    raise ValueError(f"{len(neg)} negative prompts for {len(prompts)} prompts")
-                y_null = enc.encode(neg, **cond)
+        with self._use(self.text_encoder) as enc:
+            y = enc.encode(prompts, **cond)
+            if guidance > 0:
+                y_null = enc.null(len(prompts), **cond) if neg is None else enc.encode(neg, **cond)
         dev, dt = self.device, self.dtype
         y = y.to(dev, dt).repeat_interleave(repeat, 0)
         if y_null is not None:
@@ -363,8 +365,8 @@ class BasePipeline:
             z = self.input_transform.inverse(z)
         if self.autoencoder is None:
             return z
-        with torch.no_grad():
-            return self.autoencoder.decode(z)
+        with torch.no_grad(), self._use(self.autoencoder) as ae:
+            return ae.decode(z)
 
     @staticmethod
     def _check_output_type(output_type: str) -> None:

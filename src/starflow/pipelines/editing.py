@@ -120,7 +120,8 @@ class EditingMixin:
             self.latent_frames(pixels.size(1))        # checks the frame count the autoencoder takes
         x = pixels
         if self.autoencoder is not None:
-            x = self.autoencoder.encode(x, sample=False)
+            with self._use(self.autoencoder) as ae:
+                x = ae.encode(x, sample=False)
         if self.input_transform is not None:
             x, _ = self.input_transform.forward(x)
         return x.to(self.device, self.dtype)

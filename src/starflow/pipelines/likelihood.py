@@ -114,7 +114,8 @@ def image_likelihood(pipe, image, prompt: str | None = None, *, resize: bool = F
         x = x[:, None]                                                    # (1, 1, C, H, W): a one-frame video
     space = "pixels" if pipe.autoencoder is None else "latents"
     if pipe.autoencoder is not None:
-        x = pipe.autoencoder.encode(x.to(pipe.device), sample=False).float()
+        with pipe._use(pipe.autoencoder) as ae:
+            x = ae.encode(x.to(pipe.device), sample=False).float()
         mapping += ", then the autoencoder's posterior mean (latents)"
     logdet = torch.zeros(1, dtype=torch.float64)
     if pipe.input_transform is not None:
@@ -133,8 +134,8 @@ def image_likelihood(pipe, image, prompt: str | None = None, *, resize: bool = F
             fps = int(d.fps or 8) if video else 0
             # the template fields the flow was trained with (fps, noise level, aspect ratio)
             cond = pipe._cond_kwargs(fps, d.aspect_ratio)
-            enc = pipe.text_encoder
-            y = (enc.null(1, **cond) if p is None else enc.encode([p], **cond)).to(pipe.device, pipe.dtype)
+            with pipe._use(pipe.text_encoder) as enc:
+                y = (enc.null(1, **cond) if p is None else enc.encode([p], **cond)).to(pipe.device, pipe.dtype)
         return float(nll(pipe.flow, x, y).double().cpu() - logdet)
 
     n = nats(prompt)

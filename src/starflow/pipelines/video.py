@@ -46,38 +46,26 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
         n = self.defaults.num_frames
         return self.latent_frames(n) if n else None
 
-    def _window(self, frames: int, method: str) -> int | None:
+    def _window(self, frames: int) -> int | None:
         """The deep block's attention window in latent frames (None: the whole video). Past the trained length
         the trained length becomes a sliding window (official `local_attn_window`, as its target_length sets
-        it); the sampler gets it as a setting, the model's config is never changed."""
+        it), for both samplers; the sampler gets it as a setting, the model's config is never changed."""
         c = self.config
         trained = self.trained_latent_frames()
         window = c.local_attn_window or (trained if trained is not None and frames > trained else None)
-        if window and frames > window:
-            if not c.shallow_block_local:
-                raise ValueError(f"this flow was trained on {window} latent frames and its shallow blocks see the "
-                                 f"whole video (shallow_block_local=False): it cannot make {frames} latent frames")
-            if method != "jacobi":
-                raise ValueError("videos longer than the trained length need the sliding window of method='jacobi'")
+        if window and frames > window and not c.shallow_block_local:
+            raise ValueError(f"this flow was trained on {window} latent frames and its shallow blocks see the "
+                             f"whole video (shallow_block_local=False): it cannot make {frames} latent frames")
         return window
 
     def _denoise_video(self, x: torch.Tensor, y: torch.Tensor | None, method: str, window: int | None) -> torch.Tensor:
         """Denoise in windows of the trained length; after the first window each step re-uses `overlap` frames
         (official: denoiser_window, or window - 1) as context and replaces only the new ones."""
+        from ..sampling.denoise import in_windows
+
         if method == "none" or self.defaults.noise_std <= 0:
             return x
-        T = x.size(1)
-        steps = window or T
-        x = x.clone()
-        s, overlap = 0, 0
-        while True:
-            out = self._denoise(x[:, s:s + steps].clone(), y, method)
-            x[:, s + overlap:s + steps] = out[:, overlap:]
-            if s + steps >= T:
-                return x
-            dw = self.config.denoiser_window
-            overlap = min(steps - 1 if dw is None else dw, steps - 1)
-            s += steps - overlap
+        return in_windows(lambda chunk: self._denoise(chunk, y, method), x, window, self.config.denoiser_window)
 
     # ---- first frame --------------------------------------------------------------------------------
     def _first_frame(self, image, n: int, H: int, W: int, g: torch.Generator) -> torch.Tensor:
@@ -106,7 +94,8 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
             raise ValueError(f"{x.size(0)} first frames for {n} videos: give one, or one per video")
         x = x.to(self.device).expand(n, -1, -1, -1)
         # the posterior mean, not a draw: the same first frame gives the same prefix on any device
-        z = self.autoencoder.encode(x, sample=False) if self.autoencoder is not None else x   # (n, c, h, w)
+        with self._use(self.autoencoder) as ae:          # (n, c, h, w)
+            z = ae.encode(x, sample=False) if ae is not None else x
         noise = torch.randn(z.shape, generator=g).to(z.device)                             # CPU draw: reproducible
         z = z.float() + self.defaults.noise_std * noise                                    # training noise level
         return z[:, None].to(self.device, self.dtype)
@@ -161,8 +150,8 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
                                   output_type=output_type, denoise=lambda x, yb: self._denoise(x, yb, denoise))
             x = x[:, None]
         else:
-            window = self._window(T, opts.method)
-            if window and opts.method == "jacobi":   # the sampler checks the context against the window
+            window = self._window(T)
+            if window:   # the sampler checks the context against the window
                 opts = opts.with_(attn_window=window, context_length=opts.context_length or window - 1)
             x = self._run_batches(z, y, y_null, opts, batch_size=batch_size, progress=progress,
                                   output_type=output_type,

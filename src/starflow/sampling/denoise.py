@@ -8,7 +8,7 @@ import torch
 
 from ..flow.model import StarFlow
 
-__all__ = ["score_denoise", "learned_denoise", "DENOISER_NOISE_CONST"]
+__all__ = ["score_denoise", "learned_denoise", "in_windows", "DENOISER_NOISE_CONST"]
 
 DENOISER_NOISE_CONST = 0.3  # official constant: the denoiser predicts noise in units of 0.3
 
@@ -68,3 +68,22 @@ def learned_denoise(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, no
         raise ValueError(f"next_noise_std {next_noise_std} must not exceed noise_std {noise_std}")
     pred = model.denoise_output(x, y)
     return x - pred * DENOISER_NOISE_CONST * (noise_std - next_noise_std) / noise_std
+
+
+def in_windows(fn, x: torch.Tensor, window: int | None, denoiser_window: int | None = None) -> torch.Tensor:
+    """Apply a denoising step fn(chunk) -> chunk to a video x (B, T, ...) in windows of `window` frames (None:
+    all at once), as the official sampler does: after the first window each step re-uses `overlap` frames
+    (denoiser_window, or window - 1) as context and replaces only the new ones. The official loop goes on
+    while its start is inside the video and then denoises chunks that replace no frame; it stops here once
+    the last frame is replaced (the same output)."""
+    T = x.size(1)
+    steps = window or T
+    x = x.clone()
+    s, overlap = 0, 0
+    while True:
+        out = fn(x[:, s:s + steps].clone())
+        x[:, s + overlap:s + steps] = out[:, overlap:]
+        if s + steps >= T:
+            return x
+        overlap = min(steps - 1 if denoiser_window is None else denoiser_window, steps - 1)
+        s += steps - overlap

@@ -121,31 +121,59 @@ class BlockInverse:
 
 
 def sequential_inverse(inv: BlockInverse, attn_temp: float = 1.0, annealed_guidance: bool = False,
-                       progress: bool = False, compiled: bool = False) -> torch.Tensor:
+                       progress: bool = False, compiled: bool = False, context_frames: int | None = None,
+                       window_frames: int | None = None) -> torch.Tensor:
     """Token by token with the KV cache: exact, U trunk calls of one token.
 
     compiled: each step is one torch.compile'd graph of the same trunk (nn.decode.CompiledStep).
+    window_frames: attention sees at most that many frames; when the window is full the cache is rebuilt
+    from the text and the last `context_frames` frames, as `jacobi_inverse` does, so that both samplers
+    solve the same equations (a Jacobi solve without early stop gives this sample).
     """
+    W, C = _window_tokens(inv, context_frames, window_frames)
+    target = inv.U if W is None else min(inv.U, W)
     steps = range(inv.start, inv.U)
-    run = _compiled_steps(inv) if compiled and len(steps) else inv.run
+    step = _CompiledRun(inv) if compiled and len(steps) else None
     for p in tqdm(steps, disable=not progress, desc="sequential", leave=False):
+        if p >= target:   # the window is full: rebuild the cache from the text and the last C tokens
+            target = min(target + W - C, inv.U)
+            inv.slide(p, C)
+            if step is not None:
+                step.sync()
         w = inv.guidance * ((p + 1) / inv.U if annealed_guidance else 1.0)
-        raw = run(inv.x_full[:, p:p + 1], p, attn_temp)
+        raw = (step or inv.run)(inv.x_full[:, p:p + 1], p, attn_temp)
         inv.x_full[:, p + 1:p + 2] = inv.solve(raw, p, w)
     return inv.result()
 
 
-def _compiled_steps(inv: BlockInverse):
-    """inv.run for one token at a time, through a compiled step continuing inv's cache."""
-    step = CompiledStep(inv.block, inv.cache, inv.block.proj_in.weight.dtype)
-    n_txt = inv.cache.pos - inv.start      # trunk position p sits at cache position n_txt + p
+def _window_tokens(inv: BlockInverse, context_frames: int | None, window_frames: int | None
+                   ) -> tuple[int | None, int]:
+    """(window, context) in tokens for a sliding attention window, (None, 0) without one."""
+    if not window_frames:
+        return None, 0
+    if context_frames is None or not 0 < context_frames < window_frames:
+        raise ValueError(f"context_length must be between 1 and local_attn_window - 1 ({window_frames - 1})")
+    return window_frames * inv.frame_tokens, context_frames * inv.frame_tokens
 
-    def run(inp: torch.Tensor, p: int, attn_temp: float = 1.0) -> torch.Tensor:
-        q = n_txt + p
+
+class _CompiledRun:
+    """inv.run for one token at a time, through a compiled step continuing inv's cache."""
+
+    def __init__(self, inv: BlockInverse):
+        self.inv = inv
+        self.step = CompiledStep(inv.block, inv.cache, inv.block.proj_in.weight.dtype)
+
+    def sync(self) -> None:
+        """After the cache was rebuilt outside the compiled step (the sliding window)."""
+        self.step.sync()
+
+    def __call__(self, inp: torch.Tensor, p: int, attn_temp: float = 1.0) -> torch.Tensor:
+        inv = self.inv
+        q = inv.cache.pos          # the step's cache position: its RoPE row
         rows = (inv.rope[0][q:q + 1].clone(), inv.rope[1][q:q + 1].clone()) if inv.rope is not None else None
-        pe = inv.pos[p:p + 1].clone() if inv.pos is not None else None
-        return step(inp, rows, pe, attn_temp)
-    return run
+        r = p - inv.shift          # its position in the (re-encoded) sequence: its learned position
+        pe = inv.pos[r:r + 1].clone() if inv.pos is not None else None
+        return self.step(inp, rows, pe, attn_temp)
 
 
 def _all_done(done: bool, device) -> bool:
@@ -192,12 +220,8 @@ def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1
         raise ValueError("jacobi block size and max iterations must be >= 1")
     if schedule not in JACOBI_SCHEDULES:
         raise ValueError(f"jacobi schedule must be one of {JACOBI_SCHEDULES}, not {schedule!r}")
-    F, U, x_full = inv.frame_tokens, inv.U, inv.x_full
-    W = window_frames * F if window_frames else None
-    if W is not None:
-        if context_frames is None or not 0 < context_frames < window_frames:
-            raise ValueError(f"context_length must be between 1 and local_attn_window - 1 ({window_frames - 1})")
-    C = context_frames * F if W is not None else 0
+    U = inv.U
+    W, C = _window_tokens(inv, context_frames, window_frames)
     target = U if W is None else min(U, W)
     start = inv.start
     bar = tqdm(total=U, initial=start, disable=not progress, desc="jacobi", leave=False)

@@ -1,14 +1,15 @@
 """Sampling a whole model: the deep block first (guided), then the shallow blocks back to data space."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 
 import torch
 
 from ..flow.model import BlockView, StarFlow
-from ..nn.precision import upcast
-from .draft import draft_copy
+from ..nn.precision import layers_compute_in, upcast
+from .draft import draft_copy, fast_bf16
 from .inverse import BlockInverse, JacobiStats, jacobi_inverse, sequential_inverse
 from .options import SamplerOptions
 
@@ -44,10 +45,10 @@ def _prefix_inputs(model: StarFlow, z: torch.Tensor, y, prefix: torch.Tensor) ->
 def _invert_block(view: BlockView, tokens: torch.Tensor, opt: SamplerOptions, prefix: torch.Tensor | None,
                   window: int | None, stats: JacobiStats | None) -> torch.Tensor:
     """One block's inverse on its tokens (B', N', C): sequential, or Jacobi (after a low-precision draft)."""
-    if opt.method == "sequential":
-        inv = BlockInverse(view, tokens, prefix)
-        return sequential_inverse(inv, opt.attn_temp, opt.annealed_guidance, opt.progress, opt.compile)
     inv = BlockInverse(view, tokens, prefix, window)
+    if opt.method == "sequential":
+        return sequential_inverse(inv, opt.attn_temp, opt.annealed_guidance, opt.progress, opt.compile,
+                                  opt.context_length, window)
     low = draft_copy(view.block, opt.jacobi_draft)
     if low is not None:
         # the same inputs for a low-precision copy of the block, solved first
@@ -61,6 +62,19 @@ def _invert_block(view: BlockView, tokens: torch.Tensor, opt: SamplerOptions, pr
             stats.draft_tokens += ds.tokens
     return jacobi_inverse(inv, opt.jacobi_block_size, opt.jacobi_th, opt.jacobi_max_iter, opt.context_length,
                           window, progress=opt.progress, stats=stats, schedule=opt.jacobi_schedule)
+
+
+def _compute_precision(model: StarFlow, opt: SamplerOptions):
+    """bf16 / fp16 weights on a CPU without native bf16 matmuls (AVX2, plain AVX-512): each transformer layer
+    computes in float32 (its weights converted one layer at a time, nn.precision.layers_compute_in), several
+    times faster there than emulated bf16 products, at half the memory of a float32 model. Elsewhere, and for
+    compiled sequential steps (a traced graph cannot swap weights in hooks): as stored."""
+    w = next(model.parameters())
+    compiled = opt.method == "sequential" and opt.compile
+    if (w.dtype in (torch.bfloat16, torch.float16) and w.device.type == "cpu" and not compiled
+            and not fast_bf16(w.device)):
+        return layers_compute_in(model, torch.float32)
+    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -78,9 +92,10 @@ def sample(model: StarFlow, z: torch.Tensor, y: torch.Tensor | None = None, y_nu
     model.check_input(z, y, name="z")
     w = _check_condition(model, y, y_null, opt.guidance)
     prefix_inputs = _prefix_inputs(model, z, y, prefix) if prefix is not None else None
-    # the deep block's attention window in latent frames (the sampler's setting, else the model's own): only
-    # the Jacobi sampler slides it past its end, as the official code; sequential decoding attends to all frames
-    window = (opt.attn_window or c.local_attn_window) if (z.dim() == 5 and opt.method == "jacobi") else None
+    # the deep block's attention window in latent frames (the sampler's setting, else the model's own), slid
+    # past its end as the official long-video (Jacobi) sampler does; the sequential sampler solves the same
+    # equations token by token
+    window = (opt.attn_window or c.local_attn_window) if z.dim() == 5 else None
     if window and z.size(1) > window and not c.shallow_block_local:
         raise ValueError(f"a {z.size(1)}-frame video with an attention window of {window} frames needs a model "
                          f"whose shallow blocks see one frame at a time (shallow_block_local)")
@@ -88,12 +103,13 @@ def sample(model: StarFlow, z: torch.Tensor, y: torch.Tensor | None = None, y_nu
     shape = h.shape
     B, ch = shape[0], shape[-1]
     tokens = upcast(h.reshape(B, -1, ch))
-    for v in reversed(model.block_views(shape, y, w, y_null=y_null, sampling=True)):
-        if v.identity:
-            continue
-        pre = prefix_inputs[v.index].reshape(B, -1, ch) if prefix_inputs is not None and not v.local else None
-        out = _invert_block(v, v.to_block(tokens), opt, pre, window if v.deep else None, stats)
-        tokens = v.from_block(out)
+    with _compute_precision(model, opt):
+        for v in reversed(model.block_views(shape, y, w, y_null=y_null, sampling=True)):
+            if v.identity:
+                continue
+            pre = prefix_inputs[v.index].reshape(B, -1, ch) if prefix_inputs is not None and not v.local else None
+            out = _invert_block(v, v.to_block(tokens), opt, pre, window if v.deep else None, stats)
+            tokens = v.from_block(out)
     x = model.unpatchify(tokens.reshape(shape)).to(z.dtype)
     if prefix is not None:
         x[:, :prefix.size(1)] = prefix

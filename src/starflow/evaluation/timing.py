@@ -1,0 +1,48 @@
+"""Timing helpers shared by the benchmarks: warm-up then timed runs, device sync, the machine's load."""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["sync", "timed", "loadavg", "ms", "seconds"]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> tuple[list[float], Any]:
+    """Run fn warmup + repeats times; return the timed durations (s) and the last result."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def loadavg() -> float | None:
+    """The 1-minute load average: other processes on the same cores distort CPU timings."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def ms(ts: list[float]) -> float:
+    """Median of durations in s, as ms."""
+    return round(1000 * statistics.median(ts), 2)
+
+
+def seconds(ts: list[float]) -> float:
+    return round(statistics.median(ts), 3)
