@@ -23,14 +23,16 @@ def digits_images() -> torch.Tensor:
     return (data / 8.0 - 1.0).unsqueeze(1)
 
 
-def moving_digit_frames(canvas: int = 16, num_frames: int = 8, num_videos: int = 2000) -> torch.Tensor:
+def moving_digit_frames(canvas: int = 16, num_frames: int = 8, num_videos: int = 2000, speed: int = 4
+                        ) -> torch.Tensor:
     """Every frame of the moving-digits *training* videos as (N * T, 1, canvas, canvas) in [-1, 1]: what a
     video model in this autoencoder's latent space is trained on (the held-out videos are not seen)."""
     from ..data import MovingDigitsDataset
     from ..data.base import to_unit_range
     from ..data.digits import DIGITS_LEVELS
 
-    videos = MovingDigitsDataset("train", num_videos=num_videos, canvas=canvas, num_frames=num_frames).values
+    videos = MovingDigitsDataset("train", num_videos=num_videos, canvas=canvas, num_frames=num_frames,
+                                 speed=speed).values
     return to_unit_range(videos.flatten(0, 1), DIGITS_LEVELS)
 
 

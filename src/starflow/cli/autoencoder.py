@@ -14,6 +14,8 @@ def register(sub) -> None:
                    help="the 8x8 digits, or the frames of the moving-digits training videos (default: %(default)s)")
     p.add_argument("--canvas", type=int, default=16, help="moving_digits: frame side (default: %(default)s)")
     p.add_argument("--num-frames", type=int, default=8, help="moving_digits: frames per video (default: %(default)s)")
+    p.add_argument("--speed", type=int, default=4,
+                   help="moving_digits: pixels per frame (default: %(default)s)")
     p.add_argument("--num-videos", type=int, default=2000,
                    help="moving_digits: training videos (default: %(default)s)")
     p.add_argument("--steps", type=int, default=2000)
@@ -57,7 +59,7 @@ def run_train(args) -> int:
         hidden = [int(c) for c in args.hidden_channels.split(",") if c.strip()]
     except ValueError:
         raise ValueError(f"--hidden-channels must be comma-separated ints, got {args.hidden_channels!r}") from None
-    images = (moving_digit_frames(args.canvas, args.num_frames, args.num_videos) if args.data == "moving_digits"
+    images = (moving_digit_frames(args.canvas, args.num_frames, args.num_videos, args.speed) if args.data == "moving_digits"
               else None)
     out = train_small_autoencoder(args.out, steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
                                   latent_channels=args.latent_channels, hidden_channels=hidden,

@@ -30,6 +30,7 @@ class DataConfig:
     num_frames: int = 8                  # videos (moving digits, video folders)
     frame_stride: int = 1                # video folders: keep every n-th frame
     canvas: int = 16                     # moving digits: frame side
+    speed: int = 4                       # moving digits: pixels per frame (bouncing off the canvas edges)
     num_videos: int = 2000               # moving digits: videos generated per split
     aspect_ratios: list[str] | None = None   # e.g. ["1:1", "16:9", "9:16"]: one bucket each
     condition: str = "none"              # none | labels | text
