@@ -24,6 +24,11 @@ def register(sub) -> None:
                      help="pixel frames (default: the trained length; longer ones use the sliding window)")
     vid.add_argument("--fps", type=int, default=None, help="frames per second (default: the model's)")
     vid.add_argument("--image", type=Path, default=None, help="first frame: image-to-video")
+    vid.add_argument("--video", type=Path, default=None,
+                     help="a video to edit (GIF / MP4 of the model's frame size): video-to-video. The flow is "
+                          "inverted on it and its noise sampled again under the prompt(s)")
+    vid.add_argument("--source-prompt", default=None,
+                     help="with --video: the prompt the video was made with (default: the empty prompt)")
     vid.add_argument("--context-length", type=int, default=None,
                      help="long videos: latent frames of context re-encoded per window (default window - 1)")
     vid.add_argument("--out", type=Path, required=True, help="output video (.mp4 or .gif)")
@@ -149,10 +154,13 @@ def run_generate_video(args) -> int:
     from ..pipelines.io import VIDEO_SUFFIXES, save_video
 
     _check_out(args.out, VIDEO_SUFFIXES, "videos")
+    if args.source_prompt is not None and args.video is None:
+        raise ValueError("--source-prompt goes with --video (the video to edit)")
     pipe = load_any_pipeline(args, "video")
     prompts = _prompts(args) or None
     out = pipe(prompts, num_videos_per_prompt=args.num_videos, num_videos=args.num_videos, num_frames=args.frames,
-               fps=args.fps, image=args.image, context_length=args.context_length, output_type="pt",
+               fps=args.fps, image=args.image, video=args.video, source_prompt=args.source_prompt,
+               context_length=args.context_length, output_type="pt",
                **_call_kwargs(args))
     x = out.frames * 2 - 1                                       # (N, T, C, H, W) in [-1, 1]
     save_video(x if len(x) > 1 else x[0], args.out, fps=out.fps,

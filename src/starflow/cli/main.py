@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "starflow.cli.train",         # train, bench-train
     "starflow.cli.autoencoder",   # train-autoencoder, finetune-decoder
     "starflow.cli.generate",      # generate, generate-video, convert
+    "starflow.cli.evaluate_video",  # evaluate-video
     "starflow.cli.demo",          # demo
 ]
 

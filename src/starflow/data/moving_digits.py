@@ -73,10 +73,13 @@ def render_moving_digit(sprite: torch.Tensor, direction: int, offset: int, canva
     return video
 
 
-def start_choices(direction: int, span: int, speed: int) -> list[int]:
+def start_choices(direction: int, span: int, speed: int, start: str = "any") -> list[int]:
     """Start positions whose first step goes in `direction` without touching a wall first; on the lattice of
-    multiples of `speed` when the span is one (exact bounces, whole-step shifts)."""
+    multiples of `speed` when the span is one (exact bounces, whole-step shifts). start="wall": only the wall
+    the digit moves away from."""
     _, sign = direction_axis(direction)
+    if start == "wall":
+        return [0 if sign > 0 else span]
     lo, hi = (0, span - speed) if sign > 0 else (speed, span)
     step = speed if span % speed == 0 else 1
     return [p for p in range(lo, hi + 1) if p % step == 0]
@@ -87,7 +90,7 @@ class MovingDigitsDataset(InMemoryDataset):
     videos show digits never seen in training."""
 
     def __init__(self, split: str = "train", num_videos: int = 2000, canvas: int = 16, num_frames: int = 8,
-                 seed: int = 0, speed: int = 4):
+                 seed: int = 0, speed: int = 4, start: str = "any"):
         if split not in ("train", "test"):
             raise ValueError(f"moving digits split must be 'train' or 'test', not {split!r}")
         if num_videos < 1 or num_frames < 1:
@@ -95,6 +98,8 @@ class MovingDigitsDataset(InMemoryDataset):
         if canvas < SPRITE + 1:
             raise ValueError(f"canvas must be at least {SPRITE + 1} pixels to move an 8x8 digit, got {canvas}")
         span = canvas - SPRITE
+        if start not in ("any", "wall"):
+            raise ValueError(f"start must be 'any' or 'wall', not {start!r}")
         if not 1 <= speed <= span:
             raise ValueError(f"speed must be 1..{span} pixels per frame on a {canvas}-pixel canvas, got {speed}")
         values, labels = load_digits_arrays()
@@ -107,7 +112,7 @@ class MovingDigitsDataset(InMemoryDataset):
         pick = torch.rand(num_videos, generator=g)
         starts = []
         for d, u in zip(directions.tolist(), pick.tolist()):
-            choices = start_choices(d, span, speed)
+            choices = start_choices(d, span, speed, start)
             starts.append(choices[min(int(u * len(choices)), len(choices) - 1)])
         videos = torch.stack([render_moving_digit(values[i], int(d), int(o), canvas, num_frames, s, speed)
                               for i, d, o, s in zip(sprite_idx.tolist(), directions, offsets, starts)])

@@ -1,4 +1,5 @@
-"""Text-to-video and image-to-video, with a sliding window for videos longer than the trained length."""
+"""Text-to-video, image-to-video and video-to-video, with a sliding window for videos longer than the trained
+length."""
 from __future__ import annotations
 
 import contextlib
@@ -116,11 +117,25 @@ class StarFlowVideoPipeline(BasePipeline):
         z = z.float() + self.defaults.noise_std * noise                                    # training noise level
         return z[:, None].to(self.device, self.dtype)
 
+    # ---- video to edit -----------------------------------------------------------------------------
+    def _source_noise(self, source: torch.Tensor, prompts, per_prompt: int, source_prompt, guidance: float,
+                      cond: dict, y_null: torch.Tensor | None, T: int) -> torch.Tensor:
+        """The flow's noise of the video(s) to edit, one per output video (pipelines.video_edit)."""
+        from .video_edit import invert_video, match_videos
+
+        trained = self.trained_latent_frames()
+        if trained is not None and T > trained:
+            raise ValueError(f"the video to edit has {T} latent frames; video-to-video takes at most the trained "
+                             f"{trained} (the inversion is one pass of the flow, without the sampling window)")
+        videos, sources = match_videos(source, prompts, per_prompt, source_prompt)
+        return invert_video(self, videos, sources, guidance if y_null is not None else 0.0, cond, y_null)
+
     # ---- call ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
                  *, num_videos_per_prompt: int = 1, num_frames: int | None = None, fps: int | None = None,
-                 image=None, guidance: float | None = None, sampler: str | None = None,
+                 image=None, video=None, source_prompt: str | Sequence[str] | None = None,
+                 guidance: float | None = None, sampler: str | None = None,
                  jacobi_block_size: int | None = None, jacobi_threshold: float | None = None,
                  jacobi_max_iter: int | None = None, jacobi_draft: str | None = None,
                  context_length: int | None = None,
@@ -134,12 +149,26 @@ class StarFlowVideoPipeline(BasePipeline):
         with a sliding window re-encoding `context_length` latent frames (default window - 1).
         fps: written to the files, and given to the prompt template when the flow was trained with fps_cond.
         image: first frame (file, PIL image, or (C, H, W) / (B, C, H, W) tensor in [-1, 1]): image-to-video.
+        video: a video to edit (GIF / MP4 file, uint8 (T, H, W, C), or (T, C, H, W) / (B, T, C, H, W) in [-1, 1]):
+        video-to-video. The flow is inverted on it (one forward pass, under `source_prompt`, or the empty prompt
+        when None) and its noise is sampled again under `prompt` (pipelines.video_edit). One video for all
+        prompts or one per prompt; its frame count sets num_frames (at most the trained length).
         """
         self._check_output_type(output_type)
         c, d = self.config, self.defaults
         prompts = self._prompts(prompt, conditioned=c.txt_dim > 0)
         if num_videos_per_prompt < 1:
             raise ValueError("num_videos_per_prompt must be >= 1")
+        source = None
+        if video is not None:
+            from .video_edit import read_source_video
+            if image is not None:
+                raise ValueError("give image= (image-to-video) or video= (video-to-video), not both")
+            H0, W0 = self._call_setup(guidance, denoise, sampler, height, width, aspect_ratio)[-2:]
+            source = read_source_video(video, self.pixel_channels, H0, W0)
+            if num_frames is not None and num_frames != source.size(1):
+                raise ValueError(f"num_frames={num_frames} but the video to edit has {source.size(1)} frames")
+            num_frames = source.size(1)
         num_frames = d.num_frames if num_frames is None else num_frames
         if num_frames is None:
             raise ValueError("give num_frames (this pipeline has no trained length stored)")
@@ -155,7 +184,10 @@ class StarFlowVideoPipeline(BasePipeline):
         cond = self._cond_kwargs(fps, aspect_ratio)
         y, y_null = self._encode(prompts, negative_prompt, num_videos_per_prompt, guidance, cond)
         g = self._generator(seed, generator)
-        z = torch.randn((n_total, T, self.latent_channels, H // sf, W // sf), generator=g)   # (N, T, C, h, w)
+        if source is not None:
+            z = self._source_noise(source, prompts, num_videos_per_prompt, source_prompt, guidance, cond, y_null, T)
+        else:
+            z = torch.randn((n_total, T, self.latent_channels, H // sf, W // sf), generator=g)  # (N, T, C, h, w)
         z = z.to(self.device, self.dtype)
         prefix = self._first_frame(image, n_total, H, W, g) if image is not None else None
 

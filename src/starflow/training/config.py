@@ -31,6 +31,8 @@ class DataConfig:
     frame_stride: int = 1                # video folders: keep every n-th frame
     canvas: int = 16                     # moving digits: frame side
     speed: int = 4                       # moving digits: pixels per frame (bouncing off the canvas edges)
+    start: str = "any"                   # moving digits: "any" start whose first step goes the captioned way,
+                                         # or "wall": at the wall it moves away from
     num_videos: int = 2000               # moving digits: videos generated per split
     aspect_ratios: list[str] | None = None   # e.g. ["1:1", "16:9", "9:16"]: one bucket each
     condition: str = "none"              # none | labels | text
