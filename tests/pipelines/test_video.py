@@ -91,3 +91,68 @@ def test_video_round_trip(video_pipe, pool_ae, tmp_path):
     video_pipe.save_pretrained(tmp_path / "v")
     b = StarFlowVideoPipeline.from_pretrained(tmp_path / "v", autoencoder=pool_ae())(["8"], output_type="pt", **KW)
     assert torch.equal(a, b.frames) and b.fps == 4
+
+
+# ---- video-to-video -------------------------------------------------------------------------------------------
+
+def _source(video_pipe, prompt="4"):
+    return video_pipe([prompt], output_type="pt", **KW).frames[0] * 2 - 1          # (5, 1, 8, 8) in [-1, 1]
+
+
+@pytest.mark.parametrize("guidance", [0.0, 1.5])
+def test_video_to_video_with_the_same_prompt_gives_the_source_back(video_pipe, guidance):
+    # exact inversion: one forward pass to the noise, the sampler back; no denoising step in between
+    src = _source(video_pipe)
+    lat = video_pipe(["4"], video=src, source_prompt="4", guidance=guidance, denoise="none", sampler="sequential",
+                     output_type="latent", **KW).frames
+    torch.testing.assert_close(lat, video_pipe.autoencoder.encode(src[None]), atol=1e-4, rtol=1e-4)
+    jac = video_pipe(["4"], video=src, source_prompt="4", guidance=guidance, denoise="none", jacobi_threshold=1e-9,
+                     jacobi_max_iter=100, output_type="latent", **KW).frames
+    torch.testing.assert_close(jac, lat, atol=1e-4, rtol=1e-4)
+
+
+def test_video_to_video_under_another_prompt_changes_the_video(video_pipe):
+    src = _source(video_pipe)
+    same = video_pipe(["4"], video=src, source_prompt="4", denoise="none", output_type="latent", **KW).frames
+    other = video_pipe(["7", "4"], video=src, source_prompt="4", denoise="none", output_type="latent", **KW).frames
+    assert other.shape == (2, 3, 2, 4, 4)
+    assert (other[0] - same[0]).abs().max() > 1e-3                       # a new prompt: another video
+    torch.testing.assert_close(other[1], same[0])                        # one video, broadcast over the prompts
+
+
+def test_video_to_video_from_a_file(video_pipe, tmp_path):
+    from starflow.pipelines.io import save_video
+
+    src = _source(video_pipe)
+    for name, scale in (("src.gif", 1), ("src4.gif", 4)):
+        save_video(src, tmp_path / name, fps=4, scale=scale)
+        from_file = video_pipe(["4"], video=tmp_path / name, source_prompt="4", denoise="none",
+                               output_type="latent", **KW).frames
+        # the GIF holds 8-bit pixels: the same as the tensor, rounded
+        rounded = (((src + 1) * 127.5).round() / 127.5 - 1)
+        direct = video_pipe(["4"], video=rounded, source_prompt="4", denoise="none", output_type="latent", **KW)
+        torch.testing.assert_close(from_file, direct.frames, atol=1e-4, rtol=1e-4)
+
+
+def test_video_to_video_bad_input(video_pipe, tmp_path):
+    src = _source(video_pipe)
+    with pytest.raises(ValueError, match=r"does not fit the model: expected frames of \(1, 8, 8\)"):
+        video_pipe(["4"], video=torch.zeros(5, 1, 6, 6), **KW)
+    with pytest.raises(ValueError, match="1 \\+ 2k frames; 4 is not one"):
+        video_pipe(["4"], video=src[:4], **KW)
+    with pytest.raises(ValueError, match="at most the trained 3"):
+        video_pipe(["4"], video=torch.cat([src, src[1:]]), **KW)            # 9 frames: 5 latent frames
+    with pytest.raises(ValueError, match="2 videos for 3 prompts"):
+        video_pipe(["1", "2", "3"], video=torch.stack([src, src]), **KW)
+    with pytest.raises(ValueError, match="2 source prompts for 1 videos"):
+        video_pipe(["1"], video=src, source_prompt=["1", "2"], **KW)
+    with pytest.raises(ValueError, match="not both"):
+        video_pipe(["1"], video=src, image=src[0], **KW)
+    with pytest.raises(FileNotFoundError, match="video not found"):
+        video_pipe(["1"], video=tmp_path / "missing.gif", **KW)
+    (tmp_path / "bad.gif").write_bytes(b"not a gif")
+    with pytest.raises(ValueError, match="cannot read video"):
+        video_pipe(["1"], video=tmp_path / "bad.gif", **KW)
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "odd.gif")
+    with pytest.raises(ValueError, match="is 12x10 pixels; this model makes 8x8 videos"):
+        video_pipe(["1"], video=tmp_path / "odd.gif", **KW)

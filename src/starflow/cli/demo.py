@@ -17,9 +17,10 @@ import os
 import time
 from pathlib import Path
 
+from .demo_video import video_part
+
 DIGITS_CONFIG = "digits_t2i.yaml"
 VIDEO_CONFIG = "moving_digits_t2v.yaml"
-VIDEO_PROMPTS = [(3, 1), (7, 3), (0, 0), (5, 2)]        # (digit, direction): right, down, left, up
 SCALE = 4                                                # 8x8 digits are tiny: enlarge the written files
 # the small KL autoencoder of a latent-space moving-digits config (the commands in its comments train the same)
 VIDEO_AE = dict(steps=600, batch_size=128, latent_channels=8, hidden_channels=(32, 64, 64))
@@ -132,40 +133,6 @@ def digits_part(pipe, out_dir: Path, samples_per_prompt: int, seed: int):
     return acc, path
 
 
-def video_part(pipe, out_dir: Path, seed: int) -> list[Path]:
-    import torch
-
-    from ..data.base import to_unit_range
-    from ..data.digits import DIGITS_LEVELS
-    from ..data.moving_digits import MovingDigitsDataset, moving_caption
-    from ..pipelines.io import save_video
-
-    labels = _is_labels(pipe)
-    prompt = (lambda d, r: str(d * 4 + r)) if labels else moving_caption
-    written = []
-    out = pipe([prompt(d, r) for d, r in VIDEO_PROMPTS], seed=seed, output_type="pt")
-    x = out.frames * 2 - 1                                          # (4, T, C, H, W)
-    for suffix in (".gif", ".mp4"):
-        written.append(save_video(x, out_dir / f"moving_digit{suffix}", fps=out.fps, nrow=len(x), scale=SCALE))
-
-    # image-to-video: the first frame of a held-out video, continued by the model, beside the real one
-    tc = pipe.train_config
-    data = MovingDigitsDataset("test", num_videos=4, canvas=tc.data.canvas, num_frames=tc.data.num_frames,
-                               seed=seed)
-    real_v = data.values[0]                                         # (T, 1, H, W) uint8
-    if _dequantized(pipe):
-        real = (real_v.float() + 0.5) * (2 / DIGITS_LEVELS) - 1
-    else:
-        real = to_unit_range(real_v, DIGITS_LEVELS)
-    gen = pipe([data.captions[0] if not labels else str(int(data.labels[0]))], image=real[0], seed=seed,
-               num_frames=real.size(0), output_type="pt")
-    pair = torch.stack([real, gen.frames[0] * 2 - 1])               # real | continued
-    for suffix in (".gif", ".mp4"):
-        written.append(save_video(pair, out_dir / f"moving_digit_continued{suffix}", fps=gen.fps, nrow=2,
-                                  scale=SCALE))
-    return written
-
-
 def run(args) -> int:
     import torch
 
@@ -187,9 +154,11 @@ def run(args) -> int:
     print("sampling digits ...", flush=True)
     image_pipe = StarFlowPipeline.from_trained(img_dir, device=device)
     acc, grid_path = digits_part(image_pipe, args.out, args.samples_per_prompt, args.seed)
-    print("sampling moving digits ...", flush=True)
+    print("sampling and scoring moving digits ...", flush=True)
     video_pipe = StarFlowVideoPipeline.from_trained(vid_dir, device=device)
-    videos = video_part(video_pipe, args.out, args.seed)
+    t1 = time.time()
+    report, videos = video_part(video_pipe, args.out, args.seed)
+    video_seconds = time.time() - t1
 
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"   # noqa: E731
     print()
@@ -200,6 +169,10 @@ def run(args) -> int:
     print(f"  ({acc.num_samples} digits, {args.samples_per_prompt} per prompt; per digit "
           + " ".join(f"{d}:{a:.2f}" for d, a in acc.per_digit.items()) + ")")
     print(f"classifier test accuracy: {acc.classifier_test_accuracy:.3f} (SVM on the held-out digits split)")
+    for line in report.lines():
+        print(line)
+    print(f"  (videos read frame by frame: the digit located, classified and tracked; sampling and scoring took "
+          f"{video_seconds:.0f}s)")
     print(f"wrote {grid_path}")
     for v in videos:
         print(f"wrote {v}")

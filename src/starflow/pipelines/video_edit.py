@@ -19,15 +19,33 @@ import torch.nn.functional as F
 __all__ = ["read_source_video", "match_videos", "invert_video"]
 
 
+def _gif_frames(path: Path) -> list[np.ndarray]:
+    """GIF writers merge identical consecutive frames into one of a longer duration (Pillow does): each frame
+    is repeated duration / shortest duration times to get the video's frames back."""
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as im:
+        frames, durations = [], []
+        for f in ImageSequence.Iterator(im):
+            frames.append(np.asarray(f.convert("RGB")))
+            durations.append(int(f.info.get("duration") or 0))
+    base = min((d for d in durations if d > 0), default=0)
+    if base:
+        frames = [f for f, d in zip(frames, durations) for _ in range(max(1, round(d / base)))]
+    return frames
+
+
 def _from_file(path: Path) -> np.ndarray:
     """A GIF / MP4 (any format imageio reads) -> uint8 (T, H, W, C)."""
     import imageio.v3 as iio
 
     if not path.exists():
         raise FileNotFoundError(f"video not found: {path}")
-    plugin = "pillow" if path.suffix.lower() == ".gif" else "pyav"
     try:
-        frames = [np.asarray(f) for f in iio.imiter(path, plugin=plugin)]
+        if path.suffix.lower() == ".gif":
+            frames = _gif_frames(path)
+        else:
+            frames = [np.asarray(f) for f in iio.imiter(path, plugin="pyav")]
     except Exception as e:   # not a video, truncated, unknown codec
         raise ValueError(f"cannot read video {path}: {e}") from e
     if not frames:
