@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 TINY = dict(channel_size=2, img_size=4, patch_size=1, channels=48, blocks=3, layers_per_block=[1, 1, 2], head_dim=24,
-            rope=1, sos=1, txt_size=3, txt_dim=5, cond_top_only=1, use_softplus=1, use_final_norm=1, soft_clip=2.0,
+            rope=True, sos=True, txt_size=3, txt_dim=5, cond_top_only=True, use_softplus=True, use_final_norm=True, soft_clip=2.0,
             seq_order="L2R")
 
 
@@ -54,3 +54,20 @@ def make_model():
 @pytest.fixture
 def conformance_dir() -> Path:
     return Path(os.environ.get("STARFLOW_CONFORMANCE_DIR", ASSETS / "conformance"))
+
+
+@pytest.fixture
+def write_legacy_export():
+    """Write a `starflow train` export as starflow 0.1 did: config.json (0/1 booleans, the run's config)
+    + model.safetensors. Newer versions still read it."""
+    import json
+
+    from safetensors.torch import save_file
+
+    def write(folder: Path, flow: StarFlow, train: dict) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        model = {k: int(v) if isinstance(v, bool) else v for k, v in flow.config.to_dict().items()}
+        (folder / "config.json").write_text(json.dumps({"model": model, "train": train}))
+        save_file({k: v.contiguous() for k, v in flow.state_dict().items()}, str(folder / "model.safetensors"))
+        return folder
+    return write

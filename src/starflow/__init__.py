@@ -1,7 +1,7 @@
 """starflow: transformer autoregressive normalizing flows (STARFlow, STARFlow-V)."""
 from .config import ModelConfig, ConfigError
 from .flow.model import StarFlow, FlowOutput
-from .flow.loading import load_official, build_model, CheckpointError
+from .flow.io import load_official, build_model, CheckpointError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["ModelConfig", "ConfigError", "StarFlow", "FlowOutput", "load_official", "build_model", "CheckpointError"]

@@ -6,18 +6,17 @@ YAML files and checkpoints map one to one) in a typed dataclass that rejects unk
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-__all__ = ["ModelConfig", "ConfigError", "load_official_yaml", "MODEL_SIZES"]
+from .strict import ConfigError, check_types, from_mapping, unknown_keys
 
-
-class ConfigError(ValueError):
-    """A configuration key or value the model cannot honour."""
+__all__ = ["ModelConfig", "ConfigError", "load_official_yaml", "load_yaml", "MODEL_SIZES", "unknown_keys"]
 
 
 # Keys of the official `arguments:` YAML / CLI that concern training, data or sampling rather than
@@ -35,12 +34,17 @@ OFFICIAL_NON_MODEL_KEYS = frozenset({
     "ema", "resume", "compile",
 })
 
+# optional integers the official files write as 0 or "None" when unset
+_OPTIONAL_INTS = ("denoiser_window", "local_attn_window", "top_block_channels", "num_heads", "num_kv_heads",
+                  "pt_seq_len")
+
 
 @dataclass
 class ModelConfig:
     """Architecture of a STARFlow / STARFlow-V flow, official names and defaults.
 
     `img_size` is the side length of the model's input (latent or pixel grid), before patchify.
+    Built directly or through `from_dict`, a config is checked (types, then `validate`) on construction.
     """
 
     channel_size: int = 4            # input channels (latent channels, or 3 for pixels)
@@ -52,52 +56,67 @@ class ModelConfig:
     head_dim: int = 64
     num_heads: int | None = None
     num_kv_heads: int | None = None
-    rope: int = 1
+    rope: bool = True                # rotary positions (False: learned positions, one table per frame)
     pt_seq_len: int | None = None
-    sos: int = 0
+    sos: bool = False                # a learned start-of-sequence token heads each block's input
     txt_size: int = 0
     txt_dim: int = 0
-    cond_top_only: int = 0
-    use_softplus: int = 0
-    use_swiglu: int = 0
-    use_bias: int = 1
-    use_qk_norm: int = 0
-    use_post_norm: int = 0
-    use_final_norm: int = 0
+    cond_top_only: bool = False      # only the deep block reads the text
+    use_softplus: bool = False
+    use_swiglu: bool = False
+    use_bias: bool = True
+    use_qk_norm: bool = False
+    use_post_norm: bool = False
+    use_final_norm: bool = False
     norm_type: str = "layer_norm"
     soft_clip: float = 0.0
     seq_order: str = "R2L"
-    learnable_self_denoiser: int = 0
-    conditional_denoiser: int = 0
+    learnable_self_denoiser: bool = False
+    conditional_denoiser: bool = False
+    # official name and meaning: 0 for images; k > 0 makes a video model causal in time (the deep block sees
+    # earlier frames, the shallow ones reverse within a frame) and lets the learnable denoiser look k - 1
+    # frames ahead (its block-causal mask); see `is_temporal_causal`
     temporal_causal: int = 0
     top_block_channels: int | None = None
-    shallow_block_local: int = 0
+    shallow_block_local: bool = False   # shallow blocks of a video see one frame at a time
     denoiser_window: int | None = None
     local_attn_window: int | None = None
-    hf_style_rope: int = 0           # rotate (first half, second half) pairs instead of interleaved ones
+    hf_style_rope: bool = False      # rotate (first half, second half) pairs instead of interleaved ones
     expansion: float = 4.0
     # official non-architecture keys found in the same file; kept for the pipeline (vae, text, cfg...)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self):
+        check_types(self)
+        self.validate()
+
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, allow_official_extras: bool = True) -> "ModelConfig":
-        names = {f.name for f in fields(cls)} - {"extra"}
-        kwargs: dict[str, Any] = {}
-        extra: dict[str, Any] = dict(d.get("extra", {}) or {})
-        for k, v in d.items():
-            if k == "extra":
-                continue
-            if k in names:
-                kwargs[k] = v
-            elif allow_official_extras and k in OFFICIAL_NON_MODEL_KEYS:
-                extra[k] = v
-            else:
-                raise ConfigError(f"unknown config key {k!r} (known model keys: {', '.join(sorted(names))})")
-        cfg = cls(**kwargs, extra=extra)
-        cfg._normalise()
-        cfg.validate()
-        return cfg
+    def from_dict(cls, d: Mapping[str, Any], *, official: bool = False, where: str = "model config"
+                  ) -> "ModelConfig":
+        """The one way from a mapping to a config. Unknown keys are errors.
+
+        official=True reads the official code's conventions (its YAML files, checkpoints and conformance
+        vectors): booleans written 0/1, `layers_per_block` as "2 2 24", 0 or "None" for unset optional
+        integers, and its training / sampling keys (OFFICIAL_NON_MODEL_KEYS), kept in `extra`."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of model keys, got {type(d).__name__}")
+        d = dict(d)
+        extra = dict(d.pop("extra", None) or {})
+        if official:
+            for k in [k for k in d if k in OFFICIAL_NON_MODEL_KEYS]:
+                extra[k] = d.pop(k)
+            lpb = d.get("layers_per_block")
+            if isinstance(lpb, str):
+                d["layers_per_block"] = [int(v) for v in lpb.replace(",", " ").split()]
+            elif isinstance(lpb, int) and not isinstance(lpb, bool):
+                d["layers_per_block"] = [lpb]
+            for k in _OPTIONAL_INTS:
+                if k in d and d[k] in (0, "None", "none", "null"):
+                    d[k] = None
+        elif isinstance(d.get("layers_per_block"), int) and not isinstance(d["layers_per_block"], bool):
+            d["layers_per_block"] = [d["layers_per_block"]]     # one count for every block
+        return from_mapping(cls, {**d, "extra": extra}, where, official=official)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -105,31 +124,28 @@ class ModelConfig:
             d.pop("extra")
         return d
 
-    def _normalise(self) -> None:
-        lpb = self.layers_per_block
-        if isinstance(lpb, str):  # official YAML writes "2 2 2 2 2 24"
-            lpb = [int(v) for v in lpb.replace(",", " ").split()]
-        elif isinstance(lpb, int):
-            lpb = [lpb]
-        self.layers_per_block = [int(v) for v in lpb]
-        for name in ("rope", "sos", "cond_top_only", "use_softplus", "use_swiglu", "use_bias", "use_qk_norm",
-                     "use_post_norm", "use_final_norm", "learnable_self_denoiser", "conditional_denoiser",
-                     "temporal_causal", "shallow_block_local", "hf_style_rope"):
-            setattr(self, name, int(getattr(self, name)))
-        self.soft_clip = float(self.soft_clip or 0.0)
-        for name in ("denoiser_window", "local_attn_window", "top_block_channels", "num_heads", "num_kv_heads",
-                     "pt_seq_len"):
-            v = getattr(self, name)
-            setattr(self, name, None if v in (None, 0, "None", "none") else int(v))
-
     def validate(self) -> None:
         def bad(msg: str) -> None:
             raise ConfigError(msg)
 
-        if self.blocks < 1:
-            bad("blocks must be >= 1")
+        for name in ("channel_size", "img_size", "patch_size", "channels", "blocks", "head_dim"):
+            if getattr(self, name) < 1:
+                bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("txt_size", "txt_dim", "temporal_causal"):
+            if getattr(self, name) < 0:
+                bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in _OPTIONAL_INTS:
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                bad(f"{name} must be >= 1 or unset, got {v}")
+        if not (self.soft_clip >= 0 and math.isfinite(self.soft_clip)):
+            bad(f"soft_clip must be a finite number >= 0 (0: off), got {self.soft_clip}")
+        if not (self.expansion > 0 and math.isfinite(self.expansion)):
+            bad(f"expansion must be a finite number > 0, got {self.expansion}")
         if len(self.layers_per_block) not in (1, self.blocks):
             bad(f"layers_per_block has {len(self.layers_per_block)} entries; expected 1 or blocks={self.blocks}")
+        if any(n < 0 for n in self.layers_per_block):
+            bad(f"layers_per_block entries must be >= 0, got {self.layers_per_block}")
         if self.layers_per_block_full[-1] < 1:
             bad("the deep (last) block needs at least one layer")
         if self.img_size % self.patch_size:
@@ -144,7 +160,7 @@ class ModelConfig:
             bad("shallow_block_local requires cond_top_only")
         if self.cond_top_only and self.txt_size <= 0:
             bad("cond_top_only requires txt_size > 0")
-        if self.temporal_causal and self.seq_order != "L2R":
+        if self.is_temporal_causal and self.seq_order != "L2R":
             bad("temporal_causal requires seq_order L2R")
         for name, width in (("channels", self.channels), ("top_block_channels", self.top_channels)):
             heads = self.num_heads if self.num_heads is not None else width // self.head_dim
@@ -158,7 +174,7 @@ class ModelConfig:
         if self.rope and self.txt_size > 0 and (self.head_dim // 2 - 8 < 0 or (self.head_dim // 2 - 8) % 2):
             bad(f"RoPE with text uses 8 frequencies for the text/frame axis: head_dim/2 - 8 must be even and >= 0 "
                 f"(head_dim={self.head_dim})")
-        if self.rope and self.temporal_causal and self.txt_size <= 0:
+        if self.rope and self.is_temporal_causal and self.txt_size <= 0:
             bad("RoPE for video needs txt_size > 0: the frame axis shares the text frequencies")
 
     # ---- derived ------------------------------------------------------------------------------
@@ -184,16 +200,12 @@ class ModelConfig:
         return self.pt_seq_len or self.img_size // self.patch_size
 
     @property
+    def is_temporal_causal(self) -> bool:
+        return self.temporal_causal > 0
+
+    @property
     def is_video_model(self) -> bool:
-        return bool(self.temporal_causal or self.shallow_block_local)
-
-
-
-def unknown_keys(cls, d: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """(unknown, known) key names of mapping `d` for dataclass `cls`, sorted: every typed config rejects
-    unknown keys with its own message."""
-    known = {f.name for f in fields(cls)}
-    return sorted(set(d) - known), sorted(known)
+        return self.is_temporal_causal or self.shallow_block_local
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -233,27 +245,18 @@ def load_official_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def official_to_model_dict(args: Mapping[str, Any], latent_factor: int | None = None) -> dict[str, Any]:
-    """Map a full official argument set to model keys. The official YAML gives `img_size` in pixels and
-    the autoencoder factor is applied at load time; pass `latent_factor` to do the same here."""
-    d = dict(args)
-    if latent_factor:
-        d["img_size"] = int(d["img_size"]) // latent_factor
-    return d
-
-
 # Named sizes, DiT-style. Values are the official ones where the paper gives them.
 MODEL_SIZES: dict[str, dict[str, Any]] = {
     # 3B text-to-image, 256px through SD-VAE (32x32x4 latent), flan-t5-xl text
     "starflow-3b-t2i-256": dict(channel_size=4, img_size=32, patch_size=1, channels=3072, blocks=6,
-                                layers_per_block=[2, 2, 2, 2, 2, 24], head_dim=64, rope=1, sos=1, txt_size=128,
-                                txt_dim=2048, cond_top_only=1, use_softplus=1, use_final_norm=1, soft_clip=4.0,
+                                layers_per_block=[2, 2, 2, 2, 2, 24], head_dim=64, rope=True, sos=True, txt_size=128,
+                                txt_dim=2048, cond_top_only=True, use_softplus=True, use_final_norm=True, soft_clip=4.0,
                                 seq_order="L2R"),
     # 7B text-to-video 480p through Wan2.2 (48 latent channels), flan-t5-xl text
     "starflow-v-7b-t2v-480p": dict(channel_size=48, img_size=40, patch_size=1, channels=3072, top_block_channels=4096,
-                                   blocks=6, layers_per_block=[2, 2, 2, 2, 2, 24], head_dim=64, rope=1, sos=1,
-                                   txt_size=256, txt_dim=2048, pt_seq_len=32, cond_top_only=1, use_softplus=1,
-                                   use_final_norm=1, soft_clip=4.0, seq_order="L2R", learnable_self_denoiser=1,
-                                   conditional_denoiser=1, denoiser_window=10, temporal_causal=2,
-                                   shallow_block_local=1),
+                                   blocks=6, layers_per_block=[2, 2, 2, 2, 2, 24], head_dim=64, rope=True, sos=True,
+                                   txt_size=256, txt_dim=2048, pt_seq_len=32, cond_top_only=True, use_softplus=True,
+                                   use_final_norm=True, soft_clip=4.0, seq_order="L2R", learnable_self_denoiser=True,
+                                   conditional_denoiser=True, denoiser_window=10, temporal_causal=2,
+                                   shallow_block_local=True),
 }

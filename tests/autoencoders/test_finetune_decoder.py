@@ -33,7 +33,7 @@ def test_finetune_trains_only_the_decoder_and_lowers_noisy_loss():
 def test_finetune_rejects_bad_input():
     with pytest.raises(NotImplementedError, match="no trainable decoder"):
         finetune_decoder(load_autoencoder("identity"), torch.zeros(2, 3, 8, 8), FinetuneConfig(steps=1))
-    with pytest.raises(ValueError, match="unknown finetune config keys"):
+    with pytest.raises(ValueError, match="unknown key.s. noise"):
         FinetuneConfig.from_dict({"noise": 0.3})
     with pytest.raises(ValueError, match="noise_std"):
         FinetuneConfig(noise_std=-1).validate()

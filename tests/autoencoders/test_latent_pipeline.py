@@ -20,7 +20,7 @@ def test_flow_in_small_kl_latent_space(tmp_path):
     z = ae.encode(x)  # (B, 4, 4, 4)
     cfg = ModelConfig.from_dict(dict(channel_size=ae.latent_channels, img_size=z.shape[-1], patch_size=1,
                                      channels=64, blocks=2, layers_per_block=[1], head_dim=32, txt_size=enc.length,
-                                     txt_dim=enc.dim, use_softplus=1, sos=1, seq_order="L2R"))
+                                     txt_dim=enc.dim, use_softplus=True, sos=True, seq_order="L2R"))
     model = StarFlow(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     y = enc.encode(labels)

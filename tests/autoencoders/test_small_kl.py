@@ -67,7 +67,7 @@ def test_save_load_round_trip_and_seeds(trained, tmp_path):
 
 
 def test_bad_configs_and_dirs(tmp_path):
-    with pytest.raises(ValueError, match="unknown small-KL autoencoder config keys"):
+    with pytest.raises(ValueError, match="unknown key.s. depth"):
         SmallKLConfig.from_dict({"latent_channels": 4, "depth": 3})
     with pytest.raises(FileNotFoundError, match="train-autoencoder"):
         load_autoencoder(f"kl:{tmp_path}")

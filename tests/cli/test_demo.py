@@ -3,6 +3,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from starflow.cli.main import main
@@ -14,8 +15,8 @@ model:
   blocks: 2
   layers_per_block: [1, 1]
   head_dim: 24
-  cond_top_only: 1
-  use_softplus: 1
+  cond_top_only: true
+  use_softplus: true
   seq_order: L2R
 {extra}
 optim:
@@ -29,12 +30,13 @@ log:
   eval_draws: 1
 """
 DIGITS = MODEL.format(extra="data:\n  dataset: digits\n  condition: labels\n  noise_std: 0.3")
-VIDEO = MODEL.format(extra="  temporal_causal: 1\n  shallow_block_local: 1\n"
+VIDEO = MODEL.format(extra="  temporal_causal: 1\n  shallow_block_local: true\n"
                            "data:\n  dataset: moving_digits\n  condition: labels\n  num_frames: 3\n"
                            "  num_videos: 8\n  canvas: 12\n  noise_std: 0.3")
 
 
 
+@pytest.mark.slow
 def test_demo_trains_caches_and_writes(tmp_path, capsys):
     cfgs = tmp_path / "configs"
     cfgs.mkdir()
@@ -67,6 +69,7 @@ def test_demo_needs_enough_samples_and_its_configs(tmp_path, capsys):
     assert "digits_t2i.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_latent_video_config_gets_its_autoencoder_trained_and_cached(tmp_path, capsys, monkeypatch):
     # a moving-digits config that names a small KL autoencoder: the demo trains one on the config's frames
     # (into its cache), points data.autoencoder at it, and reuses both next time
@@ -87,7 +90,7 @@ def test_latent_video_config_gets_its_autoencoder_trained_and_cached(tmp_path, c
                      first, re.M)
     (ae,) = (tmp_path / "cache").glob("moving_digits_ae-*")
     trained = json.loads(next((tmp_path / "cache").glob("moving_digits_t2v-*/demo.json")).read_text())["model_dir"]
-    assert json.loads((Path(trained) / "config.json").read_text())["train"]["data"]["autoencoder"] == f"kl:{ae}"
+    assert json.loads((Path(trained) / "training.json").read_text())["train"]["data"]["autoencoder"] == f"kl:{ae}"
     # decoded back to 12x12 pixel frames (not 6x6 latents): 4 videos in a row, scale 4, 2-pixel borders x 4
     assert Image.open(tmp_path / "demo" / "moving_digit.gif").size == (4 * 12 * 4 + 5 * 8, 12 * 4 + 2 * 8)
     assert main(argv) == 0

@@ -10,38 +10,6 @@ from starflow.cli.main import main
 from starflow.conditioning import load_text_encoder
 from starflow.pipelines import StarFlowPipeline, StarFlowVideoPipeline
 
-TINY = dict(channel_size=1, img_size=4, patch_size=1, channels=48, blocks=2, layers_per_block=[1, 1], head_dim=24,
-            rope=1, sos=1, txt_size=1, txt_dim=11, cond_top_only=1, use_softplus=1, use_final_norm=1, soft_clip=2.0,
-            seq_order="L2R")
-
-
-
-def tiny_flow(seed=0, **overrides):
-    flow = StarFlow(ModelConfig.from_dict({**TINY, **overrides}))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in flow.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return flow.eval()
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("img") / "pipe"
-    StarFlowPipeline(tiny_flow(), load_text_encoder("labels:10", 1), None, autoencoder_spec="identity",
-                     defaults=dict(noise_std=0.1, guidance=1.0, denoise="score")).save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def video_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("vid") / "pipe"
-    StarFlowVideoPipeline(tiny_flow(1, temporal_causal=1, shallow_block_local=1), load_text_encoder("labels:10", 1),
-                          None, autoencoder_spec="identity",
-                          defaults=dict(noise_std=0.1, guidance=1.0, num_frames=3, fps=5)).save_pretrained(d)
-    return d
-
-
 def run(*argv):
     return main([str(a) for a in argv])
 
@@ -87,8 +55,8 @@ def test_generate_video_gif_and_mp4(video_dir, tmp_path):
 
 def write_official(tmp_path, flow):
     args = [{"img_size": 4}, {"txt_size": 1}, {"channel_size": 1}, {"patch_size": 1}, {"channels": 48},
-            {"blocks": 2}, {"layers_per_block": "1 1"}, {"head_dim": 24}, {"noise_std": 0.1}, {"rope": 1},
-            {"sos": 1}, {"seq_order": "L2R"}, {"use_softplus": 1}, {"cond_top_only": 1}, {"use_final_norm": 1},
+            {"blocks": 2}, {"layers_per_block": "1 1"}, {"head_dim": 24}, {"noise_std": 0.1}, {"rope": True},
+            {"sos": True}, {"seq_order": "L2R"}, {"use_softplus": True}, {"cond_top_only": True}, {"use_final_norm": True},
             {"soft_clip": 2.0}, {"cfg": 1.0}]
     cfg = tmp_path / "official.yaml"
     cfg.write_text(yaml.safe_dump({"arguments": args}))
@@ -97,15 +65,15 @@ def write_official(tmp_path, flow):
     return cfg, ckpt
 
 
-def test_official_files_and_convert(tmp_path):
-    cfg, ckpt = write_official(tmp_path, tiny_flow(2))
+def test_official_files_and_convert(tmp_path, make_tiny_flow):
+    cfg, ckpt = write_official(tmp_path, make_tiny_flow(2))
     direct = tmp_path / "direct.png"
     assert run("generate", "3", "--official-config", cfg, "--checkpoint", ckpt, "--text-encoder", "labels:10",
                "--out", direct, "--no-progress") == 0
     conv = tmp_path / "converted"
     assert run("convert", "--official-config", cfg, "--checkpoint", ckpt, "--text-encoder", "labels:10",
                "--out", conv) == 0
-    assert (conv / "pipeline.json").exists() and (conv / "flow.safetensors").exists()
+    assert (conv / "pipeline.json").exists() and (conv / "flow" / "model.safetensors").exists()
     via = tmp_path / "via.png"
     assert run("generate", "3", "--model", conv, "--out", via, "--no-progress") == 0
     assert np.array_equal(np.asarray(Image.open(direct)), np.asarray(Image.open(via)))
@@ -116,7 +84,7 @@ def test_official_files_and_convert(tmp_path):
     (["generate", "1", "--model", "{img}", "--out", "{tmp}/a.gif"], "images are written as"),
     (["generate", "1", "--out", "{tmp}/a.png"], "give either --model"),
     (["generate", "1", "--model", "{img}", "--aspect-ratio", "7:5", "--out", "{tmp}/a.png"], "unknown aspect ratio"),
-    (["generate", "1", "--model", "{vid}", "--out", "{tmp}/a.png"], "video pipeline"),
+    (["generate", "1", "--model", "{vid}", "--out", "{tmp}/a.png"], "use generate-video"),
     (["generate-video", "1", "--model", "{vid}", "--out", "{tmp}/a.png"], "videos are written as"),
     (["generate-video", "1", "--model", "{vid}", "--frames", "0", "--out", "{tmp}/a.gif"], "num_frames must be"),
     (["generate", "1", "--model", "{tmp}/missing", "--out", "{tmp}/a.png"], "missing: no such directory"),
@@ -128,11 +96,11 @@ def test_bad_input_is_a_clear_error(image_dir, video_dir, tmp_path, capsys, argv
     assert message in capsys.readouterr().err
 
 
-def test_trained_folder_generates_and_converts(tmp_path):
-    from starflow.training import load_train_config, save_trained
-    flow = tiny_flow(3)
+def test_trained_folder_generates_and_converts(tmp_path, write_legacy_export, make_tiny_flow):
+    from starflow.training import load_train_config
+    flow = make_tiny_flow(3)
     tcfg = load_train_config(None, ["data.condition=labels", "data.noise_std=0.2", "optim.max_steps=1"])
-    save_trained(tmp_path / "final", flow.state_dict(), {"model": flow.config.to_dict(), "train": tcfg.to_dict()})
+    write_legacy_export(tmp_path / "final", flow, tcfg.to_dict())
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     assert run("generate", "6", "--model", tmp_path / "final", "--out", a, "--no-progress") == 0
     assert run("convert", "--trained", tmp_path / "final", "--out", tmp_path / "pipe") == 0

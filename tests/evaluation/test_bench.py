@@ -6,9 +6,10 @@ import torch
 
 from starflow.cli.main import main
 from starflow.evaluation.bench import BenchOptions, bench, check_targets
+from starflow.sampling.options import SamplerOptions
 
-FAST = dict(repeats=1, sample_repeats=1, warmup=0, jacobi_block_size=4, threads=1, sequential_compile=False)
-
+SAMPLING = BenchOptions().sampling.with_(jacobi_block_size=4)
+FAST = dict(repeats=1, sample_repeats=1, warmup=0, sampling=SAMPLING, threads=1, sequential_compile=False)
 
 @pytest.fixture
 def model_file(make_model, tmp_path):
@@ -20,7 +21,7 @@ def model_file(make_model, tmp_path):
 
 def test_bench_reports_every_figure(model_file):
     # "auto" (the default draft) needs AMX or CUDA; sequential steps compiled as by default
-    res = bench(model_file, BenchOptions(jacobi_draft="bf16", **{**FAST, "sequential_compile": True}))
+    res = bench(model_file, BenchOptions(**{**FAST, "sampling": SAMPLING.with_(jacobi_draft="bf16"), "sequential_compile": True}))
     for key in ("forward_ms", "train_step_ms", "sample_sequential_s", "sample_jacobi_s", "sample_jacobi_official_s",
                 "peak_rss_mb"):
         assert res[key] > 0, key
@@ -62,9 +63,9 @@ def test_training_step_under_autocast(model_file):
 def test_failed_compilation_falls_back_to_eager_steps(model_file, monkeypatch):
     import starflow.nn.decode as decode
 
-    def broken():
+    def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
-    monkeypatch.setattr(decode, "compiled_run", broken)
+    monkeypatch.setattr(decode.CompiledStep, "__init__", broken)
     res = bench(model_file, BenchOptions(parts=("sequential",), **{**FAST, "sequential_compile": True}))
     assert res["sequential_compiled"] is False and "no C++ compiler" in res["sequential_compile_error"]
     assert res["sample_sequential_s"] > 0 and "sample_sequential_eager_s" not in res
@@ -87,7 +88,7 @@ def test_cli_prints_json(model_file, capsys, tmp_path):
     assert main(["bench", "--model", str(model_file), "--json", "--sample-repeats", "1", "--warmup", "0",
                  "--threads", "1", "--parts", "jacobi", "--jacobi-draft", "none", "--no-official"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["jacobi_draft"] == res["options"]["jacobi_draft"] == "none" and "sample_jacobi_fp32_s" not in res
+    assert res["jacobi_draft"] == res["options"]["sampling"]["jacobi_draft"] == "none" and "sample_jacobi_fp32_s" not in res
     # targets against official figures measured just before (benchmarks/official_baseline.py's JSON)
     ref = tmp_path / "official.json"
     ref.write_text(json.dumps({"impl": "official", "sample_jacobi_s": 1000.0, "jacobi_max_abs_err": 0.3}))
@@ -106,12 +107,12 @@ def test_bad_options_are_refused(tmp_path):
         BenchOptions(dtype="fp16")
     with pytest.raises(ValueError, match="part"):
         BenchOptions(parts=("forward", "backward"))
-    with pytest.raises(ValueError, match="unknown bench option"):
+    with pytest.raises(ValueError, match="bench options: unknown key.s. bacth"):
         BenchOptions.from_dict({"batch": 2, "bacth": 3})
     with pytest.raises(ValueError, match="schedule"):
-        BenchOptions(jacobi_schedule="fast")
+        BenchOptions(sampling=SamplerOptions(jacobi_schedule="fast"))
     with pytest.raises(ValueError, match="jacobi_draft"):
-        BenchOptions(jacobi_draft="int8")
+        BenchOptions.from_dict({"sampling": {"jacobi_draft": "int8"}})
     with pytest.raises(ValueError, match="train_autocast"):
         BenchOptions(train_autocast="fp16")
     with pytest.raises(FileNotFoundError, match="bench model not found"):

@@ -40,7 +40,7 @@ def test_needs_an_official_checkout(tmp_path):
 FAKE_CHECKOUT = '''
 import json
 import torch
-from starflow.flow.loading import load_official
+from starflow.flow.io import load_official
 from starflow.flow.model import StarFlow
 
 CONFIG = json.loads({config!r})

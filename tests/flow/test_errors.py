@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from starflow import CheckpointError, ConfigError, ModelConfig, StarFlow
-from starflow.flow.loading import load_state_dict_strict, read_state_dict
+from starflow.flow.io import load_state_dict_strict, read_state_dict
 from starflow.sampling.sample import sample
 
 
@@ -49,7 +49,7 @@ def test_unknown_sampler(model):
 
 
 def test_unknown_config_key():
-    with pytest.raises(ConfigError, match="unknown config key 'chanels'"):
+    with pytest.raises(ConfigError, match="unknown key.s. chanels"):
         ModelConfig.from_dict({"chanels": 64})
 
 

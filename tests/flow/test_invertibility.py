@@ -7,21 +7,21 @@ from starflow.sampling.sample import SamplerOptions, sample
 # every architecture switch, one at a time, on top of the tiny deep-shallow text model
 VARIANTS = {
     "deep_shallow": {},
-    "no_sos_exp_r2l": dict(sos=0, use_softplus=0, seq_order="R2L", soft_clip=0.0),
-    "cond_all_blocks": dict(cond_top_only=0),
-    "learned_positions": dict(rope=0),
+    "no_sos_exp_r2l": dict(sos=False, use_softplus=False, seq_order="R2L", soft_clip=0.0),
+    "cond_all_blocks": dict(cond_top_only=False),
+    "learned_positions": dict(rope=False),
     "patch2": dict(patch_size=2, img_size=4),
-    "swiglu_rms_qk_post_nobias": dict(use_swiglu=1, norm_type="rms_norm", use_qk_norm=1, use_post_norm=1, use_bias=0),
+    "swiglu_rms_qk_post_nobias": dict(use_swiglu=True, norm_type="rms_norm", use_qk_norm=True, use_post_norm=True, use_bias=False),
     "gqa": dict(num_heads=4, num_kv_heads=2),
     "top_block_channels": dict(top_block_channels=72),
-    "hf_style_rope": dict(hf_style_rope=1),
+    "hf_style_rope": dict(hf_style_rope=True),
     "identity_block": dict(layers_per_block=[0, 1, 2]),
-    "unconditional": dict(txt_size=0, txt_dim=0, cond_top_only=0),
-    "no_norm": dict(norm_type="none", use_final_norm=0),
+    "unconditional": dict(txt_size=0, txt_dim=0, cond_top_only=False),
+    "no_norm": dict(norm_type="none", use_final_norm=False),
 }
 
 VIDEO_VARIANTS = {
-    "frame_causal_local": dict(temporal_causal=1, shallow_block_local=1),
+    "frame_causal_local": dict(temporal_causal=1, shallow_block_local=True),
     "frame_causal_global": dict(temporal_causal=1),
 }
 
@@ -84,7 +84,7 @@ def test_block_is_autoregressive_in_its_order(make_model):
     block = model.blocks[0]
     x, _ = _inputs(model)
     tok = x.flatten(2).transpose(1, 2)                  # (B, N, C)
-    rope = model.rope_tables(block, 4, 4, 0, 0, None)
+    rope = model.rope_tables(block, 4, 4, 0, None)
     z0, _ = block(tok, None, rope)
     t = 5
     tok2 = tok.clone()

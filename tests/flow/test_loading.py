@@ -30,7 +30,7 @@ def test_official_yaml_and_pth_round_trip(tmp_path, make_model):
     (tmp_path / "cfg.yaml").write_text(OFFICIAL_YAML)
     args = load_official_yaml(tmp_path / "cfg.yaml")
     assert args["layers_per_block"] == "1 1 2"
-    cfg = ModelConfig.from_dict({**args, "txt_dim": 5})
+    cfg = ModelConfig.from_dict({**args, "txt_dim": 5}, official=True)
     assert cfg.layers_per_block == [1, 1, 2] and cfg.extra["vae"] == "stabilityai/sd-vae-ft-ema"
     src = make_model(dtype=torch.float32, **{k: v for k, v in cfg.to_dict().items() if k != "extra"})
     sd = dict(src.state_dict())
@@ -57,3 +57,19 @@ def test_official_yaml_reads_numbers_as_people_write_them(tmp_path):
     args = load_official_yaml(tmp_path / "o.yaml")
     assert args == {"lr": 1e-4, "channels": 64, "aspect": "1:1", "drop": 0.5}
     assert isinstance(args["lr"], float) and isinstance(args["channels"], int)
+
+
+def test_booleans_are_bool_except_in_official_files():
+    base = dict(channel_size=2, img_size=4, channels=48, head_dim=24, blocks=2, layers_per_block=[1])
+    import pytest
+
+    from starflow import ConfigError
+    with pytest.raises(ConfigError, match="sos: expected true or false, got 1"):
+        ModelConfig.from_dict({**base, "sos": 1})
+    assert ModelConfig.from_dict({**base, "sos": 1}, official=True).sos is True
+    with pytest.raises(ConfigError, match="channels: expected an integer, got 'abc'"):
+        ModelConfig.from_dict({**base, "channels": "abc"})
+    with pytest.raises(ConfigError, match="channels must be >= 1"):
+        ModelConfig(**{**base, "channels": -48})              # built directly: checked just the same
+    with pytest.raises(ConfigError, match="use_softplus: expected true or false"):
+        ModelConfig(**{**base, "use_softplus": 1})

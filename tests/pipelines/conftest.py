@@ -8,9 +8,9 @@ from starflow.conditioning import load_text_encoder
 from starflow.pipelines import StarFlowPipeline, StarFlowVideoPipeline
 
 TINY_IMAGE = dict(channel_size=2, img_size=4, patch_size=1, channels=48, blocks=2, layers_per_block=[1, 1],
-                  head_dim=24, rope=1, sos=1, txt_size=1, txt_dim=11, cond_top_only=1, use_softplus=1,
-                  use_final_norm=1, soft_clip=2.0, seq_order="L2R")
-TINY_VIDEO = dict(TINY_IMAGE, temporal_causal=1, shallow_block_local=1)
+                  head_dim=24, rope=True, sos=True, txt_size=1, txt_dim=11, cond_top_only=True, use_softplus=True,
+                  use_final_norm=True, soft_clip=2.0, seq_order="L2R")
+TINY_VIDEO = dict(TINY_IMAGE, temporal_causal=1, shallow_block_local=True)
 
 
 class PoolAutoencoder(torch.nn.Module):
@@ -78,19 +78,19 @@ def labels():     # per test: a pipeline's .to("cuda") moves its text encoder
 @pytest.fixture
 def image_pipe(labels):
     """Pixel-space (identity autoencoder) image pipeline: every component loads from its spec."""
-    return StarFlowPipeline(make_flow(), labels, None, defaults=dict(noise_std=0.1, guidance=1.5, denoise="score",
-                                                                       jacobi_block_size=4),
+    return StarFlowPipeline(make_flow(), labels, None, defaults=dict(noise_std=0.1, denoise="score",
+                                                                       sampling=dict(guidance=1.5, jacobi_block_size=4)),
                             autoencoder_spec="identity")
 
 
 @pytest.fixture
 def latent_image_pipe(labels):
-    return StarFlowPipeline(make_flow(), labels, PoolAutoencoder(), defaults=dict(noise_std=0.1, guidance=1.0))
+    return StarFlowPipeline(make_flow(), labels, PoolAutoencoder(), defaults=dict(noise_std=0.1, sampling=dict(guidance=1.0)))
 
 
 @pytest.fixture
 def video_pipe(labels):
     flow = make_flow(seed=1, **{k: v for k, v in TINY_VIDEO.items() if k not in TINY_IMAGE})
     return StarFlowVideoPipeline(flow, labels, PoolAutoencoder(),
-                                 defaults=dict(noise_std=0.1, guidance=1.0, num_frames=5, fps=4, denoise="score",
-                                               jacobi_block_size=4))
+                                 defaults=dict(noise_std=0.1, num_frames=5, fps=4, denoise="score",
+                                               sampling=dict(guidance=1.0, jacobi_block_size=4)))

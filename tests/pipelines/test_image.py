@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from starflow.flow.loading import CheckpointError
+from starflow.flow.io import CheckpointError
 from starflow.pipelines import StarFlowPipeline, StarFlowVideoPipeline, load_pipeline
 from starflow.sampling.sample import SamplerOptions, sample
 
@@ -18,7 +18,7 @@ def test_seed_reproduces_and_batching_does_not_matter(image_pipe):
     c = image_pipe(PROMPTS, num_images_per_prompt=3, seed=6, output_type="pt", progress=False)
     # noise is drawn for all images up front: batches see the same noise (Jacobi's early stop is per batch,
     # so compare exactly with the sequential sampler)
-    kw = dict(num_images_per_prompt=3, seed=5, output_type="pt", progress=False, sampler="sequential")
+    kw = dict(num_images_per_prompt=3, seed=5, output_type="pt", progress=False, method="sequential")
     torch.testing.assert_close(image_pipe(PROMPTS, **kw).images, image_pipe(PROMPTS, batch_size=2, **kw).images,
                                atol=1e-6, rtol=0)
     assert (a.images - c.images).abs().max() > 1e-3
@@ -37,7 +37,7 @@ def test_save_load_round_trip_from_specs(image_pipe, tmp_path):
     after = loaded(PROMPTS, num_images_per_prompt=2, seed=1, output_type="pt", progress=False).images
     assert torch.equal(before, after)
     assert isinstance(load_pipeline(tmp_path / "p"), StarFlowPipeline)
-    with pytest.raises(ValueError, match="image pipeline"):
+    with pytest.raises(ValueError, match="image model"):
         StarFlowVideoPipeline.from_pretrained(tmp_path / "p")
 
 
@@ -48,9 +48,9 @@ def test_round_trip_with_given_autoencoder_and_strict_weights(latent_image_pipe,
     assert torch.equal(before, loaded(PROMPTS, seed=2, output_type="pt", progress=False).images)
     # a flow file that does not fit the config is refused, naming keys
     from safetensors.torch import load_file, save_file
-    sd = load_file(str(tmp_path / "p" / "flow.safetensors"))
+    sd = load_file(str(tmp_path / "p" / "flow" / "model.safetensors"))
     sd.pop(next(iter(sd)))
-    save_file(sd, str(tmp_path / "p" / "flow.safetensors"))
+    save_file(sd, str(tmp_path / "p" / "flow" / "model.safetensors"))
     with pytest.raises(CheckpointError, match="missing keys"):
         StarFlowPipeline.from_pretrained(tmp_path / "p", autoencoder=pool_ae())
 
@@ -88,11 +88,11 @@ def test_guidance_negative_prompt_denoise_and_samplers(image_pipe):
     assert (base - neg).abs().max() > 1e-4 and (base - unguided).abs().max() > 1e-4
     score = image_pipe(["1"], guidance=2.0, denoise="score", **kw).images
     assert (score - base).abs().max() > 1e-5
-    seq = image_pipe(["1"], guidance=2.0, denoise="none", sampler="sequential", **kw).images
-    exact = image_pipe(["1"], guidance=2.0, denoise="none", jacobi_threshold=0.0, jacobi_max_iter=16, **kw).images
+    seq = image_pipe(["1"], guidance=2.0, denoise="none", method="sequential", **kw).images
+    exact = image_pipe(["1"], guidance=2.0, denoise="none", jacobi_th=0.0, jacobi_max_iter=16, **kw).images
     torch.testing.assert_close(seq, exact, atol=1e-4, rtol=1e-4)
     # a bf16 draft changes where Jacobi starts, not what it accepts: still the exact sample
-    drafted = image_pipe(["1"], guidance=2.0, denoise="none", jacobi_threshold=0.0, jacobi_max_iter=16,
+    drafted = image_pipe(["1"], guidance=2.0, denoise="none", jacobi_th=0.0, jacobi_max_iter=16,
                          jacobi_draft="bf16", **kw).images
     torch.testing.assert_close(seq, drafted, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="jacobi_draft"):
@@ -100,7 +100,7 @@ def test_guidance_negative_prompt_denoise_and_samplers(image_pipe):
     with pytest.raises(ValueError, match="learnable self-denoiser"):
         image_pipe(["1"], denoise="learned", **kw)
     with pytest.raises(ValueError, match="sampler"):
-        image_pipe(["1"], sampler="euler", **kw)
+        image_pipe(["1"], method="euler", **kw)
 
 
 def test_sizes_and_aspect_ratios(latent_image_pipe):
@@ -132,7 +132,7 @@ def test_components_must_fit_the_flow(labels, flow_factory, pool_ae):
 
 
 def test_unconditional_model(flow_factory):
-    flow = flow_factory(txt_size=0, txt_dim=0, cond_top_only=0)
+    flow = flow_factory(txt_size=0, txt_dim=0, cond_top_only=False)
     pipe = StarFlowPipeline(flow, None, None)
     out = pipe(num_images=3, seed=0, output_type="pt", progress=False)
     assert out.images.shape == (3, 2, 4, 4) and out.prompts is None
@@ -143,35 +143,34 @@ def test_from_config_yaml(tmp_path):
     from starflow.pipelines.spec import PipelineSpec
     cfg = tmp_path / "tiny.yaml"
     model = dict(channel_size=1, img_size=4, channels=48, blocks=2, layers_per_block=[1, 1], head_dim=24,
-                 txt_size=1, txt_dim=11, cond_top_only=1, seq_order="L2R")
+                 txt_size=1, txt_dim=11, cond_top_only=True, seq_order="L2R")
     cfg.write_text(yaml.safe_dump({"kind": "image", "model": model, "text_encoder": "labels:10",
-                                   "autoencoder": "identity", "defaults": {"guidance": 2.0}}))
+                                   "autoencoder": "identity", "defaults": {"sampling": {"guidance": 2.0}}}))
     pipe = StarFlowPipeline.from_config(cfg, seed=0)
-    assert pipe.defaults.guidance == 2.0 and pipe.config.txt_dim == 11
+    assert pipe.defaults.sampling.guidance == 2.0 and pipe.config.txt_dim == 11
     assert isinstance(pipe.spec, PipelineSpec) and pipe.spec.text_encoder == "labels:10"
     assert len(pipe(["1", "2"], seed=0, progress=False).images) == 2
-    with pytest.raises(ValueError, match="image pipeline"):
+    with pytest.raises(ValueError, match="image model"):
         StarFlowVideoPipeline.from_config(cfg)
 
 
-def test_from_trained_folder(flow_factory, tmp_path):
-    """A `starflow train` export (config.json + model.safetensors) becomes a pipeline with its training set-up."""
-    from starflow.training import TrainConfig, load_train_config, save_trained
+def test_from_a_0_1_trained_folder(flow_factory, tmp_path, write_legacy_export):
+    """A starflow 0.1 `starflow train` export (config.json + model.safetensors) becomes a pipeline with its
+    training set-up (newer runs export a pipeline folder directly: tests/training)."""
+    from starflow.training import load_train_config
     flow = flow_factory(seed=4, channel_size=1)
     tcfg = load_train_config(None, ["data.condition=labels", "data.noise_std=0.2", "optim.max_steps=1",
                                     "log.sample_guidance=1.5"])
-    info = {"model": flow.config.to_dict(), "train": tcfg.to_dict()}
-    save_trained(tmp_path / "final", flow.state_dict(), info)
+    write_legacy_export(tmp_path / "final", flow, tcfg.to_dict())
     pipe = StarFlowPipeline.from_trained(tmp_path / "final")
-    assert isinstance(pipe.train_config, TrainConfig)
     assert (pipe.text_encoder_spec, pipe.autoencoder_spec) == ("labels:10", "identity")
     d = pipe.defaults
-    assert (d.noise_std, d.guidance, d.denoise) == (0.2, 1.5, "score")
+    assert (d.noise_std, d.sampling.guidance, d.denoise) == (0.2, 1.5, "score")
     out = pipe(["5"], seed=0, output_type="latent", denoise="none", guidance=0.0, progress=False).images
     z = torch.randn((1, 1, 4, 4), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, sample(flow, z, pipe.text_encoder.encode(["5"]), None,
                                            SamplerOptions(jacobi_block_size=32)))
-    with pytest.raises(ValueError, match="image pipeline"):
+    with pytest.raises(ValueError, match="image model"):
         StarFlowVideoPipeline.from_trained(tmp_path / "final")
-    with pytest.raises(FileNotFoundError, match="use from_trained"):
-        StarFlowPipeline.from_pretrained(tmp_path / "final")
+    with pytest.raises(FileNotFoundError, match="training run folder"):
+        StarFlowPipeline.from_pretrained(tmp_path)

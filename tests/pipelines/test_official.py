@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from starflow.config import MODEL_SIZES, ConfigError, ModelConfig
-from starflow.flow.loading import CheckpointError
+from starflow.flow.io import CheckpointError
 from starflow.pipelines import StarFlowPipeline, StarFlowVideoPipeline, read_spec
 from starflow.pipelines.base import BasePipeline
 from starflow.pipelines.spec import spec_from_official
@@ -16,8 +16,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # Official `arguments:` format; img_size in pixels (the autoencoder stand-in halves it to the flow's 4).
 TINY_OFFICIAL = [
     {"img_size": 8}, {"txt_size": 1}, {"channel_size": 2}, {"patch_size": 1}, {"channels": 48}, {"blocks": 2},
-    {"layers_per_block": "1 1"}, {"head_dim": 24}, {"noise_std": 0.1}, {"rope": 1}, {"sos": 1},
-    {"seq_order": "L2R"}, {"use_softplus": 1}, {"cond_top_only": 1}, {"use_final_norm": 1}, {"soft_clip": 2},
+    {"layers_per_block": "1 1"}, {"head_dim": 24}, {"noise_std": 0.1}, {"rope": True}, {"sos": True},
+    {"seq_order": "L2R"}, {"use_softplus": True}, {"cond_top_only": True}, {"use_final_norm": True}, {"soft_clip": 2},
     {"cfg": 1.5}, {"drop_label": 0.1}, {"batch_size": 16},
 ]
 
@@ -44,7 +44,7 @@ def test_from_official_image(flow_factory, pool_ae, labels, tmp_path):
     pipe = StarFlowPipeline.from_official(cfg, ckpt, text_encoder_spec="labels:10", autoencoder=pool_ae())
     assert pipe.config.img_size == 4 and pipe.config.txt_dim == 11
     d = pipe.defaults
-    assert (d.noise_std, d.guidance, d.denoise, d.fps_cond) == (0.1, 1.5, "score", False)
+    assert (d.noise_std, d.sampling.guidance, d.denoise, d.fps_cond) == (0.1, 1.5, "score", False)
     ref = StarFlowPipeline(flow, labels, pool_ae(), defaults=d)
     kw = dict(seed=0, output_type="pt", progress=False)
     assert torch.equal(pipe(["1", "9"], **kw).images, ref(["1", "9"], **kw).images)
@@ -55,15 +55,15 @@ def test_from_official_image(flow_factory, pool_ae, labels, tmp_path):
 
 
 def test_from_official_video_reads_vid_size_and_flags(flow_factory, pool_ae, tmp_path):
-    cfg = write_official(tmp_path, [{"vid_size": "5:4"}, {"temporal_causal": 1}, {"shallow_block_local": 1},
+    cfg = write_official(tmp_path, [{"vid_size": "5:4"}, {"temporal_causal": 1}, {"shallow_block_local": True},
                                     {"fps_cond": 0}, {"mix_aspect": 1}])
-    flow = flow_factory(temporal_causal=1, shallow_block_local=1)
+    flow = flow_factory(temporal_causal=1, shallow_block_local=True)
     pipe = BasePipeline.from_official(cfg, official_checkpoint(flow, tmp_path), text_encoder_spec="labels:10",
                                       autoencoder=pool_ae())
     assert isinstance(pipe, StarFlowVideoPipeline)
     assert (pipe.defaults.num_frames, pipe.defaults.fps, pipe.defaults.mix_aspect) == (5, 4, True)
     assert pipe(["2"], output_type="latent", seed=0, progress=False).frames.shape == (1, 3, 2, 4, 4)
-    with pytest.raises(ValueError, match="video pipeline"):
+    with pytest.raises(ValueError, match="video model"):
         StarFlowPipeline.from_official(cfg, None, text_encoder_spec="labels:10", autoencoder=pool_ae())
 
 
@@ -73,7 +73,7 @@ def test_from_official_rejects_bad_files(flow_factory, pool_ae, tmp_path):
     with pytest.raises(CheckpointError, match="shape mismatch"):
         StarFlowPipeline.from_official(cfg, official_checkpoint(wrong, tmp_path), text_encoder_spec="labels:10",
                                        autoencoder=pool_ae())
-    with pytest.raises(ConfigError, match="unknown config key 'colour'"):
+    with pytest.raises(ConfigError, match="unknown key.s. colour"):
         StarFlowPipeline.from_official(write_official(tmp_path, [{"colour": 1}]), None,
                                        text_encoder_spec="labels:10", autoencoder=pool_ae())
     with pytest.raises(ConfigError, match="not a multiple of the autoencoder factor 2"):
@@ -124,8 +124,8 @@ def test_official_checkpoint_with_our_config(flow_factory, labels, tmp_path):
     flow = flow_factory(seed=5)
     ours = tmp_path / "ours.yaml"
     ours.write_text(yaml.safe_dump({"kind": "image", "model": flow.config.to_dict(), "text_encoder": "labels:10",
-                                    "autoencoder": "identity", "defaults": {"guidance": 1.0}}))
+                                    "autoencoder": "identity", "defaults": {"sampling": {"guidance": 1.0}}}))
     pipe = StarFlowPipeline.from_official(ours, official_checkpoint(flow, tmp_path))
-    ref = StarFlowPipeline(flow, labels, None, defaults=dict(guidance=1.0))
+    ref = StarFlowPipeline(flow, labels, None, defaults=dict(sampling=dict(guidance=1.0)))
     kw = dict(seed=0, output_type="latent", progress=False)
     assert torch.equal(pipe(["4"], **kw).images, ref(["4"], **kw).images)

@@ -1,4 +1,5 @@
 """Under torch.distributed, every rank runs the same number of Jacobi iterations (they agree on convergence)."""
+import pytest
 import os
 import socket
 
@@ -44,6 +45,7 @@ def _worker(rank, port, cfg, state, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ranks_agree_on_jacobi_convergence(make_model):
     model = make_model(dtype=torch.float32, seed=1)
     alone = [_iterations(model, *_rank_inputs(r)) for r in range(2)]

@@ -20,7 +20,7 @@ def _noise(model, B=2, T=None, seed=3):
     return z, y, y_null
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(cond_top_only=0, sos=0, use_softplus=0)])
+@pytest.mark.parametrize("overrides", [{}, dict(cond_top_only=False, sos=False, use_softplus=False)])
 def test_exact_jacobi_equals_sequential_with_guidance(make_model, overrides):
     model = make_model(**overrides)
     z, y, y_null = _noise(model)
@@ -49,7 +49,7 @@ def test_cached_trunk_equals_uncached(make_model):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 16, 2, generator=g, dtype=torch.float64)
     y = torch.randn(2, 3, 5, generator=g, dtype=torch.float64)
-    rope = model.rope_tables(block, 4, 4, 0, 3, None)
+    rope = model.rope_tables(block, 4, 4, 0, y)
     full = block.run(x, y, rope=rope)
     cache = block.new_cache(2, 3 + 16, dtype=torch.float64)
     block.run(None, y, rope=rope, cache=cache)
@@ -92,7 +92,7 @@ def test_attention_temperature_and_annealing_options(make_model):
 
 @pytest.mark.parametrize("method", ["sequential", "jacobi"])
 def test_image_to_video_prefix_is_kept_and_consistent(make_model, method):
-    model = make_model(temporal_causal=1, shallow_block_local=1)
+    model = make_model(temporal_causal=1, shallow_block_local=True)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 2, 4, 4, generator=g, dtype=torch.float64)
     y = torch.randn(2, 3, 5, generator=g, dtype=torch.float64)
@@ -104,14 +104,14 @@ def test_image_to_video_prefix_is_kept_and_consistent(make_model, method):
 
 
 def test_long_video_sliding_window(make_model):
-    model = make_model(temporal_causal=1, shallow_block_local=1, local_attn_window=2)
+    model = make_model(temporal_causal=1, shallow_block_local=True, local_attn_window=2)
     z, y, y_null = _noise(model, B=1, T=5)
     opts = dict(method="jacobi", guidance=1.0, jacobi_block_size=4, jacobi_th=0.0, jacobi_max_iter=17)
     out = sample(model, z, y, y_null, context_length=1, **opts)
     assert out.shape == z.shape and torch.isfinite(out).all()
     # within the window the sliding sampler is the plain one
     short = z[:, :2]
-    plain = make_model(temporal_causal=1, shallow_block_local=1)
+    plain = make_model(temporal_causal=1, shallow_block_local=True)
     torch.testing.assert_close(sample(model, short, y, y_null, context_length=1, **opts),
                                sample(plain, short, y, y_null, **opts))
     with pytest.raises(ValueError, match="context_length"):
@@ -130,7 +130,7 @@ def test_score_denoise_is_tweedie_step(make_model):
 
 
 def test_learned_denoise_formula(make_model):
-    model = make_model(learnable_self_denoiser=1, conditional_denoiser=1, temporal_causal=1, shallow_block_local=1)
+    model = make_model(learnable_self_denoiser=True, conditional_denoiser=True, temporal_causal=1, shallow_block_local=True)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 2, 2, 4, 4, generator=g, dtype=torch.float64)
     y = torch.randn(1, 3, 5, generator=g, dtype=torch.float64)
@@ -175,3 +175,52 @@ def test_overflowing_samples_warn_and_leave_the_others(make_model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")      # finite samples: no warning
         sample(model, z[[0, 2]], y[[0, 2]], method="sequential")
+
+
+def _windowed_reference(view, tokens: torch.Tensor, window: int, context: int) -> torch.Tensor:
+    """The deep block's inverse with a sliding attention window, without any cache: every token is solved
+    from one full trunk call on the sequence it sees, [sos, the last `context` frames..., itself] re-started
+    at position 0 whenever the window slides (as the official long-video sampler re-encodes its context)."""
+    from starflow.flow.affine import inverse_affine
+
+    block, F = view.block, tokens.size(1) // view.frames
+    zp = block.permute(tokens, view.frames)
+    x_full = block.input_sequence(zp).clone()
+    U, W, C = x_full.size(1) - 1, window * F, context * F
+    pos = block.positions_embed(zp.size(1), view.frames)
+    begin, target = 0, min(W, U)                         # where the current fresh sequence starts
+    for p in range(U):
+        if p >= target:                                  # the window is full: slide it
+            begin, target = p + 1 - C, min(target + W - C, U)
+        seq = x_full[:, :p + 1] if begin == 0 else torch.cat([x_full[:, :1], x_full[:, begin:p + 1]], 1)
+        raw = block.run(seq, view.text, rope=view.rope, pos_embed=None if pos is None else pos[:seq.size(1)])
+        scale, shift = block.params(raw[:, -1:])
+        x_full[:, p + 1:p + 2] = inverse_affine(zp[:, p:p + 1], scale, shift)
+    return block.permute(x_full[:, 1:], view.frames)
+
+
+@pytest.mark.parametrize("rope", [True, False])
+def test_windowed_jacobi_equals_the_uncached_reference(make_model, rope):
+    """Past its attention window the deep block re-encodes its context: with learned positions (rope=False)
+    the re-encoded tokens need their positions too, as every other trunk call has them."""
+    from starflow.sampling.inverse import BlockInverse, jacobi_inverse
+
+    model = make_model(temporal_causal=1, shallow_block_local=True, rope=rope)
+    z, y, _ = _noise(model, B=2, T=5)
+    tokens = model.patchify(z).reshape(2, -1, model.config.token_channels)
+    view = model.block_views(model.patchify(z).shape, y, sampling=True)[-1]
+    ref = _windowed_reference(view, tokens, window=2, context=1)
+    inv = BlockInverse(view, tokens, window_frames=2)
+    got = jacobi_inverse(inv, block_size=4, threshold=0.0, max_iter=64, context_frames=1, window_frames=2)
+    torch.testing.assert_close(got, ref, atol=1e-10, rtol=0)
+    # and the window matters: the full-attention inverse differs past the first window
+    full = jacobi_inverse(BlockInverse(view, tokens), block_size=4, threshold=0.0, max_iter=64)
+    assert (full - ref).abs().max() > 1e-3
+
+
+def test_sampling_never_writes_the_model_config(make_model):
+    model = make_model(temporal_causal=1, shallow_block_local=True)
+    before = model.config.to_dict()
+    z, y, y_null = _noise(model, T=5)
+    sample(model, z, y, y_null, guidance=1.0, attn_window=2, context_length=1)
+    assert model.config.to_dict() == before and model.config.local_attn_window is None

@@ -6,14 +6,14 @@ import pytest
 from starflow.training import load_train_config
 
 TINY_MODEL = ["model.channels=32", "model.head_dim=16", "model.blocks=2", "model.layers_per_block=1",
-              "model.patch_size=2", "model.rope=0"]
+              "model.patch_size=2", "model.rope=False"]
 
 
 def tiny_overrides(out_dir, *extra: str) -> list[str]:
     return TINY_MODEL + [
         "data.dataset=digits", "data.condition=labels", "data.dequantize=true", "data.caption_dropout=0.2",
         "optim.lr=3e-3", "optim.warmup_steps=2", "optim.max_steps=6", "optim.batch_size=16",
-        "optim.num_threads=1", "optim.bf16=false", f"log.out_dir={out_dir}", "log.log_every=1", "log.progress=false",
+        "optim.num_threads=1", "optim.precision=fp32", f"log.out_dir={out_dir}", "log.log_every=1", "log.progress=false",
         "log.sample_every=-1", "log.plot=false", "log.eval_draws=1", "log.eval_max_items=32",
     ] + list(extra)
 

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from starflow.pipelines.io import to_uint8
+from starflow.data.media import to_uint8
 from starflow.training.plots import save_grid
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from starflow.training import CheckpointManager, load_trained, save_trained
+from starflow.training import CheckpointManager, load_trained
 
 
 def _w(v):
@@ -47,19 +47,24 @@ def test_resave_same_step_replaces(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["ckpt-00000001"]
 
 
-def test_export_and_load_trained(tmp_path):
+def test_load_trained_reads_the_0_1_export(tmp_path):
+    """starflow 0.1 exported config.json (0/1 booleans, the run's config with optim.bf16) + model.safetensors."""
+    from safetensors.torch import save_file
+
     from starflow import ModelConfig, StarFlow
 
     cfg = ModelConfig.from_dict(dict(channel_size=1, img_size=4, patch_size=2, channels=32, head_dim=16, blocks=2,
-                                     layers_per_block=[1], rope=0))
+                                     layers_per_block=[1], rope=False))
     model = StarFlow(cfg)
-    info = {"model": cfg.to_dict(), "conditioning": {"mode": "none"},
-            "train": {"optim": {"max_steps": 3}, "data": {"dataset": "digits"}}}
-    save_trained(tmp_path / "final", model.state_dict(), info)
-    assert json.loads((tmp_path / "final" / "config.json").read_text())["model"]["channels"] == 32
+    old = {**cfg.to_dict(), "rope": 0, "sos": 0, "use_bias": 1}
+    info = {"model": old, "conditioning": {"mode": "none"},
+            "train": {"optim": {"max_steps": 3, "bf16": "false"}, "data": {"dataset": "digits"}}}
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "config.json").write_text(json.dumps(info))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "final" / "model.safetensors"))
     loaded, tcfg = load_trained(tmp_path / "final")
     x = torch.rand(2, 1, 4, 4)
     torch.testing.assert_close(loaded(x).z, model(x).z)
-    assert tcfg.optim.max_steps == 3 and tcfg.model["channels"] == 32
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    assert tcfg.optim.max_steps == 3 and tcfg.optim.precision == "fp32" and tcfg.model["channels"] == 32
+    with pytest.raises(FileNotFoundError, match="final/ folder"):
         load_trained(tmp_path)

@@ -16,8 +16,8 @@ from starflow.training import train
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 # EMA, the learnable denoiser (a second forward pass, its own optimiser) and noise augmentation included
-EXTRA = ("optim.max_steps=4", "log.ckpt_every=2", "log.keep_last=5", "optim.ema=0.9", "model.learnable_self_denoiser=1",
-         "model.conditional_denoiser=1", "data.dequantize=false", "data.noise_std=0.3")
+EXTRA = ("optim.max_steps=4", "log.ckpt_every=2", "log.keep_last=5", "optim.ema=0.9", "model.learnable_self_denoiser=True",
+         "model.conditional_denoiser=True", "data.dequantize=false", "data.noise_std=0.3")
 
 
 def _free_port() -> int:
@@ -44,6 +44,7 @@ def _copy_ckpt(src_run: Path, step: int, dst_run: Path) -> None:
     shutil.copytree(src_run / "checkpoints" / name, dst_run / "checkpoints" / name)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_checkpoints_cross(tmp_path, tiny_cfg, tiny_args, losses):
     single = train(tiny_cfg(*EXTRA, out="single"))
     ref = losses(single)

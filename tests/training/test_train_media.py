@@ -1,4 +1,5 @@
 """Text-to-video on moving digits through the CLI; an image folder with aspect buckets in latent space."""
+import pytest
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ from starflow.cli.main import main
 from starflow.training import load_trained, train
 
 
+@pytest.mark.slow
 def test_cli_text_to_video_moving_digits(tmp_path, tiny_args, capsys):
     cfg = tmp_path / "t2v.yaml"
     cfg.write_text("data:\n  dataset: moving_digits\n  canvas: 12\n  num_frames: 3\n  num_videos: 40\n"
@@ -19,7 +21,7 @@ def test_cli_text_to_video_moving_digits(tmp_path, tiny_args, capsys):
     assert main(["train", "--config", str(cfg), *args]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["steps"] == 2 and out["test_bpd"] is not None
-    info = json.loads((tmp_path / "t2v" / "final" / "config.json").read_text())
+    info = json.loads((tmp_path / "t2v" / "final" / "training.json").read_text())
     assert info["conditioning"]["spec"] == "minilm" and info["conditioning"]["dim"] == 384
     model, tcfg = load_trained(out["model_dir"])
     assert model.config.txt_size == 8 and tcfg.data.dataset == "moving_digits"
@@ -28,7 +30,8 @@ def test_cli_text_to_video_moving_digits(tmp_path, tiny_args, capsys):
 
 
 class HalvingAE:
-    """Stand-in for starflow.autoencoders (issue 4): 2x average-pool encoder, nearest-neighbour decoder."""
+    """A stand-in autoencoder with the interface of starflow.autoencoders: 2x average-pool encoder, nearest-neighbour
+    decoder (fast, and exact to check)."""
     spatial_factor, temporal_factor, latent_channels = 2, 1, 3
 
     def encode(self, x, sample=True, generator=None):
@@ -50,7 +53,7 @@ def test_image_folder_buckets_in_latent_space(tmp_path, tiny_args, monkeypatch):
     import starflow.training.trainer as trainer_mod
     monkeypatch.setattr(trainer_mod, "load_autoencoder_for", lambda data, device: HalvingAE())
     args = tiny_args("folder", "optim.max_steps=3", "optim.batch_size=2", "data.dequantize=false",
-                     "data.noise_std=0.3", "log.sample_every=3", "log.sample_count=2", "model.rope=1")
+                     "data.noise_std=0.3", "log.sample_every=3", "log.sample_count=2", "model.rope=True")
     args = [a for a in args if not a.startswith("data.dataset")] + [
         "data.dataset=image_folder", f"data.path={tmp_path / 'imgs'}", "data.image_size=8",
         "data.aspect_ratios=[1:1, 2:1]", "data.autoencoder=halving"]

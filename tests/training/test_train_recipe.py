@@ -15,7 +15,7 @@ from starflow.training import DataConfig, train
 from starflow.training.distributed import setup_distributed
 from starflow.training.evaluate import EVAL_SEED
 from starflow.training.inputs import Conditioner, InputPipeline, step_generator
-from starflow.training.trainer import Trainer, TrainModule
+from starflow.training.trainer import Progress, Trainer, TrainModule
 
 CPU = torch.device("cpu")
 
@@ -105,7 +105,7 @@ def test_noise_weighting_scales_the_training_loss(tiny_cfg):
     plain = _trainer(tiny_cfg, "data.dequantize=false", "data.noise_std=0.3", out="p")
     weighted = _trainer(tiny_cfg, "data.dequantize=false", "data.noise_std=0.3", "data.noise_weighting=true",
                         "data.noise_ref=0.1", out="w")
-    a, b = plain.train_step()["loss"], weighted.train_step()["loss"]
+    a, b = plain.train_step(Progress())[0]["loss"], weighted.train_step(Progress())[0]["loss"]
     assert b == pytest.approx(a * 0.3 / 0.1, rel=1e-5)   # weights sigma / noise_ref = 3 on every sample
 
 
@@ -132,7 +132,7 @@ def test_latent_norm_regulariser_enters_the_loss(tiny_cfg):
     (lz0, ll0, reg0), _ = _step0_terms(without)
     assert float(reg0) == 0.0
     torch.testing.assert_close(lz0, lz)   # same initial weights and batch
-    row_r, row_n = with_reg.train_step(), without.train_step()
+    row_r, row_n = with_reg.train_step(Progress())[0], without.train_step(Progress())[0]
     assert row_n["loss"] == pytest.approx(float((lz + ll).mean()), rel=1e-5)
     assert row_r["loss"] == pytest.approx(float((lz + ll).mean() + 0.5 * reg), rel=1e-5)
     assert row_r["loss"] - row_n["loss"] == pytest.approx(0.5 * float(reg), rel=1e-3)
@@ -155,8 +155,7 @@ def test_learning_rate_schedule_is_warmup_then_cosine(tiny_cfg):
                   f"optim.max_steps={total}")
     lrs = []
     for s in range(total + 1):
-        tr.step = s
-        lrs.append(tr._set_lr())
+        lrs.append(tr._set_lr(s, 0.0))
         assert tr.opt.param_groups[0]["lr"] == lrs[-1]
     assert lrs[0] == pytest.approx(min_lr + (lr - min_lr) / warm)     # first step: 1/warm of the way up
     assert all(b > a for a, b in zip(lrs[:warm], lrs[1:warm]))       # linear warm-up
@@ -168,8 +167,7 @@ def test_learning_rate_schedule_is_warmup_then_cosine(tiny_cfg):
     assert lrs[total - 1] < min_lr + 0.01 * (lr - min_lr)             # the last trained step is near min_lr
     # by wall time when there is no step budget
     tr.cfg.optim.max_steps, tr.cfg.optim.max_seconds = None, 10.0
-    tr.step, tr.elapsed = warm + 3, 5.0
-    assert tr._set_lr() == pytest.approx(min_lr + (lr - min_lr) * 0.5)
+    assert tr._set_lr(warm + 3, 5.0) == pytest.approx(min_lr + (lr - min_lr) * 0.5)
 
 
 def test_logged_learning_rates_follow_the_schedule(tiny_cfg):
@@ -196,7 +194,7 @@ def test_gradient_clipping_bounds_the_update_gradient(tiny_cfg):
     free = _trainer(tiny_cfg, "optim.grad_clip=0", out="f")
     seen_c, seen_f = _grad_norm_at_update(clipped), _grad_norm_at_update(free)
     before = [p.detach().clone() for p in clipped.module.parameters()]
-    row_c, row_f = clipped.train_step(), free.train_step()
+    row_c, row_f = clipped.train_step(Progress())[0], free.train_step(Progress())[0]
     # the logged norm is the raw one; the update used the clipped gradient
     assert row_c["grad_norm"] == pytest.approx(row_f["grad_norm"], rel=1e-5) and row_c["grad_norm"] > 0.5
     assert seen_c[0] == pytest.approx(0.05, rel=1e-4)
@@ -205,11 +203,13 @@ def test_gradient_clipping_bounds_the_update_gradient(tiny_cfg):
 
 
 @pytest.mark.parametrize("faster", [True, False])
-def test_bf16_auto_on_cpu_follows_the_probe(tiny_cfg, monkeypatch, faster):
+def test_precision_auto_on_cpu_follows_the_probe_and_says_why(tiny_cfg, monkeypatch, faster):
     calls = []
-    monkeypatch.setattr(Trainer, "_bf16_faster_on_cpu", lambda self: calls.append(1) or faster)
-    tr = _trainer(tiny_cfg, "optim.bf16=auto")
+    times = (1.0, 0.5) if faster else (1.0, 2.0)
+    monkeypatch.setattr(Trainer, "_probe_step_times", lambda self: calls.append(1) or times)
+    tr = _trainer(tiny_cfg, "optim.precision=auto")
     assert calls == [1] and tr.autocast is faster
+    assert "1000 ms (fp32) against" in tr.precision_reason and tr.info()["precision_reason"] == tr.precision_reason
     # the training forward runs under (or outside) CPU bf16 autocast accordingly
     seen = []
     forward = TrainModule.forward
@@ -218,24 +218,24 @@ def test_bf16_auto_on_cpu_follows_the_probe(tiny_cfg, monkeypatch, faster):
         seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
         return forward(self, x, y, denoise)
     monkeypatch.setattr(TrainModule, "forward", spy)
-    row = tr.train_step()
-    assert seen == [faster] and math.isfinite(row["loss"])
+    row, applied = tr.train_step(Progress())
+    assert seen == [faster] and math.isfinite(row["loss"]) and applied
 
 
-@pytest.mark.parametrize("flag, said", [("true", "bf16 autocast"), ("false", "float32")])
+@pytest.mark.parametrize("flag, said", [("bf16", "bf16 autocast"), ("fp32", "float32")])
 def test_the_run_says_its_precision(tiny_cfg, capsys, flag, said):
-    # bf16=auto decides by a timed probe: the first line says what it chose
-    train(tiny_cfg(f"optim.bf16={flag}", "log.progress=true", "optim.max_steps=1", "log.eval_max_items=8"))
+    # the first line says the precision and why (auto would name the probe's timings)
+    train(tiny_cfg(f"optim.precision={flag}", "log.progress=true", "optim.max_steps=1", "log.eval_max_items=8"))
     first = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("training "))
-    assert f", {said}, from scratch;" in first
+    assert f", {said} (optim.precision={flag}), from scratch;" in first
 
 
-@pytest.mark.parametrize("flag, expected", [("true", True), ("false", False)])
-def test_explicit_bf16_skips_the_probe(tiny_cfg, monkeypatch, flag, expected):
+@pytest.mark.parametrize("flag, expected", [("bf16", True), ("fp32", False)])
+def test_explicit_precision_skips_the_probe(tiny_cfg, monkeypatch, flag, expected):
     def probe(self):
         raise AssertionError("the probe must not run for an explicit choice")
-    monkeypatch.setattr(Trainer, "_bf16_faster_on_cpu", probe)
-    assert _trainer(tiny_cfg, f"optim.bf16={flag}").autocast is expected
+    monkeypatch.setattr(Trainer, "_probe_step_times", probe)
+    assert _trainer(tiny_cfg, f"optim.precision={flag}").autocast is expected
 
 
 # ---- 3. outputs -----------------------------------------------------------------------------------------------
@@ -245,7 +245,7 @@ def test_periodic_samples_metrics_and_evaluations(tiny_cfg, tmp_path, monkeypatc
 
     grids = []
     real = Trainer.write_samples
-    monkeypatch.setattr(Trainer, "write_samples", lambda self, model: (grids.append(self.step), real(self, model)))
+    monkeypatch.setattr(Trainer, "write_samples", lambda self, model, p: (grids.append(p.step), real(self, model, p)))
     r = train(tiny_cfg("optim.max_steps=12", "log.sample_every=6", "log.eval_every=4", "log.sample_count=4"))
     out = tmp_path / "run"
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_00000006.png", "step_00000012.png"]
@@ -364,8 +364,8 @@ def test_training_in_a_small_kl_latent_space(tiny_cfg, tmp_path, monkeypatch):
 def test_training_on_cuda_runs_under_bf16_autocast(tiny_cfg, monkeypatch):
     """One GPU: the trainer takes the CUDA device and, with bf16=auto, trains under CUDA bf16 autocast
     without the CPU probe."""
-    monkeypatch.setattr(Trainer, "_bf16_faster_on_cpu", lambda self: pytest.fail("CPU probe on a GPU run"))
-    tr = _trainer(tiny_cfg, "optim.bf16=auto")
+    monkeypatch.setattr(Trainer, "_probe_step_times", lambda self: pytest.fail("CPU probe on a GPU run"))
+    tr = _trainer(tiny_cfg, "optim.precision=auto")
     assert tr.ctx.device.type == "cuda" and tr.autocast
     seen = []
     forward = TrainModule.forward
@@ -374,5 +374,5 @@ def test_training_on_cuda_runs_under_bf16_autocast(tiny_cfg, monkeypatch):
         seen.append((x.device.type, torch.is_autocast_enabled("cuda")))
         return forward(self, x, y, denoise)
     monkeypatch.setattr(TrainModule, "forward", spy)
-    rows = [tr.train_step() for _ in range(3)]
+    rows = [tr.train_step(Progress())[0] for _ in range(3)]
     assert seen[0] == ("cuda", True) and all(math.isfinite(r["loss"]) for r in rows)

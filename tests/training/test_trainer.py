@@ -33,7 +33,7 @@ def test_gradient_accumulation_and_checkpointing_match_one_batch(tiny_cfg, losse
 
 def test_learning_happens_and_outputs_are_written(tiny_cfg, tmp_path, losses):
     r = train(tiny_cfg("optim.max_steps=12", "log.eval_every=6", "log.sample_every=12", "log.plot=true",
-                       "data.caption_dropout=0.5", "optim.bf16=auto"))   # auto: the CPU bf16 probe runs
+                       "data.caption_dropout=0.5", "optim.precision=auto"))   # auto: the CPU bf16 probe runs
     ls = losses(r)
     assert sum(ls[-3:]) < sum(ls[:3])                      # the weights really update
     evals = [m["eval_bpd"] for m in r.metrics if "eval_bpd" in m]
@@ -72,7 +72,7 @@ def test_denoiser_target_is_the_flow_score():
 
     torch.manual_seed(0)
     cfg = ModelConfig.from_dict(dict(channel_size=1, img_size=4, patch_size=2, channels=32, head_dim=16, blocks=2,
-                                     layers_per_block=[1], rope=0))
+                                     layers_per_block=[1], rope=False))
     model = StarFlow(cfg)
     for p in model.parameters():
         p.data += 0.05 * torch.randn_like(p)
@@ -88,7 +88,7 @@ def test_denoiser_target_is_the_flow_score():
 
 
 def test_learnable_denoiser_trains_with_its_own_optimiser(tiny_cfg):
-    r = train(tiny_cfg("model.learnable_self_denoiser=1", "model.conditional_denoiser=1", "data.dequantize=false",
+    r = train(tiny_cfg("model.learnable_self_denoiser=True", "model.conditional_denoiser=True", "data.dequantize=false",
                        "data.noise_std=0.3",
                        "optim.max_steps=3", "optim.denoiser_lr=1e-3", "optim.latent_norm_reg=1e-4",
                        "data.noise_levels=[0.2, 0.4]", "data.noise_weighting=true"))
@@ -104,7 +104,7 @@ def test_learnable_denoiser_trains_with_its_own_optimiser(tiny_cfg):
 def test_denoiser_needs_noise(tiny_cfg):
     from starflow.config import ConfigError
     with pytest.raises(ConfigError, match="noise_std"):
-        train(tiny_cfg("model.learnable_self_denoiser=1"))
+        train(tiny_cfg("model.learnable_self_denoiser=True"))
 
 
 def test_dropout_hooks_act_in_training_only():
@@ -112,7 +112,7 @@ def test_dropout_hooks_act_in_training_only():
     from starflow.training.trainer import add_dropout
 
     cfg = ModelConfig.from_dict(dict(channel_size=1, img_size=4, patch_size=2, channels=32, head_dim=16, blocks=2,
-                                     layers_per_block=[1], rope=0))
+                                     layers_per_block=[1], rope=False))
     torch.manual_seed(0)
     plain = StarFlow(cfg)
     for p in plain.parameters():
@@ -172,7 +172,7 @@ def test_keep_best_needs_a_validation_split(tiny_cfg):
 @pytest.mark.parametrize("kind", ["logit", "gaussianize"])
 def test_input_transforms_are_exact_bijections(kind):
     from starflow.data import DigitsDataset
-    from starflow.training.transforms import Gaussianize, LogitTransform
+    from starflow.flow.transforms import Gaussianize, LogitTransform
 
     v = DigitsDataset("test").values                                   # (297, 1, 8, 8) 0..16
     tr = LogitTransform(0.01) if kind == "logit" else Gaussianize.fit(v, 17)
@@ -190,12 +190,12 @@ def test_input_transforms_are_exact_bijections(kind):
 
 @pytest.mark.parametrize("extra", [("data.logit_alpha=0.05",), ("data.gaussianize=true",)])
 def test_training_with_an_input_transform(tiny_cfg, tmp_path, extra):
-    from starflow.training.transforms import load_transform
+    from starflow.flow.transforms import load_transform
 
     r = train(tiny_cfg(*extra, "optim.max_steps=2", "log.sample_every=2", "log.sample_count=2"))
     assert 0 < r.test_bpd < 8
     import json
-    info = json.loads((r.checkpoint_dir / "config.json").read_text())["input_transform"]
+    info = json.loads((r.checkpoint_dir / "input_transform.json").read_text())
     tr = load_transform(info, r.checkpoint_dir)
     assert tr is not None and tr.kind == info["kind"]
     # a pipeline from the trained folder samples in t-space and gives pictures of x = T^-1(t), also after a
@@ -223,7 +223,8 @@ def test_gaussianize_is_fitted_on_the_training_items_only():
     from starflow.data import DigitsDataset
     from starflow.data.base import Subset
     from starflow.training.config import DataConfig
-    from starflow.training.transforms import Gaussianize, build_transform
+    from starflow.flow.transforms import Gaussianize
+    from starflow.training.inputs import build_transform
 
     ds = DigitsDataset("train")
     idx = torch.arange(0, len(ds), 3)

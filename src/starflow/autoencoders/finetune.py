@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm import tqdm
 
-from ..config import unknown_keys
+from ..strict import check_types, from_mapping
 from .base import Autoencoder, randn_like
 
 __all__ = ["FinetuneConfig", "finetune_decoder"]
@@ -35,14 +35,10 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FinetuneConfig":
-        unknown, known = unknown_keys(cls, d)
-        if unknown:
-            raise ValueError(f"unknown finetune config keys {unknown} (known: {known})")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
+        return from_mapping(cls, d, "finetune config")
 
-    def validate(self) -> None:
+    def __post_init__(self):
+        check_types(self)
         if self.noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
         if self.steps < 1 or self.batch_size < 1:
@@ -64,7 +60,6 @@ def finetune_decoder(ae: Autoencoder, images: torch.Tensor, config: FinetuneConf
     Returns the per-step loss history {"loss", "l2", "perceptual"}. The autoencoder ends frozen again.
     """
     cfg = config or FinetuneConfig()
-    cfg.validate()
     if images.dim() not in (4, 5) or images.shape[0] < 1:
         raise ValueError(f"images must be a non-empty (N,C,H,W) or (N,T,C,H,W) tensor, got {tuple(images.shape)}")
     params = ae.decoder_parameters()  # raises for autoencoders without a decoder (identity)

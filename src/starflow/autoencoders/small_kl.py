@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 
+from ..strict import check_types, from_mapping
 from .base import Autoencoder, randn_like
 
 __all__ = ["SmallKLConfig", "SmallKLAutoencoder", "CONFIG_TYPE"]
@@ -42,17 +43,11 @@ class SmallKLConfig:
     patch: int = 4                   # layout "patch": pixels per latent token along each side
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SmallKLConfig":
-        d = {k: v for k, v in d.items() if k != "type"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown small-KL autoencoder config keys {unknown} (known: {sorted(known)})")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
+    def from_dict(cls, d: Mapping[str, Any], where: str = "small-KL autoencoder config") -> "SmallKLConfig":
+        return from_mapping(cls, {k: v for k, v in d.items() if k != "type"}, where)
 
-    def validate(self) -> None:
+    def __post_init__(self):
+        check_types(self)
         if self.in_channels < 1 or self.latent_channels < 1:
             raise ValueError(f"in_channels and latent_channels must be >= 1, got {self.in_channels}, "
                              f"{self.latent_channels}")
@@ -88,7 +83,6 @@ class SmallKLAutoencoder(Autoencoder):
     def __init__(self, config: SmallKLConfig | None = None):
         super().__init__()
         self.config = cfg = config or SmallKLConfig()
-        cfg.validate()
         hid = [int(c) for c in cfg.hidden_channels]
         self.in_channels, self.latent_channels = cfg.in_channels, cfg.latent_channels
         self.spatial_factor, self.temporal_factor = cfg.spatial_factor, 1

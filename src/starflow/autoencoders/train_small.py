@@ -1,6 +1,7 @@
 """Train the small KL autoencoder on sklearn's bundled digits (no download): `starflow train-autoencoder`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,8 +24,8 @@ def digits_images() -> torch.Tensor:
     return (data / 8.0 - 1.0).unsqueeze(1)
 
 
-def moving_digit_frames(canvas: int = 16, num_frames: int = 8, num_videos: int = 2000, speed: int = 4
-                        ) -> torch.Tensor:
+def moving_digit_frames(canvas: int = 16, num_frames: int = 8, num_videos: int = 2000, speed: int = 4,
+                        start: str = "any") -> torch.Tensor:
     """Every frame of the moving-digits *training* videos as (N * T, 1, canvas, canvas) in [-1, 1]: what a
     video model in this autoencoder's latent space is trained on (the held-out videos are not seen)."""
     from ..data import MovingDigitsDataset
@@ -32,7 +33,7 @@ def moving_digit_frames(canvas: int = 16, num_frames: int = 8, num_videos: int =
     from ..data.digits import DIGITS_LEVELS
 
     videos = MovingDigitsDataset("train", num_videos=num_videos, canvas=canvas, num_frames=num_frames,
-                                 speed=speed).values
+                                 speed=speed, start=start).values
     return to_unit_range(videos.flatten(0, 1), DIGITS_LEVELS)
 
 
@@ -48,16 +49,20 @@ def reconstruction_mse(ae, images: torch.Tensor, *, sample: bool = False, batch_
 
 
 @torch.no_grad()
-def _fit_normalisation(ae: SmallKLAutoencoder, images: torch.Tensor, generator: torch.Generator) -> None:
-    """Set shift/scale so that sampled latents of the training data have mean 0 and std 1."""
+def _normalised(ae: SmallKLAutoencoder, images: torch.Tensor, generator: torch.Generator) -> SmallKLAutoencoder:
+    """The trained autoencoder with shift/scale measured so that sampled latents of the training data have
+    mean 0 and std 1: a new model from the completed config, with the same weights."""
     zs = []
     for xb in images.split(512):
         mean, logvar = ae.posterior(xb.to(ae.device))
         eps = torch.randn(mean.shape, generator=generator).to(mean)
         zs.append(mean + (0.5 * logvar).exp() * eps)
     z = torch.cat(zs)
-    ae.config.shift_factor = float(z.mean())
-    ae.config.scaling_factor = float(1.0 / z.std().clamp_min(1e-6))
+    cfg = dataclasses.replace(ae.config, shift_factor=float(z.mean()),
+                              scaling_factor=float(1.0 / z.std().clamp_min(1e-6)))
+    out = SmallKLAutoencoder(cfg).to(ae.device)
+    out.load_state_dict(ae.state_dict())
+    return out.eval()
 
 
 def train_small_autoencoder(out_dir: str | Path, steps: int = 2000, seed: int = 0, *, batch_size: int = 128,
@@ -106,9 +111,7 @@ def train_small_autoencoder(out_dir: str | Path, steps: int = 2000, seed: int = 
         opt.step()
         sched.step()
         bar.set_postfix(rec=f"{rec.item():.4f}", kl=f"{kl.item():.3f}", refresh=False)
-    ae.eval()
-    _fit_normalisation(ae, data, gen)
-    ae.freeze()
+    ae = _normalised(ae.eval(), data, gen).freeze()
     out = ae.save_pretrained(out_dir)
     log = {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "kl_weight": kl_weight,
            "num_images": int(data.shape[0]), "recon_mse": reconstruction_mse(ae, data),

@@ -54,11 +54,11 @@ def run(args) -> int:
             raise ValueError(f"--reference {args.reference}: not a readable JSON file ({e})") from None
         if not isinstance(reference, dict):
             raise ValueError(f"--reference {args.reference}: expected a JSON object of figures")
+    sampling = BenchOptions().sampling.with_(jacobi_schedule=args.jacobi_schedule, jacobi_draft=args.jacobi_draft,
+                                             jacobi_draft_block_size=args.jacobi_draft_block_size)
     opt = BenchOptions(device=args.device or "cpu", dtype=args.dtype, threads=args.threads, repeats=args.repeats,
                        sample_repeats=args.sample_repeats, warmup=args.warmup, seed=args.seed, compile=args.compile,
-                       jacobi_schedule=args.jacobi_schedule, compare_official=not args.no_official,
-                       jacobi_draft=args.jacobi_draft, train_autocast=args.train_autocast,
-                       jacobi_draft_block_size=args.jacobi_draft_block_size,
+                       sampling=sampling, compare_official=not args.no_official, train_autocast=args.train_autocast,
                        sequential_compile=not args.eager_sequential, reference=reference,
                        parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()))
     log = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))

@@ -22,6 +22,7 @@ from .demo_video import video_part
 DIGITS_CONFIG = "digits_t2i.yaml"
 VIDEO_CONFIG = "moving_digits_t2v.yaml"
 SCALE = 4                                                # 8x8 digits are tiny: enlarge the written files
+INPAINT_ITEMS, INPAINT_ITERATIONS, EDIT_STRENGTH = 0, 8, 0.8   # all 297 held-out digits
 # the small KL autoencoder of a latent-space moving-digits config (the commands in its comments train the same)
 VIDEO_AE = dict(steps=600, batch_size=128, latent_channels=8, hidden_channels=(32, 64, 64))
 
@@ -73,7 +74,8 @@ def trained_autoencoder(config: Path, cache: Path, retrain: bool) -> Path | None
     data = load_train_config(config).data
     if data.dataset != "moving_digits" or not str(data.autoencoder or "").startswith("kl:"):
         return None
-    frames = dict(canvas=data.canvas, num_frames=data.num_frames, num_videos=data.num_videos)
+    frames = dict(canvas=data.canvas, num_frames=data.num_frames, num_videos=data.num_videos, speed=data.speed,
+                  start=data.start)
     root = _cache_dir(cache, "moving_digits_ae", json.dumps({**VIDEO_AE, **frames}, sort_keys=True).encode())
     if (root / "train_log.json").exists() and not retrain:   # written last: a complete autoencoder
         print(f"[autoencoder] reusing the autoencoder trained earlier: {root}")
@@ -93,7 +95,7 @@ def trained_model(name: str, config: Path, cache: Path, retrain: bool,
     marker = root / "demo.json"
     if marker.exists() and not retrain:
         info = json.loads(marker.read_text())
-        if (Path(info["model_dir"]) / "config.json").exists():
+        if (Path(info["model_dir"]) / "pipeline.json").exists():
             print(f"[{name}] reusing the model trained earlier: {info['model_dir']}")
             return Path(info["model_dir"]), info.get("test_bpd")
     from ..training import load_train_config, train
@@ -114,18 +116,13 @@ def _is_labels(pipe) -> bool:
     return str(pipe.text_encoder_spec or "").startswith("labels:")
 
 
-def _dequantized(pipe) -> bool:
-    tc = getattr(pipe, "train_config", None)
-    return bool(tc is not None and tc.data.dequantize)
-
-
-def digits_part(pipe, out_dir: Path, samples_per_prompt: int, seed: int):
+def digits_part(pipe, tc, out_dir: Path, samples_per_prompt: int, seed: int):
     from ..evaluation.classifier import DIGIT_PROMPTS, DigitsClassifier, digit_prompt_accuracy
-    from ..pipelines.io import save_image_grid
+    from ..data.media import save_image_grid
 
     clf = DigitsClassifier.fit()
     prompts = [str(d) for d in range(10)] if _is_labels(pipe) else DIGIT_PROMPTS
-    acc, images = digit_prompt_accuracy(pipe, clf, samples_per_prompt, seed, _dequantized(pipe), prompts=prompts,
+    acc, images = digit_prompt_accuracy(pipe, clf, samples_per_prompt, seed, tc.data.dequantize, prompts=prompts,
                                         batch_size=200)
     cols = min(samples_per_prompt, 10)                              # the grid shows the first 10 of each row
     grid = images.reshape(10, samples_per_prompt, *images.shape[1:])[:, :cols].flatten(0, 1)
@@ -133,10 +130,35 @@ def digits_part(pipe, out_dir: Path, samples_per_prompt: int, seed: int):
     return acc, path
 
 
+def editing_part(pipe, tc, out_dir: Path, seed: int):
+    """Inpainting and editing of the held-out digits (evaluation.inpainting): figures and two pictures."""
+    import torch
+
+    from ..data.media import save_image_grid
+    from ..evaluation.inpainting import evaluate_inpainting
+
+    f = evaluate_inpainting(pipe, items=INPAINT_ITEMS, seed=seed, iterations=INPAINT_ITERATIONS,
+                            edit_strength=EDIT_STRENGTH, dequantized=tc.data.dequantize, progress=False)
+    shown = 10                                                       # pairs per picture: 10 rows of 2 x 3 tasks
+    rows = torch.cat([f.pictures[k][:2 * shown] for k in ("lower", "box", "other")])
+    inpaint = save_image_grid(_interleave(rows, shown), out_dir / "inpaint.png", nrow=6, scale=SCALE)
+    edit = save_image_grid(f.pictures["edit"][:4 * shown], out_dir / "edit.png", nrow=8, scale=SCALE)
+    return f, [inpaint, edit]
+
+
+def _interleave(rows, shown: int):
+    """Three tasks' (input, output) pairs side by side, one item per row: (3 * 2 * shown, ...) -> rows of 6."""
+    import torch
+
+    tasks = rows.reshape(3, shown, 2, *rows.shape[1:])                   # task, item, (input, output)
+    return torch.cat([tasks[:, i].flatten(0, 1) for i in range(shown)])
+
+
 def run(args) -> int:
     import torch
 
     from ..pipelines import StarFlowPipeline, StarFlowVideoPipeline
+    from ..training.checkpoint import read_train_config
 
     if args.samples_per_prompt < 20:
         raise ValueError("--samples-per-prompt must be >= 20 (prompt accuracy needs at least 20 per digit)")
@@ -152,12 +174,15 @@ def run(args) -> int:
                                      (f"data.autoencoder=kl:{ae}",) if ae is not None else ())
 
     print("sampling digits ...", flush=True)
-    image_pipe = StarFlowPipeline.from_trained(img_dir, device=device)
-    acc, grid_path = digits_part(image_pipe, args.out, args.samples_per_prompt, args.seed)
+    image_pipe = StarFlowPipeline.from_pretrained(img_dir, device=device)
+    img_tc = read_train_config(img_dir)
+    acc, grid_path = digits_part(image_pipe, img_tc, args.out, args.samples_per_prompt, args.seed)
+    print("inpainting and editing held-out digits ...", flush=True)
+    edits, edit_paths = editing_part(image_pipe, img_tc, args.out, args.seed)
     print("sampling and scoring moving digits ...", flush=True)
-    video_pipe = StarFlowVideoPipeline.from_trained(vid_dir, device=device)
+    video_pipe = StarFlowVideoPipeline.from_pretrained(vid_dir, device=device)
     t1 = time.time()
-    report, videos = video_part(video_pipe, args.out, args.seed)
+    report, videos = video_part(video_pipe, read_train_config(vid_dir), args.out, args.seed)
     video_seconds = time.time() - t1
 
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"   # noqa: E731
@@ -169,11 +194,20 @@ def run(args) -> int:
     print(f"  ({acc.num_samples} digits, {args.samples_per_prompt} per prompt; per digit "
           + " ".join(f"{d}:{a:.2f}" for d, a in acc.per_digit.items()) + ")")
     print(f"classifier test accuracy: {acc.classifier_test_accuracy:.3f} (SVM on the held-out digits split)")
+    e = edits
+    print(f"inpainting ({e.items} held-out digits, classifier reads the prompted digit): lower half "
+          f"{e.lower_right:.2f}, random 4x4 box {e.box_right:.2f}, lower half under another digit's prompt "
+          f"{e.lower_other:.2f} ({e.lower_other_items} digits whose upper half allows one); known pixels changed "
+          f"by at most {e.known_max_change:.1e}")
+    print(f"editing to another digit's prompt (strength {e.edit_strength}): {e.edit_target:.2f}; unchanged prompt "
+          f"at strength 0 gives the input back to {e.edit_identity_max_err:.1e}")
     for line in report.lines():
         print(line)
     print(f"  (videos read frame by frame: the digit located, classified and tracked; sampling and scoring took "
           f"{video_seconds:.0f}s)")
     print(f"wrote {grid_path}")
+    for p in edit_paths:
+        print(f"wrote {p}")
     for v in videos:
         print(f"wrote {v}")
     print(f"trained models cached in {cache}; demo took {time.time() - t0:.0f}s")

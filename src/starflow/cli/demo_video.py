@@ -31,7 +31,7 @@ def labelled_video_grid(videos, labels: list[str], nrow: int, scale: int = 4, pa
     label underneath (videos of different lengths: the shorter ones hold their last frame)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from ..pipelines.io import to_uint8
+    from ..data.media import to_uint8
 
     arr = [to_uint8(v) for v in videos]                     # each (T, H, W, C)
     if len(arr) != len(labels):
@@ -60,18 +60,19 @@ def labelled_video_grid(videos, labels: list[str], nrow: int, scale: int = 4, pa
 
 
 def _write(frames: np.ndarray, out_dir: Path, name: str, fps: int) -> list[Path]:
-    from ..pipelines.io import save_video
+    from ..data.media import save_video
 
     return [save_video(frames, out_dir / f"{name}{suffix}", fps=fps) for suffix in (".gif", ".mp4")]
 
 
-def video_part(pipe, out_dir: Path, seed: int, per_prompt: int = 5, scale: int = 4):
-    """-> (VideoReport, written files). Samples and scores the model, then writes the four labelled videos."""
+def video_part(pipe, tc, out_dir: Path, seed: int, per_prompt: int = 5, scale: int = 4):
+    """-> (VideoReport, written files). Samples and scores the model (tc: its TrainConfig), then writes the four
+    labelled videos."""
     import torch
 
     from ..evaluation.video_eval import evaluate_video_pipeline
 
-    report = evaluate_video_pipeline(pipe, per_prompt=per_prompt, seed=seed, batch_size=None)
+    report = evaluate_video_pipeline(pipe, tc, per_prompt=per_prompt, seed=seed, batch_size=None)
     fps = int(pipe.defaults.fps or 4)
     v, p = report.videos, report.prompts
     written = []

@@ -11,14 +11,15 @@ def register(sub) -> None:
                        description="Reads every frame of the model's videos on its own (locates the 8x8 digit, "
                                    "classifies it, tracks it) and scores them against their prompts; the same "
                                    "reader on held-out real videos gives its ceiling.")
-    p.add_argument("--model", type=Path, required=True, help="a `starflow train` folder of a moving-digits model")
+    p.add_argument("--model", type=Path, required=True,
+                   help="a moving-digits model exported by `starflow train` (its final/ folder)")
     p.add_argument("--per-prompt", type=int, default=5, help="text-to-video videos per prompt, 40 prompts (default 5)")
     p.add_argument("--i2v", type=int, default=40, help="image-to-video: held-out first frames (0: skip; default 40)")
     p.add_argument("--long", type=int, default=8, help="long videos through the sliding window (0: skip; default 8)")
     p.add_argument("--long-factor", type=int, default=4, help="long videos: times the trained frames (default 4)")
     p.add_argument("--v2v", type=int, default=40, help="video-to-video edits of held-out videos (0: skip; default 40)")
     p.add_argument("--guidance", type=float, default=None, help="guidance weight (default: the model's)")
-    p.add_argument("--sampler", choices=["jacobi", "sequential"], default=None)
+    p.add_argument("--sampler", dest="method", choices=["jacobi", "sequential"], default=None)
     p.add_argument("--denoise", choices=["score", "learned", "none"], default=None)
     p.add_argument("--batch-size", type=int, default=None, help="videos per sampling call (default: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -33,6 +34,7 @@ def run(args) -> int:
 
     from ..evaluation.video_eval import evaluate_video_pipeline
     from ..pipelines import StarFlowVideoPipeline
+    from ..training.checkpoint import read_train_config
 
     for name in ("per_prompt", "long_factor"):
         if getattr(args, name) < 1:
@@ -40,15 +42,19 @@ def run(args) -> int:
     for name in ("i2v", "long", "v2v"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0")
-    if not (args.model / "config.json").exists():
-        raise FileNotFoundError(f"{args.model / 'config.json'} not found: --model takes the folder `starflow train` "
-                                f"writes for a moving-digits model (its training config says canvas and speed)")
+    if not args.model.is_dir():
+        raise FileNotFoundError(f"{args.model}: no such directory (--model takes the final/ folder `starflow train` "
+                                f"writes for a moving-digits model)")
+    tc = read_train_config(args.model)
+    if tc is None or tc.data.dataset != "moving_digits":
+        raise ValueError(f"{args.model} is not a moving-digits model exported by `starflow train` (its training "
+                         f"config says canvas, speed and frames)")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = StarFlowVideoPipeline.from_trained(args.model, device=device)
-    report = evaluate_video_pipeline(pipe, per_prompt=args.per_prompt, i2v_videos=args.i2v, long_videos=args.long,
+    pipe = StarFlowVideoPipeline.from_pretrained(args.model, device=device)
+    report = evaluate_video_pipeline(pipe, tc, per_prompt=args.per_prompt, i2v_videos=args.i2v, long_videos=args.long,
                                      long_factor=args.long_factor, v2v_videos=args.v2v, seed=args.seed,
                                      batch_size=args.batch_size, progress=not args.no_progress,
-                                     **{k: v for k, v in dict(guidance=args.guidance, sampler=args.sampler,
+                                     **{k: v for k, v in dict(guidance=args.guidance, method=args.method,
                                                               denoise=args.denoise).items() if v is not None})
     for line in report.lines():
         print(line)

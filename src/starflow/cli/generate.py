@@ -64,9 +64,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt", default=None, help="prompt of the unconditional guidance branch")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (default: model's)")
-    p.add_argument("--sampler", choices=["jacobi", "sequential"], default=None)
+    p.add_argument("--sampler", dest="method", choices=["jacobi", "sequential"], default=None,
+                   help="jacobi (parallel fixed-point iteration, default) or sequential (token by token, exact)")
     p.add_argument("--jacobi-block-size", type=int, default=None)
-    p.add_argument("--jacobi-threshold", type=float, default=None)
+    p.add_argument("--jacobi-th", "--jacobi-threshold", dest="jacobi_th", type=float, default=None,
+                   help="relative squared change that ends a Jacobi chunk (0: run every iteration)")
     p.add_argument("--jacobi-max-iter", type=int, default=None)
     p.add_argument("--jacobi-draft", choices=["auto", "bf16", "none"], default=None,
                    help="bf16: solve each flow block in bfloat16 first, then accept every token by the full-precision "
@@ -95,11 +97,12 @@ def _device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_any_pipeline(args, kind: str):
-    """--model DIR (pipeline or trained folder) or --official-config + --checkpoint -> pipeline of `kind`."""
-    from ..pipelines import StarFlowPipeline, StarFlowVideoPipeline
+def load_any_pipeline(args, kind: str | None):
+    """--model DIR (pipeline or trained folder) or --official-config + --checkpoint -> pipeline of `kind`
+    ("image", "video", or None: whichever the files hold)."""
+    from ..pipelines import BasePipeline, StarFlowPipeline, StarFlowVideoPipeline
 
-    cls = StarFlowVideoPipeline if kind == "video" else StarFlowPipeline
+    cls = {"video": StarFlowVideoPipeline, "image": StarFlowPipeline}.get(kind, BasePipeline)
     official = args.official_config is not None or args.checkpoint is not None
     if (args.model is None) == (not official):
         raise ValueError("give either --model DIR or --official-config X.yaml --checkpoint Y.pth")
@@ -110,24 +113,19 @@ def load_any_pipeline(args, kind: str):
         pipe = cls.from_official(args.official_config, args.checkpoint, text_encoder_spec=args.text_encoder,
                                  autoencoder_spec=args.autoencoder)
     else:
-        model = Path(args.model)
-        if (model / "pipeline.json").exists() or not (model / "config.json").exists():
-            pipe = cls.from_pretrained(model, text_encoder_spec=args.text_encoder, autoencoder_spec=args.autoencoder)
-        else:
-            if args.text_encoder or args.autoencoder:
-                raise ValueError("--text-encoder / --autoencoder apply to pipeline directories and official files; "
-                                 "a trained folder uses the components it was trained with")
-            pipe = cls.from_trained(model)
+        pipe = cls.from_pretrained(Path(args.model), text_encoder_spec=args.text_encoder,
+                                   autoencoder_spec=args.autoencoder)
     return pipe.to(device)
 
 
 def _call_kwargs(args) -> dict:
-    return dict(negative_prompt=args.negative_prompt, guidance=args.guidance, sampler=args.sampler,
-                jacobi_block_size=args.jacobi_block_size, jacobi_threshold=args.jacobi_threshold,
-                jacobi_max_iter=args.jacobi_max_iter, jacobi_draft=args.jacobi_draft, denoise=args.denoise,
-                height=args.height, width=args.width,
+    """The pipeline call's arguments; the sampler settings under their SamplerOptions names (None: the
+    pipeline's default)."""
+    sampling = dict(guidance=args.guidance, method=args.method, jacobi_block_size=args.jacobi_block_size,
+                    jacobi_th=args.jacobi_th, jacobi_max_iter=args.jacobi_max_iter, jacobi_draft=args.jacobi_draft)
+    return dict(negative_prompt=args.negative_prompt, denoise=args.denoise, height=args.height, width=args.width,
                 aspect_ratio=args.aspect_ratio, seed=args.seed, batch_size=args.batch_size,
-                progress=not args.no_progress)
+                progress=not args.no_progress, **{k: v for k, v in sampling.items() if v is not None})
 
 
 def _check_out(path: Path, allowed: tuple[str, ...], what: str) -> None:
@@ -136,7 +134,7 @@ def _check_out(path: Path, allowed: tuple[str, ...], what: str) -> None:
 
 
 def run_generate(args) -> int:
-    from ..pipelines.io import IMAGE_SUFFIXES, save_image_grid
+    from ..data.media import IMAGE_SUFFIXES, save_image_grid
 
     _check_out(args.out, IMAGE_SUFFIXES, "images")
     pipe = load_any_pipeline(args, "image")
@@ -151,17 +149,19 @@ def run_generate(args) -> int:
 
 
 def run_generate_video(args) -> int:
-    from ..pipelines.io import VIDEO_SUFFIXES, save_video
+    from ..data.media import VIDEO_SUFFIXES, save_video
 
     _check_out(args.out, VIDEO_SUFFIXES, "videos")
     if args.source_prompt is not None and args.video is None:
         raise ValueError("--source-prompt goes with --video (the video to edit)")
     pipe = load_any_pipeline(args, "video")
     prompts = _prompts(args) or None
+    kw = _call_kwargs(args)
+    if args.context_length is not None:
+        kw["context_length"] = args.context_length
     out = pipe(prompts, num_videos_per_prompt=args.num_videos, num_videos=args.num_videos, num_frames=args.frames,
-               fps=args.fps, image=args.image, video=args.video, source_prompt=args.source_prompt,
-               context_length=args.context_length, output_type="pt",
-               **_call_kwargs(args))
+               fps=args.fps, image=args.image, video=args.video, source_prompt=args.source_prompt, output_type="pt",
+               **kw)
     x = out.frames * 2 - 1                                       # (N, T, C, H, W) in [-1, 1]
     save_video(x if len(x) > 1 else x[0], args.out, fps=out.fps,
                nrow=args.num_videos if prompts and len(prompts) > 1 else None, scale=args.scale)
@@ -175,7 +175,7 @@ def run_convert(args) -> int:
     if args.trained is not None:
         if args.checkpoint is not None:
             raise ValueError("--checkpoint goes with --official-config, not --trained")
-        pipe = BasePipeline.from_trained(args.trained)
+        pipe = BasePipeline.from_pretrained(args.trained)
     else:
         if args.checkpoint is None:
             raise ValueError("--official-config needs --checkpoint (the official .pth)")

@@ -7,31 +7,32 @@ text embeddings for y and y_null), so any model in the conformance format can be
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import platform
 import resource
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ..config import unknown_keys
+from ..strict import check_types, from_mapping
 from ..flow.likelihood import official_loss
-from ..flow.loading import load_official
+from ..flow.io import load_conformance_file, load_official
 from ..flow.model import StarFlow
-from ..sampling.draft import DRAFT_DTYPES, fast_bf16
-from ..sampling.inverse import JACOBI_SCHEDULES, JacobiStats
+from ..sampling.draft import fast_bf16
+from ..sampling.inverse import JacobiStats
 from ..sampling.sample import SamplerOptions, sample
 
 __all__ = ["BenchOptions", "bench", "bench_model", "load_bench_model", "check_targets", "DTYPES", "OFFICIAL_CPU"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
-# The official implementation on the bench model, this 2-core CPU, float32, same protocol (3 runs each,
+# The official implementation on the bench model, a 2-core Intel Xeon with AMX, float32, same protocol (3 runs each,
 # from the speed issue): the fastest of its runs, and the error of its Jacobi sample.
 OFFICIAL_CPU = {"forward_ms": 235.0, "train_step_ms": 824.0, "sample_sequential_s": 3.6, "sample_jacobi_s": 1.59,
                 "jacobi_max_abs_err": 0.153}
@@ -43,14 +44,11 @@ class BenchOptions:
     dtype: str = "fp32"              # "fp32", or "bf16" (weights and activations; training under autocast)
     batch: int = 8                   # likelihood pass and training step
     sample_batch: int = 4            # samples; guidance doubles the batch the deep block runs
-    guidance: float = 2.0
-    jacobi_block_size: int = 16
-    jacobi_th: float = 1e-3
-    jacobi_max_iter: int = 32
-    jacobi_schedule: str = "sliding"  # "official" or "sliding" (see sampling.inverse.jacobi_inverse)
-    jacobi_draft: str = "auto"       # "bf16": each block drafted in bfloat16, accepted in float32; "auto": bf16
-                                     # where the hardware multiplies bf16 natively (AMX, CUDA); "none"
-    jacobi_draft_block_size: int = 0  # the draft's window; 0: the whole sequence
+    # the samplers timed: guidance 2, Jacobi blocks of 16 at threshold 1e-3 with the sliding schedule (see
+    # sampling.inverse.jacobi_inverse), drafted in bf16 where the hardware multiplies bf16 natively (AMX, CUDA)
+    sampling: SamplerOptions = field(default_factory=lambda: SamplerOptions(
+        guidance=2.0, jacobi_block_size=16, jacobi_th=1e-3, jacobi_max_iter=32, jacobi_schedule="sliding",
+        jacobi_draft="auto"))
     train_autocast: str = "auto"     # float32 runs: also time the training step under bf16 autocast (float32
                                      # weights and AdamW: the official train.py's precision) as
                                      # train_step_autocast_ms; "auto": where bf16 is native (AMX, CUDA); "none"
@@ -71,31 +69,22 @@ class BenchOptions:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BenchOptions":
-        unknown, known = unknown_keys(cls, d)
-        if unknown:
-            raise ValueError(f"unknown bench option(s) {unknown}; known: {known}")
-        return cls(**d)
+        return from_mapping(cls, d, "bench options")
 
     def __post_init__(self):
+        check_types(self)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {self.dtype!r}")
         bad = sorted(set(self.parts) - {"forward", "train", "sequential", "jacobi"})
         if bad:
             raise ValueError(f"unknown bench part(s) {bad}")
-        for name in ("batch", "sample_batch", "repeats", "sample_repeats", "jacobi_block_size", "jacobi_max_iter"):
+        for name in ("batch", "sample_batch", "repeats", "sample_repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.warmup < 0:
             raise ValueError("warmup must be >= 0")
-        if self.jacobi_schedule not in JACOBI_SCHEDULES:
-            raise ValueError(f"jacobi_schedule must be one of {JACOBI_SCHEDULES}, not {self.jacobi_schedule!r}")
-        if self.jacobi_draft not in DRAFT_DTYPES:
-            raise ValueError(f"jacobi_draft must be one of {sorted(DRAFT_DTYPES)}, not {self.jacobi_draft!r}")
         if self.train_autocast not in ("auto", "bf16", "none"):
             raise ValueError(f"train_autocast must be 'auto', 'bf16' or 'none', not {self.train_autocast!r}")
-        if self.jacobi_draft_block_size < 0:
-            raise ValueError("jacobi_draft_block_size must be >= 0 (0: the whole sequence)")
-        self.parts = tuple(self.parts)
 
 
 def load_bench_model(path: str | Path) -> StarFlow:
@@ -104,9 +93,7 @@ def load_bench_model(path: str | Path) -> StarFlow:
     if not path.is_file():
         raise FileNotFoundError(f"bench model not found: {path} (the shared benchmark model lives at "
                                 f"../shared/bench/bench_t2i_small.pt from the project root)")
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or "config" not in data or "state_dict" not in data:
-        raise ValueError(f"{path}: expected a dict with 'config' and 'state_dict' (conformance format)")
+    data = load_conformance_file(path)
     return load_official(data["config"], data["state_dict"])
 
 
@@ -144,10 +131,6 @@ def _inputs(model: StarFlow, batch: int, seed: int, device, dtype):
     return cast(x), cast(y), cast(y_null)
 
 
-def _sample(model, z, y, y_null, options: SamplerOptions, method: str, schedule: str = "official",
-            stats: JacobiStats | None = None, draft: str = "none") -> torch.Tensor:
-    opts = dict(options.__dict__, method=method, jacobi_schedule=schedule, jacobi_draft=draft)
-    return sample(model, z, y, y_null, SamplerOptions(**opts), stats=stats)
 
 
 def check_targets(res: dict[str, Any], reference: dict[str, float] = OFFICIAL_CPU) -> dict[str, Any]:
@@ -223,61 +206,22 @@ def _bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None])
     infer = base if dtype == torch.float32 else copy.deepcopy(base).to(dtype)
     if opt.compile:
         _compile_layers(infer)
-
     if "forward" in opt.parts:
-        x, y, _ = _inputs(base, opt.batch, opt.seed, device, dtype)
-
-        def fwd():
-            with torch.inference_mode():
-                return infer(x, y).z
-        ts, _ = _timed(fwd, device, opt.warmup, opt.repeats)
-        res["forward_ms"] = _ms(ts)
-        res["forward_ms_range"] = [_ms([min(ts)]), _ms([max(ts)])]
-        log(f"forward_ms {res['forward_ms']}")
-
+        _bench_forward(infer, base, opt, device, dtype, res, log)
     if "train" in opt.parts:
-        trained = copy.deepcopy(base).train()       # the step changes the weights: keep `base` intact
-        if opt.compile:
-            _compile_layers(trained)
-        x, y, _ = _inputs(base, opt.batch, opt.seed, device, torch.float32)
-        # the fused AdamW (one kernel over all parameters) exists for CPU and CUDA
-        optim = torch.optim.AdamW(trained.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)
-
-        def step(autocast: bool):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = official_loss(trained, x, y)["loss"]
-            loss.backward()
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-            return loss.detach()
-        figures = [("train_step_ms", dtype == torch.bfloat16)]
-        if dtype == torch.float32 and (opt.train_autocast == "bf16" or
-                                       (opt.train_autocast == "auto" and fast_bf16(device))):
-            # what `starflow train` runs where bf16 is native (its bf16=auto): the float32 figure alone
-            # would under-sell training there, the autocast one alone would hide the float32 speed
-            figures.append(("train_step_autocast_ms", True))
-        for key, autocast in figures:
-            ts, loss = _timed(lambda: step(autocast), device, opt.warmup, opt.repeats)
-            if not math.isfinite(float(loss)):
-                raise RuntimeError("training step produced a non-finite loss")
-            res[key] = _ms(ts)
-            res[f"{key}_range"] = [_ms([min(ts)]), _ms([max(ts)])]
-            log(f"{key} {res[key]}")
-        del trained, optim
+        _bench_train(base, opt, device, dtype, res, log)
 
     z, y, y_null = _inputs(base, opt.sample_batch, opt.seed + 1, device, dtype)
-    so = SamplerOptions(guidance=opt.guidance, jacobi_block_size=opt.jacobi_block_size, jacobi_th=opt.jacobi_th,
-                        jacobi_max_iter=opt.jacobi_max_iter, jacobi_draft_block_size=opt.jacobi_draft_block_size)
 
-    def run(o: SamplerOptions, method: str, sched: str = "official", stats=None, draft: str = "none"):
-        return _sample(infer, z, y, y_null, o, method, sched, stats, draft)
+    def run(o: SamplerOptions, stats=None):
+        return sample(infer, z, y, y_null, o, stats=stats)
     seq = None
     if "sequential" in opt.parts:
-        seq = _bench_sequential(run, so, opt, device, res, log)
+        seq = _bench_sequential(run, opt, device, res, log)
     elif "jacobi" in opt.parts:
-        seq = run(so, "sequential")   # the exact sample: the Jacobi reference
+        seq = run(opt.sampling.with_(method="sequential"))   # the exact sample: the Jacobi reference
     if "jacobi" in opt.parts:
-        _bench_jacobi(run, so, opt, device, res, log, seq)
+        _bench_jacobi(run, opt, device, res, log, seq)
     if "forward_ms" in res and "sample_jacobi_s" in res:
         # the forward pass of batch `batch` (8) is the doubled batch of the guided samples (2 x 4)
         res["jacobi_over_forward"] = round(1000 * res["sample_jacobi_s"] / res["forward_ms"], 2)
@@ -294,51 +238,98 @@ def _bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None])
     return res
 
 
-def _bench_sequential(run, so: SamplerOptions, opt: BenchOptions, device, res: dict, log) -> torch.Tensor:
+def _bench_forward(infer: StarFlow, base: StarFlow, opt: BenchOptions, device, dtype, res: dict, log) -> None:
+    x, y, _ = _inputs(base, opt.batch, opt.seed, device, dtype)
+
+    def fwd():
+        with torch.inference_mode():
+            return infer(x, y).z
+    ts, _ = _timed(fwd, device, opt.warmup, opt.repeats)
+    res["forward_ms"] = _ms(ts)
+    res["forward_ms_range"] = [_ms([min(ts)]), _ms([max(ts)])]
+    log(f"forward_ms {res['forward_ms']}")
+
+
+def _bench_train(base: StarFlow, opt: BenchOptions, device, dtype, res: dict, log) -> None:
+    """The training step (official loss, backward, fused AdamW) in float32, and under bf16 autocast where
+    bf16 is native (what `starflow train` picks there) or the options ask for it."""
+    trained = copy.deepcopy(base).train()       # the step changes the weights: keep `base` intact
+    if opt.compile:
+        _compile_layers(trained)
+    x, y, _ = _inputs(base, opt.batch, opt.seed, device, torch.float32)
+    # the fused AdamW (one kernel over all parameters) exists for CPU and CUDA
+    optim = torch.optim.AdamW(trained.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)
+
+    def step(autocast: bool):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = official_loss(trained, x, y)["loss"]
+        loss.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        return loss.detach()
+    figures = [("train_step_ms", dtype == torch.bfloat16)]
+    if dtype == torch.float32 and (opt.train_autocast == "bf16" or
+                                   (opt.train_autocast == "auto" and fast_bf16(device))):
+        # the float32 figure alone would under-sell training where bf16 is native, the autocast one alone
+        # would hide the float32 speed
+        figures.append(("train_step_autocast_ms", True))
+    for key, autocast in figures:
+        ts, loss = _timed(lambda: step(autocast), device, opt.warmup, opt.repeats)
+        if not math.isfinite(float(loss)):
+            raise RuntimeError("training step produced a non-finite loss")
+        res[key] = _ms(ts)
+        res[f"{key}_range"] = [_ms([min(ts)]), _ms([max(ts)])]
+        log(f"{key} {res[key]}")
+
+
+def _bench_sequential(run, opt: BenchOptions, device, res: dict, log) -> torch.Tensor:
     """Time sequential sampling (compiled steps unless opt says otherwise); returns the exact sample."""
-    compiled = SamplerOptions(**{**so.__dict__, "compile": opt.sequential_compile})
+    eager = opt.sampling.with_(method="sequential", compile=False)
+    compiled = eager.with_(compile=opt.sequential_compile)
     # the first call compiles (when asked to) and stands in for one warm-up run
     t0 = time.perf_counter()
     try:
-        run(compiled, "sequential")
+        run(compiled)
     except Exception as e:   # e.g. no C++ compiler for inductor: time the eager steps, say why
         if not opt.sequential_compile:
             raise
         res["sequential_compile_error"] = f"{type(e).__name__}: {e}"[:500]
         log(f"compiled sequential steps failed ({res['sequential_compile_error']}); timing eager steps")
-        compiled = so
+        compiled = eager
         t0 = time.perf_counter()
-        run(compiled, "sequential")
+        run(compiled)
     _sync(device)
     res["sample_sequential_first_s"] = round(time.perf_counter() - t0, 3)
-    ts, seq = _timed(lambda: run(compiled, "sequential"), device, max(opt.warmup - 1, 0), opt.sample_repeats)
+    ts, seq = _timed(lambda: run(compiled), device, max(opt.warmup - 1, 0), opt.sample_repeats)
     res["sample_sequential_s"] = round(statistics.median(ts), 3)
     res["sample_sequential_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
     res["sequential_compiled"] = compiled.compile
     log(f"sample_sequential_s {res['sample_sequential_s']} (first call {res['sample_sequential_first_s']})")
     if compiled.compile and opt.compare_official:
-        ts, eager = _timed(lambda: run(so, "sequential"), device, opt.warmup, opt.sample_repeats)
+        ts, exact = _timed(lambda: run(eager), device, opt.warmup, opt.sample_repeats)
         res["sample_sequential_eager_s"] = round(statistics.median(ts), 3)
         res["sample_sequential_eager_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
-        res["sequential_compiled_max_abs_diff"] = round((eager.float() - seq.float()).abs().max().item(), 7)
-        seq = eager   # Jacobi's reference: the eager exact sample
+        res["sequential_compiled_max_abs_diff"] = round((exact.float() - seq.float()).abs().max().item(), 7)
+        seq = exact   # Jacobi's reference: the eager exact sample
         log(f"sample_sequential_eager_s {res['sample_sequential_eager_s']}")
     return seq
 
 
-def _bench_jacobi(run, so: SamplerOptions, opt: BenchOptions, device, res: dict, log, seq: torch.Tensor) -> None:
+def _bench_jacobi(run, opt: BenchOptions, device, res: dict, log, seq: torch.Tensor) -> None:
     """Time Jacobi as configured, then (compare_official) without the draft and the official algorithm."""
+    so = opt.sampling.with_(method="jacobi", compile=False)
     # (key suffix, schedule, draft): the configured sampler, then the comparisons
-    variants = [("", opt.jacobi_schedule, opt.jacobi_draft)]
+    variants = [("", so.jacobi_schedule, so.jacobi_draft)]
     if opt.compare_official:
-        if opt.jacobi_draft != "none":
-            variants.append(("_fp32", opt.jacobi_schedule, "none"))
-        if (opt.jacobi_schedule, opt.jacobi_draft) != ("official", "none"):
+        if so.jacobi_draft != "none":
+            variants.append(("_fp32", so.jacobi_schedule, "none"))
+        if (so.jacobi_schedule, so.jacobi_draft) != ("official", "none"):
             variants.append(("_official", "official", "none"))
     for key, sched, draft in variants:
-        ts, jac = _timed(lambda: run(so, "jacobi", sched, None, draft), device, opt.warmup, opt.sample_repeats)
+        o = so.with_(jacobi_schedule=sched, jacobi_draft=draft)
+        ts, jac = _timed(lambda: run(o), device, opt.warmup, opt.sample_repeats)
         stats = JacobiStats()
-        run(so, "jacobi", sched, stats, draft)
+        run(o, stats)
         res[f"sample_jacobi{key}_s"] = round(statistics.median(ts), 3)
         res[f"sample_jacobi{key}_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
         res[f"jacobi{key}_max_abs_err"] = round((jac.float() - seq.float()).abs().max().item(), 5)
@@ -350,7 +341,7 @@ def _bench_jacobi(run, so: SamplerOptions, opt: BenchOptions, device, res: dict,
         log(f"sample_jacobi{key}_s {res[f'sample_jacobi{key}_s']} ({sched}, draft {draft}: {stats.iterations} "
             f"trunk calls, {stats.tokens} tokens, draft {stats.draft_iterations} calls, {stats.draft_tokens} "
             f"tokens, max err {res[f'jacobi{key}_max_abs_err']})")
-    res["jacobi_schedule"] = opt.jacobi_schedule
+    res["jacobi_schedule"] = so.jacobi_schedule
     # the draft actually used: a model already in bf16, or "auto" without native bf16, gets none
     res["jacobi_draft"] = "bf16" if res.get("jacobi_draft_trunk_calls") else "none"
 
@@ -374,6 +365,6 @@ def bench(path: str | Path, opt: BenchOptions | None = None, log: Callable[[str]
     res = bench_model(model, opt, log)
     res["model"] = str(path)
     if torch.device(opt.device).type == "cuda" and opt.dtype == "fp32":
-        bf = BenchOptions.from_dict({**asdict(opt), "dtype": "bf16"})
+        bf = dataclasses.replace(opt, dtype="bf16")
         res["bf16"] = {k: v for k, v in bench_model(model, bf, log).items() if k not in ("model", "options")}
     return res

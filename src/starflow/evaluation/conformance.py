@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..flow.loading import load_official
+from ..flow.io import load_conformance_file, load_official
 from ..sampling.denoise import score_denoise
 from ..sampling.sample import SamplerOptions, sample
 
@@ -93,8 +93,8 @@ def _detail(case: dict) -> str:
 
 
 def run_file(path: str | Path) -> list[CaseResult]:
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    data = load_conformance_file(path)
+    if data.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} file")
     name = data.get("name", Path(path).stem)
     model = load_official(data["config"], data["state_dict"])

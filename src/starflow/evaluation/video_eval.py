@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from ..data.moving_digits import DIRECTIONS, MovingDigitsDataset, moving_caption
-from .video_reader import VideoFigures, VideoReader, motion_ok, score_videos
+from .video_reader import VideoFigures, VideoReader, majority_digits, motion_ok, score_videos
 
-__all__ = ["VideoReport", "evaluate_video_pipeline", "moving_digit_setting"]
+__all__ = ["VideoReport", "evaluate_video_pipeline", "moving_digit_setting", "video_prompt_accuracy"]
 
 
 @dataclass
@@ -63,18 +63,20 @@ class VideoReport:
         return d
 
 
-def moving_digit_setting(pipe) -> dict:
-    """canvas, speed, num_frames of the moving digits a pipeline was trained on (from its training config)."""
-    tc = getattr(pipe, "train_config", None)
+def moving_digit_setting(tc) -> dict:
+    """canvas, speed, start, num_frames of the moving digits a model was trained on (its TrainConfig)."""
     if tc is None or tc.data.dataset != "moving_digits":
-        raise ValueError("scoring moving digits needs a model trained on them (a `starflow train` folder with "
+        raise ValueError("scoring moving digits needs a model trained on them (a `starflow train` export with "
                          "data.dataset: moving_digits)")
-    return dict(canvas=tc.data.canvas, speed=tc.data.speed, num_frames=tc.data.num_frames)
+    d = tc.data
+    return dict(canvas=d.canvas, speed=d.speed, start=d.start, num_frames=d.num_frames)
 
 
 def _prompt(pipe, digit: int, direction: int) -> str:
     """The training caption, or the class index for a label-conditioned model."""
-    if str(pipe.text_encoder_spec or "").startswith("labels:"):
+    from .sources import condition_of
+
+    if condition_of(pipe) == "labels":
         return str(digit * len(DIRECTIONS) + direction)
     return moving_caption(digit, direction)
 
@@ -85,15 +87,18 @@ def _to_unit(values: torch.Tensor) -> torch.Tensor:
     return to_unit_range(values, DIGITS_LEVELS)
 
 
-def evaluate_video_pipeline(pipe, *, per_prompt: int = 5, i2v_videos: int = 40, long_videos: int = 8,
+def evaluate_video_pipeline(pipe, tc=None, *, per_prompt: int = 5, i2v_videos: int = 40, long_videos: int = 8,
                             long_factor: int = 4, v2v_videos: int = 40, seed: int = 0, batch_size: int | None = None,
                             reader: VideoReader | None = None, progress: bool = False, **call_kwargs) -> VideoReport:
     """Score a moving-digits video pipeline (see the module docstring); parts with a count of 0 are skipped.
-    call_kwargs go to every pipeline call (guidance, sampler, denoise...)."""
+    tc: the model's TrainConfig (default: the one its export carries). call_kwargs go to every pipeline call
+    (guidance, method, denoise...)."""
+    from .sources import train_config_of
+
     if per_prompt < 1:
         raise ValueError("per_prompt must be >= 1")
-    setting = moving_digit_setting(pipe)
-    canvas, speed, T = setting["canvas"], setting["speed"], setting["num_frames"]
+    setting = moving_digit_setting(tc if tc is not None else train_config_of(pipe))
+    canvas, speed, start, T = setting["canvas"], setting["speed"], setting["start"], setting["num_frames"]
     reader = reader or VideoReader()
     kw = dict(seed=seed, output_type="pt", progress=progress, batch_size=batch_size, **call_kwargs)
     seconds, videos, prompts_out = {}, {}, {}
@@ -110,12 +115,13 @@ def evaluate_video_pipeline(pipe, *, per_prompt: int = 5, i2v_videos: int = 40, 
     videos["t2v"], prompts_out["t2v"] = x, [p for p in prompts for _ in range(per_prompt)]
 
     # the reader on held-out real videos, as many as the generated ones
-    real_set = MovingDigitsDataset("test", len(x), canvas, T, seed=seed, speed=speed)
+    real_set = MovingDigitsDataset("test", len(x), canvas, T, seed=seed, speed=speed, start=start)
     real = score_videos(reader.read(_to_unit(real_set.values)), real_set.digits.numpy(),
                         real_set.directions.numpy()).figures()
     report = VideoReport(t2v=t2v, real=real, seconds=seconds, videos=videos, prompts=prompts_out)
 
-    held = MovingDigitsDataset("test", max(i2v_videos, v2v_videos, 1), canvas, T, seed=seed + 1, speed=speed)
+    held = MovingDigitsDataset("test", max(i2v_videos, v2v_videos, 1), canvas, T, seed=seed + 1, speed=speed,
+                               start=start)
     held_digits, held_dirs = held.digits.numpy(), held.directions.numpy()
     held_prompts = [_prompt(pipe, int(d), int(r)) for d, r in zip(held_digits, held_dirs)]
 
@@ -149,13 +155,33 @@ def evaluate_video_pipeline(pipe, *, per_prompt: int = 5, i2v_videos: int = 40, 
         new_digits = (held_digits[:n] + g.integers(1, 10, size=n)) % 10        # always another digit
         new_prompts = [_prompt(pipe, int(d), int(r)) for d, r in zip(new_digits, held_dirs[:n])]
         t0 = time.perf_counter()
-        gen = pipe(new_prompts, video=src, source_prompt=held_prompts[:n], **kw).frames * 2 - 1
+        gen = pipe(new_prompts, video=src, source_prompt=held_prompts[:n], **{k: v for k, v in kw.items() if k not in
+                                                                               ("batch_size", "progress")}).frames
+        gen = gen * 2 - 1
         seconds["v2v"] = time.perf_counter() - t0
         rd, rs = reader.read(gen), reader.read(src)
-        from .video_reader import majority_digits
         report.v2v_digit = float((majority_digits(rd.digits) == new_digits).mean())
         report.v2v_position_error = float(np.linalg.norm(rd.positions - rs.positions, axis=-1).mean())
         report.v2v_videos = n
         videos["v2v_source"], videos["v2v"] = src, gen
         prompts_out["v2v_source"], prompts_out["v2v"] = held_prompts[:n], new_prompts
     return report
+
+
+def video_prompt_accuracy(pipe, samples_per_prompt: int, seed: int, call: dict, reader: VideoReader | None = None):
+    """`starflow evaluate prompt-accuracy` for moving digits: `samples_per_prompt` videos for each of the 40
+    prompts, read frame by frame; a video is right when its majority digit is the prompted one.
+    -> (PromptAccuracy per prompted digit, videos (N, T, C, H, W) in [-1, 1])."""
+    from .classifier import PromptAccuracy
+    from .sources import train_config_of
+
+    moving_digit_setting(train_config_of(pipe))
+    reader = reader or VideoReader()
+    pairs = [(d, r) for d in range(10) for r in range(len(DIRECTIONS))]
+    x = pipe([_prompt(pipe, d, r) for d, r in pairs], num_videos_per_prompt=samples_per_prompt, seed=seed,
+             output_type="pt", progress=False, **call).frames * 2 - 1
+    targets = np.repeat([d for d, _ in pairs], samples_per_prompt)
+    preds = majority_digits(reader.read(x).digits)
+    hits = preds == targets
+    per = {int(d): float(hits[targets == d].mean()) for d in range(10)}
+    return PromptAccuracy(float(hits.mean()), per, len(targets), reader.classifier.test_accuracy, preds, targets), x

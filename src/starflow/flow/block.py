@@ -42,11 +42,16 @@ class FlowBlock(Trunk):
                              f"{n_tokens // max(frames, 1)}")
         return permute(pe[None], self.order, frames)[0]
 
-    def head(self, batch: int, first: torch.Tensor) -> torch.Tensor:
-        """The token that starts the input sequence: the SOS embedding, or the (unchanged) first token."""
-        if self.use_sos:
-            return self.sos_embed.expand(batch, -1, -1).to(first.dtype)
-        return first
+    def input_sequence(self, xp: torch.Tensor) -> torch.Tensor:
+        """Tokens in block order (B, n, C) -> the sequence the trunk reads from: the SOS embedding followed
+        by the tokens, or (no SOS) the tokens themselves, whose first one the block leaves unchanged.
+
+        Trunk input position p is element p of this sequence, and its output gives the affine map of
+        element p + 1: the likelihood pass, both samplers and the sliding window's re-encoded context
+        all read the trunk's input as `input_sequence(...)[:, :-1]`."""
+        if not self.use_sos:
+            return xp
+        return torch.cat([self.sos_embed.expand(xp.size(0), -1, -1).to(xp.dtype), xp], dim=1)
 
     def params(self, raw: torch.Tensor, guidance: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         scale, shift = affine_params(raw, self.softplus)
@@ -59,10 +64,11 @@ class FlowBlock(Trunk):
                 guidance: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, N, C) tokens in raster order -> z (B, N, C) raster order, logdet (B, N, C) in block order."""
         xp = self.permute(x, frames)
-        inp = torch.cat([self.head(x.size(0), xp), xp[:, :-1]], dim=1) if self.use_sos else xp
-        raw = self.run(inp, text, rope=rope, pos_embed=self.positions_embed(x.size(1), frames))
-        if not self.use_sos:  # token 0 is kept as is: shift the predictions right by one
-            raw = torch.cat([torch.zeros_like(raw[:, :1]), raw[:, :-1]], dim=1)
+        seq = self.input_sequence(xp)
+        pe = self.positions_embed(x.size(1), frames)
+        raw = self.run(seq[:, :-1], text, rope=rope, pos_embed=None if pe is None else pe[:seq.size(1) - 1])
+        if not self.use_sos:  # token 0 is kept as is (identity parameters); the rest are predicted
+            raw = torch.cat([torch.zeros_like(raw[:, :1]), raw], dim=1)
         scale, shift = self.params(raw, guidance)
         z, logdet = forward_affine(xp, scale, shift)
         return self.permute(z, frames).to(x.dtype), logdet

@@ -7,17 +7,22 @@ import torch
 
 from .model import StarFlow
 
-__all__ = ["nll", "bits_per_dim", "official_loss"]
+__all__ = ["nll", "nll_from_terms", "bits_per_dim", "official_loss", "LOG_2PI"]
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+def nll_from_terms(loss_z: torch.Tensor, loss_logdet: torch.Tensor, dims: int) -> torch.Tensor:
+    """Per-sample -log p in nats from the official loss terms (StarFlow.loss_terms, means over the `dims`
+    dimensions of a sample): D (0.5 mean z^2 - sum mean logdet) + D/2 log 2pi, in float64."""
+    return dims * (loss_z.double() + loss_logdet.double()) + 0.5 * dims * LOG_2PI
 
 
 def nll(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """-log p(x | y) in nats for each sample (B,): 0.5|z|^2 + D/2 log 2pi - sum log|det|."""
     out = model(x, y)
     loss_z, loss_logdet = model.loss_terms(out.z, out.logdets)
-    D = x[0].numel()
-    return D * (loss_z + loss_logdet) + 0.5 * D * LOG_2PI
+    return nll_from_terms(loss_z, loss_logdet, x[0].numel()).to(torch.promote_types(loss_z.dtype, x.dtype))
 
 
 def bits_per_dim(nll_nats: torch.Tensor, num_dims: int, data_scale: float = 1.0) -> torch.Tensor:

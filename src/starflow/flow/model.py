@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from einops import rearrange
 
 from ..config import ModelConfig
+from ..nn.precision import upcast
 from ..nn.rope import RotaryEmbedding
 from ..nn.trunk import Trunk
 from .block import FlowBlock, IdentityFlowBlock
 
-__all__ = ["StarFlow", "FlowOutput", "Denoiser"]
+__all__ = ["StarFlow", "FlowOutput", "Denoiser", "BlockView"]
 
 
 @dataclass
@@ -19,6 +21,39 @@ class FlowOutput:
     z: torch.Tensor                   # same shape as x
     block_outputs: list[torch.Tensor]  # patchified input, then each block's output: (B, h, w, c) / (B, T, h, w, c)
     logdets: list[torch.Tensor]        # one per block, in the data's order through the blocks
+
+
+@dataclass(frozen=True)
+class BlockView:
+    """How one block sees a batch: its layout of the tokens, frames, text, positions and guidance.
+
+    Worked out once, by `StarFlow.block_views`, for the likelihood pass, both samplers, image-to-video
+    prefixes and the sliding window alike."""
+    index: int
+    block: torch.nn.Module     # FlowBlock, or IdentityFlowBlock for a block of zero layers
+    deep: bool                 # the last block (next to the noise)
+    local: bool                # a shallow block of a video model that sees one frame at a time
+    video_frames: int          # T of the batch (1 for images)
+    frames: int                # frames in one of the block's sequences: 1 when local, T otherwise
+    text: torch.Tensor | None  # what the block reads: y ([y; y_null] when guided in sampling), or None
+    rope: tuple | None         # its position tables (text first, then frames x h x w)
+    guidance: float            # this block's guidance weight; 0: unguided
+
+    @property
+    def identity(self) -> bool:
+        return isinstance(self.block, IdentityFlowBlock)
+
+    def to_block(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) tokens, raster and frame-major -> the block's sequences ((B T, hw, C) when local)."""
+        if not self.local:
+            return tokens
+        return tokens.reshape(tokens.size(0) * self.video_frames, -1, tokens.size(-1))
+
+    def from_block(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The block's sequences -> (B, N, C)."""
+        if not self.local:
+            return tokens
+        return tokens.reshape(tokens.size(0) // self.video_frames, -1, tokens.size(-1))
 
 
 class Denoiser(Trunk):
@@ -45,16 +80,16 @@ class Denoiser(Trunk):
 class StarFlow(torch.nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        config.validate()
         self.config = c = config
         lpb = c.layers_per_block_full
-        alt = "flip_in_frame" if c.temporal_causal else "flip"
+        # video: shallow blocks reverse within each frame, so that every block keeps frames in time order
+        alt = "flip_in_frame" if c.is_temporal_causal else "flip"
         orders = ["identity", alt]
         shift = 1 if c.seq_order == "L2R" else 0
-        common = dict(head_dim=c.head_dim, sos=bool(c.sos), softplus=bool(c.use_softplus), swiglu=bool(c.use_swiglu),
-                      norm_type=c.norm_type, num_kv_heads=c.num_kv_heads, qk_norm=bool(c.use_qk_norm),
-                      post_norm=bool(c.use_post_norm), bias=bool(c.use_bias), final_norm=bool(c.use_final_norm),
-                      soft_clip=c.soft_clip, expansion=c.expansion, hf_style_rope=bool(c.hf_style_rope),
+        common = dict(head_dim=c.head_dim, sos=c.sos, softplus=c.use_softplus, swiglu=c.use_swiglu,
+                      norm_type=c.norm_type, num_kv_heads=c.num_kv_heads, qk_norm=c.use_qk_norm,
+                      post_norm=c.use_post_norm, bias=c.use_bias, final_norm=c.use_final_norm,
+                      soft_clip=c.soft_clip, expansion=c.expansion, hf_style_rope=c.hf_style_rope,
                       num_positions=None if c.rope else c.grid_size ** 2)
         blocks: list[torch.nn.Module] = []
         for i in range(c.blocks):
@@ -72,12 +107,25 @@ class StarFlow(torch.nn.Module):
             self.learnable_self_denoiser = Denoiser(
                 c.token_channels, c.channels, c.head_dim, block_causal=c.temporal_causal, window=c.denoiser_window,
                 txt_dim=c.txt_dim if c.conditional_denoiser else 0, num_heads=c.num_heads,
-                num_kv_heads=c.num_kv_heads, expansion=c.expansion, swiglu=bool(c.use_swiglu), norm_type=c.norm_type,
-                qk_norm=bool(c.use_qk_norm), post_norm=bool(c.use_post_norm), bias=bool(c.use_bias),
-                final_norm=bool(c.use_final_norm), hf_style_rope=bool(c.hf_style_rope))
+                num_kv_heads=c.num_kv_heads, expansion=c.expansion, swiglu=c.use_swiglu, norm_type=c.norm_type,
+                qk_norm=c.use_qk_norm, post_norm=c.use_post_norm, bias=c.use_bias,
+                final_norm=c.use_final_norm, hf_style_rope=c.hf_style_rope)
         else:
             self.learnable_self_denoiser = None
         self.rope = RotaryEmbedding(c.head_dim, c.rope_pt_seq_len, c.txt_size) if c.rope else None
+
+    # ---- saving and loading (safetensors + JSON config; formats in flow.io) ------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `config.json` + `model.safetensors` into `directory` (atomically)."""
+        from .io import save_model
+        return save_model(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device | None = None,
+                        torch_dtype: torch.dtype | None = None) -> "StarFlow":
+        """A model saved by `save_pretrained` (or a `starflow train` export), strictly loaded, in eval mode."""
+        from .io import load_model
+        return load_model(directory, device=device, dtype=torch_dtype)
 
     # ---- shapes -----------------------------------------------------------------------------------
     @property
@@ -109,41 +157,61 @@ class StarFlow(torch.nn.Module):
                 raise ValueError("this model is text/label conditioned: pass y of shape (B, txt_size, txt_dim)")
             if y.dim() != 3 or y.size(-1) != c.txt_dim:
                 raise ValueError(f"y must be (B, L, {c.txt_dim}) text embeddings, got shape {tuple(y.shape)}")
+            if y.size(0) != x.size(0):
+                raise ValueError(f"y has {y.size(0)} rows for {x.size(0)} items of {name}: one text per item")
             if not torch.isfinite(y).all():
                 raise ValueError("y contains NaN or infinite values")
 
-    def rope_tables(self, block: torch.nn.Module, h: int, w: int, frames: int, n_txt: int, device):
-        """Position tables for a block: text tokens first when the block reads text, frames 0 for images."""
+    def rope_tables(self, trunk: torch.nn.Module, h: int, w: int, frames: int, text: torch.Tensor | None):
+        """Position tables for a trunk: text tokens first when it reads text, then `frames` grids of h x w
+        (frames 0: an image). None with learned positions."""
         if self.rope is None:
             return None
-        return self.rope.tables(h, w, n_txt if getattr(block, "conditioned", False) else 0, frames, device)
+        n_txt = text.size(1) if text is not None and getattr(trunk, "conditioned", False) else 0
+        return self.rope.tables(h, w, n_txt, frames, self.rope.freqs.device)
+
+    def block_views(self, shape: torch.Size, y: torch.Tensor | None = None, guidance: float = 0.0, *,
+                    y_null: torch.Tensor | None = None, sampling: bool = False) -> list[BlockView]:
+        """Each block's view of a batch whose patchified shape is `shape` ((B, h, w, c) / (B, T, h, w, c)),
+        in the data's order through the blocks (the samplers walk it backwards).
+
+        Guidance: a block is guided when it reads text and either it is the deep block or we are sampling.
+        That is the official code's rule in both directions: its likelihood pass guides only the deep
+        block (shallow blocks get the doubled batch unguided), while its sampler guides every block that
+        reads text, which is the deep block alone when `cond_top_only`. When sampling, a guided block reads
+        [y; y_null] (the sampler doubles the batch); in the likelihood pass the caller doubles x and y."""
+        c = self.config
+        video = len(shape) == 5
+        T = shape[1] if video else 1
+        gh, gw = shape[-3], shape[-2]
+        views = []
+        for i, block in enumerate(self.blocks):
+            deep = i == len(self.blocks) - 1
+            local = video and c.shallow_block_local and not deep
+            reads = getattr(block, "conditioned", False)
+            w = guidance if (reads and guidance > 0 and (deep or sampling)) else 0.0
+            text = None
+            if reads:
+                text = torch.cat([y, y_null]) if (sampling and w > 0) else y
+            rope_frames = 1 if local else (T if video else 0)
+            views.append(BlockView(i, block, deep, local, T, 1 if local else T, text,
+                                   self.rope_tables(block, gh, gw, rope_frames, text), w))
+        return views
 
     # ---- likelihood direction ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, guidance: float = 0.0) -> FlowOutput:
         """Map data x (B, C, H, W) or (B, T, C, H, W) to noise z. With guidance > 0, x and y are doubled
         batches [cond; uncond] and the deep block uses the guided parameters (as the official forward)."""
         self.check_input(x, y)
-        c = self.config
-        video = x.dim() == 5
         h = self.patchify(x)                                    # (B, [T,] h, w, c)
-        B, shape = h.size(0), h.shape
-        T = shape[1] if video else 1
-        gh, gw = shape[-3], shape[-2]
+        shape = h.shape
         outputs, logdets = [h], []
-        tokens = h.reshape(B, -1, shape[-1])                    # (B, N, c), frame-major raster order
-        for i, block in enumerate(self.blocks):
-            deep = i == len(self.blocks) - 1
-            local = video and c.shallow_block_local and not deep
-            if local:  # shallow blocks see one frame at a time
-                tok, frames, rope_frames = tokens.reshape(B * T, -1, shape[-1]), 1, 1
-            else:
-                tok, frames, rope_frames = tokens, T, (T if video else 0)
-            text = y if getattr(block, "conditioned", False) else None
-            rope = self.rope_tables(block, gh, gw, rope_frames, text.size(1) if text is not None else 0, x.device)
-            z, logdet = block(tok, text, rope, frames, guidance if deep else 0.0)
-            if local and logdet.dim() == 3:
-                logdet = logdet.reshape(B, T, *logdet.shape[1:])   # (B, T, hw, c)
-            tokens = z.reshape(B, -1, shape[-1])
+        tokens = h.reshape(shape[0], -1, shape[-1])             # (B, N, c), frame-major raster order
+        for v in self.block_views(shape, y, guidance):
+            z, logdet = v.block(v.to_block(tokens), v.text, v.rope, v.frames, v.guidance)
+            if v.local and logdet.dim() == 3:
+                logdet = logdet.reshape(shape[0], v.video_frames, *logdet.shape[1:])   # (B, T, hw, c)
+            tokens = v.from_block(z)
             outputs.append(tokens.reshape(shape))
             logdets.append(logdet)
         z = self.unpatchify(outputs[-1])
@@ -152,7 +220,7 @@ class StarFlow(torch.nn.Module):
     @staticmethod
     def loss_terms(z: torch.Tensor, logdets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample (0.5 mean z^2, -sum mean logdet): the official loss before averaging over the batch."""
-        loss_z = 0.5 * z.float().pow(2).mean(dim=tuple(range(1, z.dim())))
+        loss_z = 0.5 * upcast(z).pow(2).mean(dim=tuple(range(1, z.dim())))
         loss_logdet = -sum(ld.mean(dim=tuple(range(1, ld.dim()))) for ld in logdets)
         return loss_z, loss_logdet
 
@@ -160,17 +228,16 @@ class StarFlow(torch.nn.Module):
         """Raw prediction of the learnable self-denoiser for x (same shape as x)."""
         if self.learnable_self_denoiser is None:
             raise ValueError("this model has no learnable self-denoiser (learnable_self_denoiser=0)")
-        self.check_input(x, y if self.learnable_self_denoiser.conditioned else None)
         d = self.learnable_self_denoiser
+        text = y if d.conditioned else None
+        self.check_input(x, text)
         h = self.patchify(x)
         shape = h.shape
         video = x.dim() == 5
         T = shape[1] if video else 0
-        text = y if d.conditioned else None
-        n_txt = text.size(1) if text is not None else 0
-        rope = self.rope.tables(shape[-3], shape[-2], n_txt, T, x.device) if self.rope is not None else None
+        rope = self.rope_tables(d, shape[-3], shape[-2], T, text)
         mask = None
         if d.block_causal > 0 and video:
-            mask = d.video_mask(T, shape[-3] * shape[-2], n_txt, x.device)
+            mask = d.video_mask(T, shape[-3] * shape[-2], text.size(1) if text is not None else 0, x.device)
         out = d.run(h.reshape(h.size(0), -1, shape[-1]), text, rope=rope, causal=False, attn_mask=mask)
         return self.unpatchify(out.reshape(shape))

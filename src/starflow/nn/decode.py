@@ -7,9 +7,10 @@ shapes (a `StaticSlot` over the KV cache, a mask over its whole capacity), so th
 generated C++ function with fused element-wise work. Numbers differ from the eager step only by float
 rounding (the order of sums inside fused kernels).
 
-Compiling takes seconds per block (once per trunk, batch and cache size). Freezing the weights into
-the graph (inductor's `freezing`) measured a few % faster still, but a frozen graph keeps serving old
-weights after an in-place update (dynamo only guards the parameters' identity), so weights stay inputs.
+Compiling takes seconds per block (once per trunk, batch and cache size; dynamo keeps the graphs with
+Trunk.run's code, so a later sampler reuses them). Freezing the weights into the graph (inductor's
+`freezing`) measured a few % faster still, but a frozen graph keeps serving old weights after an
+in-place update (dynamo only guards the parameters' identity), so weights stay inputs.
 """
 from __future__ import annotations
 
@@ -20,22 +21,12 @@ import torch
 from .kv_cache import KVCache, StaticSlot
 from .trunk import Trunk
 
-__all__ = ["CompiledStep", "compiled_run"]
+__all__ = ["CompiledStep"]
 
-_RUN = None
-
-
-def compiled_run():
-    """torch.compile(Trunk.run): one wrapper for every trunk (dynamo keeps a graph per trunk and shape)."""
-    global _RUN
-    if _RUN is None:
-        # every trunk shares the code of Trunk.run, and dynamo's limit of graphs per code object (8)
-        # would send a model with many blocks, batch sizes or cache sizes back to eager mode
-        cfg = torch._dynamo.config
-        name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-        setattr(cfg, name, max(getattr(cfg, name), 64))
-        _RUN = torch.compile(Trunk.run, fullgraph=True, dynamic=False)
-    return _RUN
+# Every trunk shares the code of Trunk.run, and dynamo's default limit of graphs per code object (8)
+# would send a model with many blocks, batch sizes or cache sizes back to eager mode. The limit is raised
+# only while a step runs (config.patch), not for the rest of the process.
+_GRAPHS_PER_CODE = 64
 
 
 class CompiledStep:
@@ -50,9 +41,13 @@ class CompiledStep:
         self.mask[:, :cache.pos] = 0
         for t in cache.k + cache.v:   # masked entries are still multiplied by 0: they must not hold NaN garbage
             t[:, :, cache.pos:].zero_()
-        self.run = compiled_run()
+        self.run = torch.compile(Trunk.run, fullgraph=True, dynamic=False)
         import torch._inductor.config as inductor_config   # imported on first use: it is slow to import
-        self._inductor_config = inductor_config
+        dynamo_config = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+        # cpp_wrapper: the generated graph is called from C++, not Python (read when a call compiles)
+        self._patches = (inductor_config.patch(cpp_wrapper=True),
+                         dynamo_config.patch(**{limit: max(getattr(dynamo_config, limit), _GRAPHS_PER_CODE)}))
 
     def __call__(self, x: torch.Tensor, rope_rows: tuple[torch.Tensor, torch.Tensor] | None,
                  pos_embed: torch.Tensor | None = None, attn_temp: float = 1.0) -> torch.Tensor:
@@ -60,9 +55,7 @@ class CompiledStep:
         p = self.cache.pos
         self.where.fill_(p)
         self.mask[:, p] = 0
-        # cpp_wrapper: the generated graph is called from C++, not Python (read when a call compiles).
-        # Weights stay graph inputs (no `freezing`): a step after an optimiser update sees the new weights.
-        with self._inductor_config.patch(cpp_wrapper=True):
+        with self._patches[0], self._patches[1]:
             out = self.run(self.trunk, x.contiguous(), None, rope=rope_rows, cache=self.slot, pos_embed=pos_embed,
                            attn_mask=self.mask, attn_temp=attn_temp)
         self.cache.advance(1)

@@ -8,42 +8,7 @@ from .kv_cache import KVCache
 from .precision import upcast
 from .rope import apply_rotary, apply_rotary_cis
 
-__all__ = ["RMSNorm", "make_norm", "Attention", "MLP", "TransformerLayer", "causal_mask", "linear"]
-
-# CPU inference on few rows (the samplers: one token, or a Jacobi window, at a time) can keep a
-# transposed copy of each float32 weight, so that BLAS reads the weight in its natural layout instead
-# of repacking it at every call. Measured on the bench model: with one thread, sequential sampling
-# ~3-10% and Jacobi ~5-9% faster; with two threads ~3% slower. "auto" uses it with one intra-op thread
-# only; True / False force it. It doubles the memory of the weights used that way.
-CPU_TRANSPOSED_WEIGHTS: bool | str = "auto"
-SMALL_ROWS = 512
-
-
-def linear(mod: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """mod(x); in CPU float32 inference on at most SMALL_ROWS rows, through the cached transposed weight.
-
-    Training, CUDA and large batches go through the module itself (its numbers bit for bit); the
-    cached path differs from it only by the order BLAS sums in (float32 rounding).
-    """
-    if torch.compiler.is_compiling():   # the compiler packs weights itself
-        return mod(x)
-    w = mod.weight
-    use = CPU_TRANSPOSED_WEIGHTS
-    if use == "auto":
-        use = torch.get_num_threads() == 1
-    if (not use or torch.is_grad_enabled() or w.device.type != "cpu"
-            or w.dtype != torch.float32 or x.dtype != torch.float32 or x.numel() > SMALL_ROWS * x.size(-1)):
-        return mod(x)
-    key = (w.data_ptr(), w._version)
-    cached = mod.__dict__.get("_starflow_wt")
-    if cached is None or cached[0] != key:   # new or updated weights (load_state_dict, .to(), an optimiser)
-        with torch.inference_mode(False):
-            cached = (key, w.detach().t().contiguous())                       # (in, out)
-        mod.__dict__["_starflow_wt"] = cached
-    x2 = x.reshape(-1, x.size(-1))
-    out = torch.addmm(mod.bias, x2, cached[1]) if mod.bias is not None else x2 @ cached[1]
-    return out.view(*x.shape[:-1], out.size(-1))
-
+__all__ = ["RMSNorm", "make_norm", "Attention", "MLP", "TransformerLayer", "causal_mask"]
 
 class RMSNorm(torch.nn.Module):
     """RMSNorm with a unit offset (weight starts at 0 and multiplies by 1 + w), computed in float32."""
@@ -99,7 +64,7 @@ class Attention(torch.nn.Module):
         B, L, _ = x.shape                                                  # (B, L, D)
         H, Hk, d = self.num_heads, self.num_kv_heads, self.head_dim
         # split (not slicing): its backward is one concatenation, slicing's a zero-filled copy per piece
-        qk, v = linear(self.qkv, self.norm(x)).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        qk, v = self.qkv(self.norm(x)).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
         v = v.view(B, L, Hk, d)                                            # (B, L, Hkv, d)
         if self.query_norm is None and not self.hf_style_rope:
             # q and k side by side (B, L, H + Hkv, d): one rotation pass for both
@@ -140,7 +105,7 @@ class Attention(torch.nn.Module):
         gqa = self.num_kv_heads != self.num_heads
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                              scale=self.scale / temp, enable_gqa=gqa)
-        out = linear(self.proj, out.transpose(1, 2).reshape(B, L, self.q_size))
+        out = self.proj(out.transpose(1, 2).reshape(B, L, self.q_size))
         return self.post_norm(out) if self.post_norm is not None else out
 
 
@@ -167,9 +132,9 @@ class MLP(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
         if self.swiglu:
-            x = linear(self.down_proj, F.gelu(linear(self.gate_proj, x), approximate="tanh") * linear(self.up_proj, x))
-        else:  # main = (Linear, GELU, Linear), kept as a Sequential for the official parameter names
-            x = linear(self.main[2], self.main[1](linear(self.main[0], x)))
+            x = self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        else:  # main = (Linear, GELU, Linear), a Sequential for the official parameter names
+            x = self.main(x)
         return self.post_norm(x) if self.post_norm is not None else x
 
 

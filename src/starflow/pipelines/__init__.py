@@ -1,7 +1,7 @@
 """Pipelines: prompts (and first frames) to pictures and videos, with our models or the official ones."""
 from .base import BasePipeline
 from .image import ImagePipelineOutput, StarFlowPipeline
-from .io import load_image, make_grid, save_image, save_image_grid, save_video, video_grid
+from ..data.media import load_image, make_grid, save_image, save_image_grid, save_video, video_grid
 from .spec import ASPECT_RATIOS, PipelineDefaults, PipelineSpec, aspect_ratio_to_size, read_spec
 from .video import StarFlowVideoPipeline, VideoPipelineOutput
 

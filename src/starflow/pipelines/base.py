@@ -1,23 +1,20 @@
 """What the image and video pipelines share: components, persistence, prompt encoding, denoising, sizes."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
-from ..config import ModelConfig, load_official_yaml
+from ..config import ModelConfig
 from ..flow.model import StarFlow
-from .components import copy_component, load_autoencoder_spec, load_text_encoder_spec, spec_of
-from .spec import (PipelineDefaults, PipelineSpec, aspect_ratio_to_size, read_spec, spec_from_official,
-                   spec_from_train_config)
+from ..sampling.options import SamplerOptions
+from .components import load_autoencoder_spec, load_text_encoder_spec, spec_of
+from .loading import official_parts, read_pipeline_folder, save_pipeline
+from .spec import PipelineDefaults, PipelineSpec, aspect_ratio_to_size, read_spec
 
-__all__ = ["BasePipeline", "load_text_encoder_spec", "load_autoencoder_spec", "PIPELINE_FILE", "FLOW_FILE"]
-
-PIPELINE_FILE = "pipeline.json"
-FLOW_FILE = "flow.safetensors"
-TRANSFORM_INFO_FILE = "input_transform.json"   # a fixed input transform the flow was trained behind (if any)
+__all__ = ["BasePipeline", "load_text_encoder_spec", "load_autoencoder_spec"]
 
 
 class BasePipeline:
@@ -27,12 +24,13 @@ class BasePipeline:
 
     def __init__(self, flow: StarFlow, text_encoder: Any = None, autoencoder: Any = None, *,
                  defaults: PipelineDefaults | dict | None = None, text_encoder_spec: str | None = None,
-                 autoencoder_spec: str | None = None):
+                 autoencoder_spec: str | None = None, input_transform=None, training_info: dict | None = None):
         c = flow.config
         self.flow = flow.eval()
-        self.train_config = None          # set by from_trained
-        # a likelihood model trained on t = T(x) (training.transforms): samples go through T's inverse
-        self.input_transform = None
+        # how the flow was trained (training.json of a `starflow train` export), as plain data; None otherwise
+        self.training_info = training_info
+        # a likelihood model trained on t = T(x) (flow.transforms): samples go through T's inverse
+        self.input_transform = input_transform
         self.text_encoder = text_encoder
         self.autoencoder = autoencoder
         self.defaults = defaults if isinstance(defaults, PipelineDefaults) else PipelineDefaults.from_dict(defaults)
@@ -94,43 +92,23 @@ class BasePipeline:
                 comp.to(device)
         return self
 
-    # ---- persistence --------------------------------------------------------------------------------
+    # ---- persistence (folder formats in pipelines.loading) ---------------------------------------------
     @property
     def spec(self) -> PipelineSpec:
-        return PipelineSpec(kind=self.kind, model=self.config.to_dict(), text_encoder=self.text_encoder_spec,
-                            autoencoder=self.autoencoder_spec, defaults=self.defaults)
+        return PipelineSpec(kind=self.kind, text_encoder=self.text_encoder_spec, autoencoder=self.autoencoder_spec,
+                            defaults=self.defaults)
 
     def save_pretrained(self, directory: str | Path, copy_components: bool = False) -> Path:
-        """Write `pipeline.json` + `flow.safetensors`. Text encoder and autoencoder are written as their specs;
-        with copy_components, a spec naming a local folder has that folder copied in and referenced as `./name`."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        spec = self.spec
-        if self.config.txt_dim > 0 and spec.text_encoder is None:
-            raise ValueError("cannot save: the text encoder has no spec (pass text_encoder_spec= to the pipeline)")
-        if spec.autoencoder is None and self.autoencoder is not None \
-                and type(self.autoencoder).__name__ != "IdentityAutoencoder":
-            raise ValueError("cannot save: the autoencoder has no spec (pass autoencoder_spec= to the pipeline)")
-        if copy_components:
-            spec.text_encoder = copy_component(spec.text_encoder, directory, "text_encoder")
-            spec.autoencoder = copy_component(spec.autoencoder, directory, "autoencoder")
-        sd = {k: v.detach().to("cpu").contiguous() for k, v in self.flow.state_dict().items()}
-        save_file(sd, str(directory / FLOW_FILE), metadata={"format": "starflow-flow"})
-        tr = self.input_transform
-        if tr is not None:
-            if tr.tensors():
-                save_file(tr.tensors(), str(directory / tr.info()["file"]))
-            (directory / TRANSFORM_INFO_FILE).write_text(json.dumps(tr.info(), indent=2))
-        spec.write_json(directory / PIPELINE_FILE)
-        return directory
+        """Write a pipeline folder: `pipeline.json` + the flow as a model folder `flow/`. Text encoder and
+        autoencoder are written as their specs; with copy_components, a spec naming a local folder has that
+        folder copied in and referenced as `./name`."""
+        return save_pipeline(self, directory, copy_components)
 
     @classmethod
-    def _check_kind(cls, spec: PipelineSpec, where: str) -> None:
-        if cls is not BasePipeline and spec.kind != cls.kind:
-            other = "StarFlowVideoPipeline" if spec.kind == "video" else "StarFlowPipeline"
-            raise ValueError(f"{where} holds a {spec.kind} pipeline: load it with {other}")
+    def _check_kind(cls, kind: str, where: str) -> None:
+        if cls is not BasePipeline and kind != cls.kind:
+            hint = "generate-video / StarFlowVideoPipeline" if kind == "video" else "generate / StarFlowPipeline"
+            raise ValueError(f"{where} holds a {kind} model: use {hint}")
 
     @classmethod
     def _class_for(cls, kind: str):
@@ -141,72 +119,43 @@ class BasePipeline:
         return StarFlowVideoPipeline if kind == "video" else StarFlowPipeline
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, text_encoder: Any = None, autoencoder: Any = None,
-                        text_encoder_spec: str | None = None, autoencoder_spec: str | None = None,
-                        device: str | torch.device | None = None):
-        """Load a pipeline directory (strict weights). Components (objects, or specs such as a local
-        't5:/models/flan-t5-xl') given here replace the stored ones."""
-        from safetensors.torch import load_file
-        from ..flow.loading import load_state_dict_strict
-
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"{directory}: no such directory (a pipeline directory has {PIPELINE_FILE}: "
-                                    f"save_pretrained / `starflow convert` write one, `starflow train` writes "
-                                    f"a trained model folder that generate also takes)")
-        if not (directory / PIPELINE_FILE).exists():
-            hint = " (a trained model folder: use from_trained)" if (directory / "config.json").exists() else ""
-            raise FileNotFoundError(f"{directory / PIPELINE_FILE} not found: not a pipeline directory{hint}")
-        spec = read_spec(directory / PIPELINE_FILE)
-        cls._check_kind(spec, str(directory))
-        spec.text_encoder = text_encoder_spec or spec_of(text_encoder) or spec.text_encoder
-        spec.autoencoder = autoencoder_spec or spec_of(autoencoder) or spec.autoencoder
-        flow = StarFlow(spec.model_config())
-        if not (directory / FLOW_FILE).exists():
-            raise FileNotFoundError(f"{directory / FLOW_FILE} not found")
-        load_state_dict_strict(flow, load_file(str(directory / FLOW_FILE)))
-        pipe = cls._assemble(spec, flow, text_encoder, autoencoder, directory, device)
-        if (directory / TRANSFORM_INFO_FILE).exists():
-            from ..training.transforms import load_transform
-            pipe.input_transform = load_transform(json.loads((directory / TRANSFORM_INFO_FILE).read_text()), directory)
-        return pipe
-
-    @classmethod
-    def _assemble(cls, spec: PipelineSpec, flow: StarFlow, text_encoder, autoencoder, root: Path | None, device):
+    def _assemble(cls, spec: PipelineSpec, flow: StarFlow, text_encoder, autoencoder, root: Path | None, device,
+                  input_transform=None, training_info=None):
         c = flow.config
         if text_encoder is None and c.txt_dim > 0:
             text_encoder = load_text_encoder_spec(spec.text_encoder, c.txt_size, root)
         if autoencoder is None:
             autoencoder = load_autoencoder_spec(spec.autoencoder, root)
         pipe = cls._class_for(spec.kind)(flow, text_encoder, autoencoder, defaults=spec.defaults,
-                                         text_encoder_spec=spec.text_encoder, autoencoder_spec=spec.autoencoder)
+                                         text_encoder_spec=spec.text_encoder, autoencoder_spec=spec.autoencoder,
+                                         input_transform=input_transform, training_info=training_info)
         return pipe.to(device) if device is not None else pipe
 
     @classmethod
-    def from_trained(cls, directory: str | Path, *, device=None):
-        """A folder written by `starflow train` (config.json + model.safetensors) -> pipeline, with the
-        components and noise level it was trained with."""
-        from ..training import load_trained
-        from ..training.transforms import load_transform
+    def from_pretrained(cls, directory: str | Path, *, text_encoder: Any = None, autoencoder: Any = None,
+                        text_encoder_spec: str | None = None, autoencoder_spec: str | None = None,
+                        device: str | torch.device | None = None):
+        """Load a pipeline folder (strict weights): save_pretrained's, `starflow convert`'s, or the final/ folder
+        of `starflow train`. Components (objects, or specs such as a local 't5:/models/flan-t5-xl') given here
+        replace the stored ones."""
+        spec, flow, transform, training = read_pipeline_folder(directory)
+        cls._check_kind(spec.kind, str(directory))
+        spec.text_encoder = text_encoder_spec or spec_of(text_encoder) or spec.text_encoder
+        spec.autoencoder = autoencoder_spec or spec_of(autoencoder) or spec.autoencoder
+        return cls._assemble(spec, flow, text_encoder, autoencoder, Path(directory), device, transform, training)
 
-        model, tcfg = load_trained(directory)
-        if tcfg is None:
-            raise ValueError(f"{directory}/config.json has no training config: cannot tell which text encoder, "
-                             "autoencoder and noise level the model was trained with")
-        spec = spec_from_train_config(tcfg, model.config)
-        cls._check_kind(spec, str(directory))
-        pipe = cls._assemble(spec, model, None, None, None, device)
-        pipe.train_config = tcfg          # how the pixels were scaled, the data it saw...
-        info = json.loads((Path(directory) / "config.json").read_text()).get("input_transform")
-        pipe.input_transform = load_transform(info, directory)
-        return pipe
+    @classmethod
+    def from_trained(cls, directory: str | Path, *, device=None):
+        """The model a `starflow train` run exported (its final/ folder), with the components and noise level
+        it was trained with: the same as from_pretrained, kept for scripts that call it."""
+        return cls.from_pretrained(directory, device=device)
 
     @classmethod
     def from_config(cls, config: str | Path | PipelineSpec, *, text_encoder: Any = None, autoencoder: Any = None,
                     device=None, seed: int = 0):
         """A pipeline with freshly initialised flow weights, from our YAML config (or a PipelineSpec)."""
         spec = config if isinstance(config, PipelineSpec) else read_spec(config)
-        cls._check_kind(spec, str(config))
+        cls._check_kind(spec.kind, str(config))
         torch.manual_seed(seed)
         return cls._assemble(spec, StarFlow(spec.model_config()), text_encoder, autoencoder, None, device)
 
@@ -219,34 +168,10 @@ class BasePipeline:
         `config` may also be one of our configs (configs/starflow_3b_t2i_256.yaml...), which carry the
         official values. Text encoder / autoencoder: objects, or specs replacing the official names
         (e.g. a local 't5:/models/flan-t5-xl'), or, by default, the official names mapped to our specs."""
-        from ..flow.loading import load_state_dict_strict, read_state_dict
-        from .spec import official_autoencoder_spec, official_text_spec
-
-        args = load_official_yaml(config) if isinstance(config, (str, Path)) else dict(config)
-        if "model" in args and "kind" in args:          # our format: the architecture is spelled out
-            spec = PipelineSpec.from_dict(args, where=str(config))
-            cls._check_kind(spec, str(config))
-            spec.text_encoder = text_encoder_spec or spec_of(text_encoder) or spec.text_encoder
-            spec.autoencoder = autoencoder_spec or spec_of(autoencoder) or spec.autoencoder
-            flow = StarFlow(spec.model_config())
-            if checkpoint is not None:
-                load_state_dict_strict(flow, read_state_dict(checkpoint) if isinstance(checkpoint, (str, Path))
-                                       else checkpoint)
-            return cls._assemble(spec, flow, text_encoder, autoencoder, None, device)
-        te_spec = text_encoder_spec or spec_of(text_encoder) or official_text_spec(args.get("text"))
-        ae_spec = autoencoder_spec or spec_of(autoencoder) or official_autoencoder_spec(args.get("vae"))
-        if text_encoder is None and te_spec is not None:
-            text_encoder = load_text_encoder_spec(te_spec, int(args.get("txt_size", 1)))
-        if autoencoder is None:
-            autoencoder = load_autoencoder_spec(ae_spec)
-        factor = int(getattr(autoencoder, "spatial_factor", 1)) if autoencoder is not None else 1
-        spec = spec_from_official(args, spatial_factor=factor, txt_dim=int(text_encoder.dim) if text_encoder else 0,
-                                  text_encoder=te_spec, autoencoder=ae_spec)
-        cls._check_kind(spec, str(config) if not isinstance(config, dict) else "official config")
-        flow = StarFlow(spec.model_config())
-        if checkpoint is not None:
-            sd = read_state_dict(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
-            load_state_dict_strict(flow, sd)
+        spec, flow, text_encoder, autoencoder = official_parts(
+            config, checkpoint, text_encoder_spec=text_encoder_spec, autoencoder_spec=autoencoder_spec,
+            text_encoder=text_encoder, autoencoder=autoencoder)
+        cls._check_kind(spec.kind, str(config) if not isinstance(config, dict) else "official config")
         return cls._assemble(spec, flow, text_encoder, autoencoder, None, device)
 
     # ---- shared call helpers ------------------------------------------------------------------------
@@ -305,40 +230,41 @@ class BasePipeline:
             y_null = y_null.to(dev, dt).repeat_interleave(repeat, 0)
         return y, y_null
 
-    def _call_setup(self, guidance: float | None, denoise: str | None, sampler: str | None, height: int | None,
-                    width: int | None, aspect_ratio: str | None) -> tuple[float, str, str, str | None, int, int]:
-        """The arguments every generation call shares, checked and defaulted:
-        -> guidance, denoise, sampler, aspect_ratio, H, W (pixels)."""
-        d = self.defaults
-        guidance = d.guidance if guidance is None else float(guidance)
-        if guidance < 0:
-            raise ValueError("guidance must be >= 0")
-        denoise, sampler = self._resolve(denoise, sampler)
-        aspect_ratio = aspect_ratio if aspect_ratio is not None or height or width else d.aspect_ratio
-        H, W = self._pixel_size(height, width, aspect_ratio)
-        return guidance, denoise, sampler, aspect_ratio, H, W
-
-    def _sampler_options(self, sampler: str, guidance: float, block_size: int | None, threshold: float | None,
-                         max_iter: int | None, draft: str | None, **extra):
-        """SamplerOptions from a call's Jacobi arguments, the pipeline's defaults filling the gaps."""
-        from ..sampling.sample import SamplerOptions
-
-        d = self.defaults
-        return SamplerOptions(method=sampler, guidance=guidance, jacobi_block_size=block_size or d.jacobi_block_size,
-                              jacobi_th=d.jacobi_threshold if threshold is None else threshold,
-                              jacobi_max_iter=max_iter or d.jacobi_max_iter, jacobi_draft=draft or d.jacobi_draft,
-                              **extra)
-
-    def _resolve(self, denoise: str | None, sampler: str | None) -> tuple[str, str]:
+    def _call_setup(self, options: SamplerOptions | None, sampling: dict[str, Any], denoise: str | None,
+                    height: int | None, width: int | None, aspect_ratio: str | None
+                    ) -> tuple[SamplerOptions, str, str | None, int, int]:
+        """What every generation call shares, checked and defaulted: the sampler settings (the pipeline's
+        defaults, or `options`, with the call's keyword arguments on top: SamplerOptions field names),
+        the denoising step, and the size -> (options, denoise, aspect_ratio, H, W in pixels)."""
+        opts = (options or self.defaults.sampling).with_(**sampling)
         denoise = denoise if denoise is not None else self.defaults.denoise
-        sampler = sampler if sampler is not None else self.defaults.sampler
         if denoise not in ("score", "learned", "none"):
             raise ValueError(f"denoise must be 'score', 'learned' or 'none', not {denoise!r}")
         if denoise == "learned" and self.flow.learnable_self_denoiser is None:
             raise ValueError("denoise='learned' needs a flow with a learnable self-denoiser; use 'score' or 'none'")
-        if sampler not in ("jacobi", "sequential"):
-            raise ValueError(f"sampler must be 'jacobi' or 'sequential', not {sampler!r}")
-        return denoise, sampler
+        aspect_ratio = aspect_ratio if aspect_ratio is not None or height or width else self.defaults.aspect_ratio
+        H, W = self._pixel_size(height, width, aspect_ratio)
+        return opts, denoise, aspect_ratio, H, W
+
+    def _run_batches(self, z: torch.Tensor, y, y_null, opts: SamplerOptions, *, batch_size: int | None,
+                     progress: bool, output_type: str, denoise, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Noise -> flow inverse -> denoising step -> decoding, `batch_size` items at a time: what every
+        generation call runs. `denoise(x, y)` is the call's denoising step."""
+        from ..sampling.sample import sample
+
+        n = z.size(0)
+        bs = batch_size or n
+        starts = range(0, n, bs)
+        opts = opts.with_(progress=progress and len(starts) == 1)
+        outs = []
+        for s in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
+            sl = slice(s, s + bs)
+            yb = y[sl] if y is not None else None
+            x = sample(self.flow, z[sl], yb, y_null[sl] if y_null is not None else None, opts,
+                       prefix=prefix[sl] if prefix is not None else None)
+            x = denoise(x, yb)
+            outs.append(x if output_type == "latent" else self._decode(x))
+        return torch.cat(outs)
 
     def _denoise(self, x: torch.Tensor, y: torch.Tensor | None, method: str) -> torch.Tensor:
         """One denoising step on latents x (images, or video chunks the caller cut)."""

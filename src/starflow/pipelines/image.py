@@ -5,10 +5,11 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from ..sampling.options import SamplerOptions
 from .base import BasePipeline
-from .io import to_uint8
+from .editing import EditingMixin
+from ..data.media import to_uint8
 
 __all__ = ["StarFlowPipeline", "ImagePipelineOutput", "convert_images"]
 
@@ -37,7 +38,7 @@ def convert_images(x: torch.Tensor, output_type: str):
     return [Image.fromarray(a[..., 0], "L") if a.shape[-1] == 1 else Image.fromarray(a, "RGB") for a in u8]
 
 
-class StarFlowPipeline(BasePipeline):
+class StarFlowPipeline(EditingMixin, BasePipeline):
     """Images from prompts with a STARFlow model.
 
     >>> pipe = StarFlowPipeline.from_pretrained("runs/digits_pipeline")
@@ -49,22 +50,22 @@ class StarFlowPipeline(BasePipeline):
 
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
-                 *, num_images_per_prompt: int = 1, guidance: float | None = None, sampler: str | None = None,
-                 jacobi_block_size: int | None = None, jacobi_threshold: float | None = None,
-                 jacobi_max_iter: int | None = None, jacobi_draft: str | None = None,
-                 height: int | None = None, width: int | None = None,
+                 *, num_images_per_prompt: int = 1, height: int | None = None, width: int | None = None,
                  aspect_ratio: str | None = None, generator: torch.Generator | None = None, seed: int | None = None,
                  denoise: str | None = None, output_type: str = "pil", batch_size: int | None = None,
-                 progress: bool = True, num_images: int | None = None) -> ImagePipelineOutput:
+                 progress: bool = True, num_images: int | None = None, options: SamplerOptions | None = None,
+                 **sampling) -> ImagePipelineOutput:
         """Generate `num_images_per_prompt` images for each prompt.
 
-        guidance: classifier-free guidance weight (official `cfg`; 0 turns it off); negative_prompt replaces
-        the empty prompt of the unconditional branch. sampler: "jacobi" (parallel, block size / threshold /
-        max iterations) or "sequential". Size: height/width in pixels, or an aspect ratio ("16:9"...) keeping
-        the trained area. denoise: "score" (the flow's own gradient), "learned" (the learnable denoiser) or
+        Sampler settings: `options` (a SamplerOptions; default: the pipeline's `defaults.sampling`) and/or
+        its fields as keyword arguments: guidance (classifier-free guidance weight, official `cfg`; 0 turns
+        it off), method ("jacobi": parallel, with jacobi_block_size / jacobi_th / jacobi_max_iter /
+        jacobi_draft; or "sequential"), attn_temp, ... negative_prompt replaces the empty prompt of the
+        unconditional branch. Size: height/width in pixels, or an aspect ratio ("16:9"...) keeping the
+        trained area. denoise: "score" (the flow's own gradient), "learned" (the learnable denoiser) or
         "none". output_type: "pil", "np" / "pt" (in [0, 1]) or "latent" (the flow's space, before decoding).
         seed / generator: a seed gives the same images on any device; noise is drawn for all images first, so
-        batch_size changes nothing but Jacobi's early stop (decided per batch, within jacobi_threshold).
+        batch_size changes nothing but Jacobi's early stop (decided per batch, within jacobi_th).
         num_images: for unconditional models (no prompt), how many images.
         """
         self._check_output_type(output_type)
@@ -72,33 +73,19 @@ class StarFlowPipeline(BasePipeline):
         prompts = self._prompts(prompt, conditioned=c.txt_dim > 0)
         if num_images_per_prompt < 1:
             raise ValueError("num_images_per_prompt must be >= 1")
-        d = self.defaults
-        guidance, denoise, sampler, aspect_ratio, H, W = self._call_setup(guidance, denoise, sampler, height, width,
-                                                                          aspect_ratio)
+        opts, denoise, aspect_ratio, H, W = self._call_setup(options, sampling, denoise, height, width, aspect_ratio)
         sf = self.spatial_factor
         n_total = len(prompts) * num_images_per_prompt if prompts is not None else (num_images or 1)
 
         # a video model trained with fps conditioning makes images under the "fps 0" template
-        cond = self._cond_kwargs(0 if d.fps_cond else None, aspect_ratio)
-        y, y_null = self._encode(prompts, negative_prompt, num_images_per_prompt, guidance, cond)
+        cond = self._cond_kwargs(0 if self.defaults.fps_cond else None, aspect_ratio)
+        y, y_null = self._encode(prompts, negative_prompt, num_images_per_prompt, opts.guidance, cond)
         g = self._generator(seed, generator)
         z = torch.randn((n_total, self.latent_channels, H // sf, W // sf), generator=g)   # (N, C, h, w)
         z = z.to(self.device, self.dtype)
 
-        from ..sampling.sample import sample
-        opts = self._sampler_options(sampler, guidance, jacobi_block_size, jacobi_threshold, jacobi_max_iter,
-                                     jacobi_draft, progress=False)
-        bs = batch_size or n_total
-        starts = range(0, n_total, bs)
-        outs = []
-        for s in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
-            sl = slice(s, s + bs)
-            yb = y[sl] if y is not None else None
-            opts.progress = progress and len(starts) == 1
-            x = sample(self.flow, z[sl], yb, y_null[sl] if y_null is not None else None, opts)
-            x = self._denoise(x, yb, denoise)
-            outs.append(x if output_type == "latent" else self._decode(x))
-        x = torch.cat(outs)
+        x = self._run_batches(z, y, y_null, opts, batch_size=batch_size, progress=progress, output_type=output_type,
+                              denoise=lambda x, yb: self._denoise(x, yb, denoise))
         images = x if output_type == "latent" else convert_images(x, output_type)
         per_image = [p for p in prompts for _ in range(num_images_per_prompt)] if prompts is not None else None
         return ImagePipelineOutput(images=images, prompts=per_image)

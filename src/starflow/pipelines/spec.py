@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-from ..config import ConfigError, ModelConfig, load_official_yaml, load_yaml, unknown_keys
+from ..config import ConfigError, ModelConfig, load_official_yaml, load_yaml
+from ..flow.io import atomic_write_text
+from ..sampling.options import SamplerOptions
+from ..strict import check_types, from_mapping
 
 __all__ = ["ASPECT_RATIOS", "aspect_ratio_to_size", "PipelineDefaults", "PipelineSpec", "read_spec",
-           "spec_from_official", "spec_from_train_config", "official_text_spec", "official_autoencoder_spec", "SPEC_FORMAT"]
+           "spec_from_official", "spec_from_training", "official_text_spec", "official_autoencoder_spec", "SPEC_FORMAT"]
 
 SPEC_FORMAT = "starflow-pipeline"
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 
 # The official sampler's choices, in its order.
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "16:9", "9:16", "4:5", "5:4", "21:9", "9:21")
@@ -40,24 +43,12 @@ def aspect_ratio_to_size(target: int, ratio: str | None, multiple: int) -> tuple
     return h, w
 
 
-def _strict(cls, d: Mapping[str, Any], where: str) -> dict[str, Any]:
-    unknown, known = unknown_keys(cls, d)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
-    return dict(d)
-
-
 @dataclass
 class PipelineDefaults:
-    """Sampling defaults stored with a pipeline; every one can be overridden per call."""
+    """Generation defaults stored with a pipeline; every one can be overridden per call."""
 
+    sampling: SamplerOptions = field(default_factory=SamplerOptions)   # sampler, guidance, Jacobi settings...
     noise_std: float = 0.0            # training noise level: denoising step, image-to-video prefix noise
-    guidance: float = 0.0             # classifier-free guidance weight (official `cfg`)
-    sampler: str = "jacobi"           # "jacobi" or "sequential"
-    jacobi_block_size: int = 32
-    jacobi_threshold: float = 1e-3
-    jacobi_max_iter: int = 32
-    jacobi_draft: str = "none"        # "bf16": draft each block in bfloat16, accept tokens in full precision
     denoise: str = "none"             # "score", "learned" or "none"
     fps_cond: bool = False            # official flags: what the prompt template carries
     cond_noise_level: bool = False
@@ -65,40 +56,54 @@ class PipelineDefaults:
     aspect_ratio: str | None = None   # default aspect ratio (None: square)
     num_frames: int | None = None     # videos: the trained length in pixel frames
     fps: int | None = None            # videos: frames per second written (and conditioned on with fps_cond)
-    context_length: int | None = None  # long videos: latent frames re-encoded as context (None: window - 1)
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "PipelineDefaults":
-        out = cls(**_strict(cls, d or {}, "pipeline defaults"))
-        out.validate()
-        return out
-
-    def validate(self) -> None:
-        if self.sampler not in ("jacobi", "sequential"):
-            raise ConfigError(f"defaults.sampler must be 'jacobi' or 'sequential', not {self.sampler!r}")
+    def __post_init__(self):
+        check_types(self)
         if self.denoise not in ("score", "learned", "none"):
             raise ConfigError(f"defaults.denoise must be 'score', 'learned' or 'none', not {self.denoise!r}")
-        if self.noise_std < 0 or self.guidance < 0:
-            raise ConfigError("defaults.noise_std and defaults.guidance must be >= 0")
+        if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
+            raise ConfigError(f"defaults.noise_std must be a finite number >= 0, got {self.noise_std}")
         if self.aspect_ratio is not None and self.aspect_ratio not in ASPECT_RATIOS:
             raise ConfigError(f"defaults.aspect_ratio {self.aspect_ratio!r} is not one of {', '.join(ASPECT_RATIOS)}")
+        for name in ("num_frames", "fps"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"defaults.{name} must be >= 1 (or unset), got {v}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "pipeline defaults") -> "PipelineDefaults":
+        return from_mapping(cls, d, where)
+
+
+# pipeline.json version 1 kept the sampler settings among the defaults, under other names
+_V1_SAMPLING = {"guidance": "guidance", "sampler": "method", "jacobi_block_size": "jacobi_block_size",
+                "jacobi_threshold": "jacobi_th", "jacobi_max_iter": "jacobi_max_iter", "jacobi_draft": "jacobi_draft",
+                "context_length": "context_length"}
+
+
+def _defaults_from_v1(d: Mapping[str, Any]) -> dict[str, Any]:
+    d = dict(d or {})
+    sampling = {new: d.pop(old) for old, new in _V1_SAMPLING.items() if old in d}
+    return {**d, "sampling": sampling}
 
 
 @dataclass
 class PipelineSpec:
     kind: str                                  # "image" or "video"
-    model: dict[str, Any]                      # ModelConfig keys; img_size in latent units
+    model: dict[str, Any] | None = None        # ModelConfig keys (img_size in latent units): our YAML configs;
+                                               # a pipeline folder keeps its flow in flow/ instead
     text_encoder: str | None = None            # spec for starflow.conditioning.load_text_encoder
     autoencoder: str | None = None             # spec for starflow.autoencoders.load_autoencoder
     defaults: PipelineDefaults = field(default_factory=PipelineDefaults)
 
     def __post_init__(self):
+        check_types(self)
         if self.kind not in ("image", "video"):
             raise ConfigError(f"pipeline kind must be 'image' or 'video', not {self.kind!r}")
-        if isinstance(self.defaults, Mapping):
-            self.defaults = PipelineDefaults.from_dict(self.defaults)
 
     def model_config(self) -> ModelConfig:
+        if self.model is None:
+            raise ConfigError("this pipeline spec has no model section")
         return ModelConfig.from_dict(self.model)
 
     @classmethod
@@ -107,24 +112,29 @@ class PipelineSpec:
         fmt, version = d.pop("format", SPEC_FORMAT), d.pop("version", SPEC_VERSION)
         if fmt != SPEC_FORMAT:
             raise ConfigError(f"{where}: format {fmt!r} is not {SPEC_FORMAT!r}")
-        if version != SPEC_VERSION:
-            raise ConfigError(f"{where}: version {version} is not supported (this starflow reads {SPEC_VERSION})")
-        d = _strict(cls, d, where)
-        for key in ("kind", "model"):
-            if key not in d:
-                raise ConfigError(f"{where}: missing key {key!r}")
-        if not isinstance(d["model"], Mapping):
-            raise ConfigError(f"{where}: 'model' must be a mapping of model config keys")
-        spec = cls(**d)
-        spec.model_config()  # validate the architecture now, with the file named in the error
+        if version not in (1, SPEC_VERSION):
+            raise ConfigError(f"{where}: version {version} is not supported (this starflow reads 1 and {SPEC_VERSION})")
+        if "kind" not in d:
+            raise ConfigError(f"{where}: missing key 'kind'")
+        model = d.get("model")
+        if version == 1:   # starflow 0.1: flat sampler defaults, 0/1 booleans in the model
+            d["defaults"] = _defaults_from_v1(d.get("defaults") or {})
+            if isinstance(model, Mapping):
+                d["model"] = ModelConfig.from_dict(model, official=True, where=f"{where} model").to_dict()
+        spec = from_mapping(cls, d, where)
+        if spec.model is not None:
+            ModelConfig.from_dict(spec.model, where=f"{where} model")   # validate now, naming the file
         return spec
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": SPEC_FORMAT, "version": SPEC_VERSION, "kind": self.kind, "model": dict(self.model),
-                "text_encoder": self.text_encoder, "autoencoder": self.autoencoder, "defaults": asdict(self.defaults)}
+        d = {"format": SPEC_FORMAT, "version": SPEC_VERSION, "kind": self.kind, "text_encoder": self.text_encoder,
+             "autoencoder": self.autoencoder, "defaults": asdict(self.defaults)}
+        if self.model is not None:
+            d["model"] = dict(self.model)
+        return d
 
     def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def _is_official(d: Mapping[str, Any]) -> bool:
@@ -177,7 +187,8 @@ def spec_from_official(args: Mapping[str, Any] | str | Path, *, spatial_factor: 
     model = dict(args)
     model["img_size"] = px // spatial_factor
     model["txt_dim"] = txt_dim
-    cfg = ModelConfig.from_dict(model)          # rejects keys that are neither architecture nor official extras
+    # rejects keys that are neither architecture nor official extras
+    cfg = ModelConfig.from_dict(model, official=True, where="official config")
     extra = cfg.extra
     video = extra.get("vid_size") is not None
     num_frames = fps = None
@@ -194,9 +205,10 @@ def spec_from_official(args: Mapping[str, Any] | str | Path, *, spatial_factor: 
         denoise = "score"
     else:  # a decoder fine-tuned on noisy latents removes the noise itself
         denoise = "none"
+    sampling = SamplerOptions(method="jacobi", guidance=float(extra.get("cfg", 0.0) or 0.0),
+                              jacobi_block_size=32 if video else 16, jacobi_th=1e-3, jacobi_max_iter=32)
     defaults = PipelineDefaults(
-        noise_std=noise_std, guidance=float(extra.get("cfg", 0.0) or 0.0), sampler="jacobi",
-        jacobi_block_size=32 if video else 16, jacobi_threshold=1e-3, jacobi_max_iter=32, denoise=denoise,
+        sampling=sampling, noise_std=noise_std, denoise=denoise,
         fps_cond=bool(extra.get("fps_cond", 0)), cond_noise_level=bool(extra.get("cond_noise_level", 0)),
         mix_aspect=bool(extra.get("mix_aspect", 0)), num_frames=num_frames, fps=fps)
     return PipelineSpec(kind="video" if video else "image", model=cfg.to_dict(),
@@ -205,19 +217,22 @@ def spec_from_official(args: Mapping[str, Any] | str | Path, *, spatial_factor: 
                         defaults=defaults)
 
 
-def spec_from_train_config(tcfg: Any, config: ModelConfig) -> PipelineSpec:
-    """Training config (starflow.training.TrainConfig) + the trained flow's config -> PipelineSpec."""
-    data = tcfg.data
-    video = data.dataset in ("moving_digits", "video_folder")
-    if data.condition == "text":
-        text = data.text_encoder
-    elif data.condition == "labels":
+def spec_from_training(train: Mapping[str, Any], config: ModelConfig) -> PipelineSpec:
+    """A training run's config (TrainConfig.to_dict(): `starflow train` writes it as training.json) + the
+    trained flow's config -> PipelineSpec: the text encoder, autoencoder and noise level it was trained with.
+    Reads the plain mapping, so that pipelines need nothing from the training package."""
+    data, log = train.get("data", {}), train.get("log", {})
+    video = data.get("dataset") in ("moving_digits", "video_folder")
+    if data.get("condition") == "text":
+        text = data.get("text_encoder", "minilm")
+    elif data.get("condition") == "labels":
         text = f"labels:{config.txt_dim - 1}"      # one-hot rows with a null class
     else:
         text = None
-    noise = float(data.noise_std or max(data.noise_levels or [0.0]))
+    noise = float(data.get("noise_std") or max(data.get("noise_levels") or [0.0]))
     denoise = "learned" if config.learnable_self_denoiser else ("score" if noise > 0 else "none")
-    defaults = PipelineDefaults(noise_std=noise, guidance=float(tcfg.log.sample_guidance) if text else 0.0,
-                                denoise=denoise, num_frames=data.num_frames if video else None)
-    return PipelineSpec(kind="video" if video else "image", model=config.to_dict(), text_encoder=text,
-                        autoencoder=data.autoencoder or "identity", defaults=defaults)
+    guidance = float(log.get("sample_guidance", 0.0)) if text else 0.0
+    defaults = PipelineDefaults(sampling=SamplerOptions(guidance=guidance), noise_std=noise, denoise=denoise,
+                                num_frames=int(data.get("num_frames", 8)) if video else None)
+    return PipelineSpec(kind="video" if video else "image", text_encoder=text,
+                        autoencoder=data.get("autoencoder") or "identity", defaults=defaults)

@@ -2,15 +2,15 @@
 length."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ..sampling.options import SamplerOptions
 from .base import BasePipeline
+from .editing import EditingMixin
 from .image import convert_images
 
 __all__ = ["StarFlowVideoPipeline", "VideoPipelineOutput"]
@@ -24,7 +24,7 @@ class VideoPipelineOutput:
     fps: int
 
 
-class StarFlowVideoPipeline(BasePipeline):
+class StarFlowVideoPipeline(EditingMixin, BasePipeline):
     """Videos from prompts (and optionally a first frame) with a STARFlow-V model."""
 
     kind = "video"
@@ -47,25 +47,20 @@ class StarFlowVideoPipeline(BasePipeline):
         n = self.defaults.num_frames
         return self.latent_frames(n) if n else None
 
-    @contextlib.contextmanager
-    def _window(self, frames: int, sampler: str):
-        """The deep block's attention window in latent frames (None: whole video). Past the trained length the
-        trained length becomes a sliding window (official `local_attn_window`, as its target_length sets it)."""
+    def _window(self, frames: int, method: str) -> int | None:
+        """The deep block's attention window in latent frames (None: the whole video). Past the trained length
+        the trained length becomes a sliding window (official `local_attn_window`, as its target_length sets
+        it); the sampler gets it as a setting, the model's config is never changed."""
         c = self.config
-        old = c.local_attn_window
         trained = self.trained_latent_frames()
-        window = old or (trained if trained is not None and frames > trained else None)
+        window = c.local_attn_window or (trained if trained is not None and frames > trained else None)
         if window and frames > window:
             if not c.shallow_block_local:
                 raise ValueError(f"this flow was trained on {window} latent frames and its shallow blocks see the "
-                                 f"whole video (shallow_block_local=0): it cannot make {frames} latent frames")
-            if sampler != "jacobi":
-                raise ValueError("videos longer than the trained length need the sliding window of sampler='jacobi'")
-        c.local_attn_window = window
-        try:
-            yield window
-        finally:
-            c.local_attn_window = old
+                                 f"whole video (shallow_block_local=False): it cannot make {frames} latent frames")
+            if method != "jacobi":
+                raise ValueError("videos longer than the trained length need the sliding window of method='jacobi'")
+        return window
 
     def _denoise_video(self, x: torch.Tensor, y: torch.Tensor | None, method: str, window: int | None) -> torch.Tensor:
         """Denoise in windows of the trained length; after the first window each step re-uses `overlap` frames
@@ -93,7 +88,7 @@ class StarFlowVideoPipeline(BasePipeline):
 
         C = self.pixel_channels
         if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__") or isinstance(image, Image.Image):
-            from .io import load_image
+            from ..data.media import load_image
             img = load_image(image).convert("L" if C == 1 else "RGB")
             scale = max(H / img.height, W / img.width)
             img = img.resize((max(W, int(img.width * scale)), max(H, int(img.height * scale))), Image.BILINEAR)
@@ -117,99 +112,85 @@ class StarFlowVideoPipeline(BasePipeline):
         z = z.float() + self.defaults.noise_std * noise                                    # training noise level
         return z[:, None].to(self.device, self.dtype)
 
-    # ---- video to edit -----------------------------------------------------------------------------
-    def _source_noise(self, source: torch.Tensor, prompts, per_prompt: int, source_prompt, guidance: float,
-                      cond: dict, y_null: torch.Tensor | None, T: int) -> torch.Tensor:
-        """The flow's noise of the video(s) to edit, one per output video (pipelines.video_edit)."""
-        from .video_edit import invert_video, match_videos
-
-        trained = self.trained_latent_frames()
+    # ---- video to video -------------------------------------------------------------------------------
+    def _video_to_video(self, prompt, video, source_prompt, *, num_videos_per_prompt: int, num_frames: int | None,
+                        image, **edit_kwargs) -> VideoPipelineOutput:
+        """The flow inverted on `video` (exact, one likelihood pass, under `source_prompt`: the empty prompt
+        when None) and its noise sampled again under `prompt`: `edit(..., strength=0)`. What the noise carries
+        and the prompt does not decide is kept (in the moving digits: where the digit is and how it moves)."""
+        if image is not None:
+            raise ValueError("give image= (image-to-video) or video= (video-to-video), not both")
+        if num_videos_per_prompt != 1:
+            raise ValueError("video-to-video makes one edit per video: give one prompt per video "
+                             "(num_videos_per_prompt=1)")
+        pixels = self._pixels(video)
+        frames = pixels.size(1)
+        if num_frames is not None and num_frames != frames:
+            raise ValueError(f"num_frames={num_frames}, but the video to edit has {frames} frames")
+        T, trained = self.latent_frames(frames), self.trained_latent_frames()
         if trained is not None and T > trained:
-            raise ValueError(f"the video to edit has {T} latent frames; video-to-video takes at most the trained "
-                             f"{trained} (the inversion is one pass of the flow, without the sampling window)")
-        videos, sources = match_videos(source, prompts, per_prompt, source_prompt)
-        return invert_video(self, videos, sources, guidance if y_null is not None else 0.0, cond, y_null)
+            raise ValueError(f"the video to edit has {frames} frames ({T} latent); video-to-video takes at most "
+                             f"the trained length ({trained} latent frames): the inversion is one pass of the flow, "
+                             f"which has no sliding window")
+        if source_prompt is None and self.config.txt_dim > 0:
+            source_prompt = ""
+        return self.edit(prompt, pixels, source_prompt=source_prompt, strength=0.0, **edit_kwargs)
 
     # ---- call ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
                  *, num_videos_per_prompt: int = 1, num_frames: int | None = None, fps: int | None = None,
                  image=None, video=None, source_prompt: str | Sequence[str] | None = None,
-                 guidance: float | None = None, sampler: str | None = None,
-                 jacobi_block_size: int | None = None, jacobi_threshold: float | None = None,
-                 jacobi_max_iter: int | None = None, jacobi_draft: str | None = None,
-                 context_length: int | None = None,
                  height: int | None = None, width: int | None = None, aspect_ratio: str | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None, denoise: str | None = None,
                  output_type: str = "pil", batch_size: int | None = None, progress: bool = True,
-                 num_videos: int | None = None) -> VideoPipelineOutput:
+                 num_videos: int | None = None, options: SamplerOptions | None = None, **sampling
+                 ) -> VideoPipelineOutput:
         """Generate videos; arguments as StarFlowPipeline, plus:
 
         num_frames: pixel frames (1 + temporal_factor * k); past the trained length the deep block samples
         with a sliding window re-encoding `context_length` latent frames (default window - 1).
         fps: written to the files, and given to the prompt template when the flow was trained with fps_cond.
         image: first frame (file, PIL image, or (C, H, W) / (B, C, H, W) tensor in [-1, 1]): image-to-video.
-        video: a video to edit (GIF / MP4 file, uint8 (T, H, W, C), or (T, C, H, W) / (B, T, C, H, W) in [-1, 1]):
-        video-to-video. The flow is inverted on it (one forward pass, under `source_prompt`, or the empty prompt
-        when None) and its noise is sampled again under `prompt` (pipelines.video_edit). One video for all
-        prompts or one per prompt; its frame count sets num_frames (at most the trained length).
+        video: a video to edit (GIF / MP4 file, or (T, C, H, W) / (B, T, C, H, W) in [-1, 1], the model's frame
+        size, at most the trained length): video-to-video. The flow is inverted on it under `source_prompt`
+        (default: the empty prompt) and its noise sampled again under `prompt`, one prompt (or one per video).
         """
+        if video is not None:
+            return self._video_to_video(prompt, video, source_prompt, num_videos_per_prompt=num_videos_per_prompt,
+                                        num_frames=num_frames, image=image, negative_prompt=negative_prompt,
+                                        seed=seed, generator=generator, denoise=denoise, output_type=output_type,
+                                        options=options, **sampling)
+        if source_prompt is not None:
+            raise ValueError("source_prompt goes with video= (the prompt the video to edit was made with)")
         self._check_output_type(output_type)
         c, d = self.config, self.defaults
         prompts = self._prompts(prompt, conditioned=c.txt_dim > 0)
         if num_videos_per_prompt < 1:
             raise ValueError("num_videos_per_prompt must be >= 1")
-        source = None
-        if video is not None:
-            from .video_edit import read_source_video
-            if image is not None:
-                raise ValueError("give image= (image-to-video) or video= (video-to-video), not both")
-            H0, W0 = self._call_setup(guidance, denoise, sampler, height, width, aspect_ratio)[-2:]
-            source = read_source_video(video, self.pixel_channels, H0, W0)
-            if num_frames is not None and num_frames != source.size(1):
-                raise ValueError(f"num_frames={num_frames} but the video to edit has {source.size(1)} frames")
-            num_frames = source.size(1)
         num_frames = d.num_frames if num_frames is None else num_frames
         if num_frames is None:
             raise ValueError("give num_frames (this pipeline has no trained length stored)")
         fps = int(fps or d.fps or 8)
         T = self.latent_frames(num_frames)
-        guidance, denoise, sampler, aspect_ratio, H, W = self._call_setup(guidance, denoise, sampler, height, width,
-                                                                          aspect_ratio)
+        opts, denoise, aspect_ratio, H, W = self._call_setup(options, sampling, denoise, height, width, aspect_ratio)
         sf = self.spatial_factor
         n_total = len(prompts) * num_videos_per_prompt if prompts is not None else (num_videos or 1)
         if image is not None and T < 2:
             raise ValueError("image-to-video needs at least 2 latent frames to generate after the given one")
 
         cond = self._cond_kwargs(fps, aspect_ratio)
-        y, y_null = self._encode(prompts, negative_prompt, num_videos_per_prompt, guidance, cond)
+        y, y_null = self._encode(prompts, negative_prompt, num_videos_per_prompt, opts.guidance, cond)
         g = self._generator(seed, generator)
-        if source is not None:
-            z = self._source_noise(source, prompts, num_videos_per_prompt, source_prompt, guidance, cond, y_null, T)
-        else:
-            z = torch.randn((n_total, T, self.latent_channels, H // sf, W // sf), generator=g)  # (N, T, C, h, w)
+        z = torch.randn((n_total, T, self.latent_channels, H // sf, W // sf), generator=g)   # (N, T, C, h, w)
         z = z.to(self.device, self.dtype)
         prefix = self._first_frame(image, n_total, H, W, g) if image is not None else None
 
-        from ..sampling.sample import sample
-        bs = batch_size or n_total
-        starts = range(0, n_total, bs)
-        outs = []
-        with self._window(T, sampler) as window:
-            ctx = context_length or d.context_length or (window - 1 if window else None)
-            if ctx is not None and window and not 0 < ctx < window:
-                raise ValueError(f"context_length must be in [1, {window - 1}] for a window of {window} latent frames")
-            opts = self._sampler_options(sampler, guidance, jacobi_block_size, jacobi_threshold, jacobi_max_iter,
-                                         jacobi_draft, context_length=ctx)
-            for s in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
-                sl = slice(s, s + bs)
-                yb = y[sl] if y is not None else None
-                opts.progress = progress and len(starts) == 1
-                x = sample(self.flow, z[sl], yb, y_null[sl] if y_null is not None else None, opts,
-                           prefix=prefix[sl] if prefix is not None else None)
-                x = self._denoise_video(x, yb, denoise, window)
-                outs.append(x if output_type == "latent" else self._decode(x))
-        x = torch.cat(outs)                                                       # (N, T', C, H, W)
+        window = self._window(T, opts.method)
+        if window and opts.method == "jacobi":   # the sampler checks the context against the window
+            opts = opts.with_(attn_window=window, context_length=opts.context_length or window - 1)
+        x = self._run_batches(z, y, y_null, opts, batch_size=batch_size, progress=progress, output_type=output_type,
+                              denoise=lambda x, yb: self._denoise_video(x, yb, denoise, window), prefix=prefix)
         if output_type == "latent":
             frames = x
         else:

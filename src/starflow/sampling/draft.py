@@ -38,16 +38,13 @@ def fast_bf16(device: torch.device) -> bool:
     return False
 
 
-_CACHE = "_starflow_draft"
-
-
 def draft_copy(block: FlowBlock, draft: str) -> FlowBlock | None:
-    """The block in the draft's precision, or None when there is no draft to make.
+    """A copy of the block in the draft's precision, or None when there is no draft to make.
 
     None for draft "none", for "auto" on hardware without native bf16 matmuls, and for a block that
     already runs in a format no wider than the draft's (a bfloat16 model gains nothing from a bf16
-    draft). The copy is kept on the block and made again when any of its weights changes
-    (load_state_dict, an optimiser step, `.to()`).
+    draft). The copy is made for one sampling call and dropped after it: nothing is kept on the block
+    (a cached copy would be state that `.to()`, `state_dict` and an optimiser step cannot see).
     """
     if draft not in DRAFT_DTYPES:
         raise ValueError(f"jacobi draft must be one of {sorted(DRAFT_DTYPES)}, not {draft!r}")
@@ -57,16 +54,6 @@ def draft_copy(block: FlowBlock, draft: str) -> FlowBlock | None:
         return None
     if draft == "auto" and not fast_bf16(w.device):
         return None
-    key = tuple((p.data_ptr(), p._version, p.dtype) for p in block.parameters())
-    cached = block.__dict__.get(_CACHE)
-    if cached is None or cached[0] != key:
-        block.__dict__.pop(_CACHE, None)               # do not copy an old draft into the new one
-        with torch.no_grad(), torch.inference_mode(False):
-            low = copy.deepcopy(block).to(dtype)
-        low.requires_grad_(False)
-        cached = (key, low)
-        # in __dict__, not as a submodule: invisible to state_dict, .parameters() and .to()
-        block.__dict__[_CACHE] = cached
-    low = cached[1]
-    low.train(block.training)
-    return low
+    with torch.no_grad(), torch.inference_mode(False):
+        low = copy.deepcopy(block).to(dtype)
+    return low.requires_grad_(False).train(block.training)

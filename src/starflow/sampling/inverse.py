@@ -14,10 +14,11 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..flow.affine import inverse_affine
-from ..flow.block import FlowBlock
+from ..flow.model import BlockView
 from ..nn.decode import CompiledStep
 from ..nn.kv_cache import KVCache
 from ..nn.precision import upcast
+from .options import JACOBI_SCHEDULES
 
 __all__ = ["BlockInverse", "sequential_inverse", "jacobi_inverse", "JacobiStats", "JACOBI_SCHEDULES"]
 
@@ -32,27 +33,29 @@ class JacobiStats:
 
 
 class BlockInverse:
-    """State for inverting one block on noise z (B, N, C) in raster order.
+    """State for inverting one block on noise z (B, N, C), the block's tokens in raster order.
 
-    guidance > 0 doubles the batch ([cond; uncond], text given doubled by the caller) and both halves
-    follow the guided parameters. `prefix` (B, P, C), raster order, are known first tokens (image-to-video):
-    they are pushed into the cache and kept.
+    `view` (StarFlow.block_views) gives the block, its text ([y; y_null] when guided), positions, frames
+    and guidance weight; guidance doubles the batch and both halves follow the guided parameters.
+    `prefix` (B, P, C) are known first tokens, in raster order (whole frames: image-to-video), or already in
+    the block's order (`prefix_in_block_order`, any count): pushed into the cache and kept.
     """
 
-    def __init__(self, block: FlowBlock, z: torch.Tensor, text: torch.Tensor | None, rope, frames: int,
-                 guidance: float = 0.0, prefix: torch.Tensor | None = None, window_frames: int | None = None):
-        self.block, self.frames, self.guidance, self.rope = block, frames, guidance, rope
-        self.text = text if block.conditioned else None
-        zp = block.permute(upcast(z), frames)                           # (B, N, C) block order
-        if guidance > 0:
+    def __init__(self, view: BlockView, z: torch.Tensor, prefix: torch.Tensor | None = None,
+                 window_frames: int | None = None, prefix_in_block_order: bool = False):
+        block = self.block = view.block
+        self.frames, self.guidance, self.rope, self.text = view.frames, view.guidance, view.rope, view.text
+        zp = block.permute(upcast(z), self.frames)                      # (B, N, C) block order
+        if self.guidance > 0:
             zp = torch.cat([zp, zp])
         self.zp = zp
         self.off = 1 if block.use_sos else 0
-        head = block.head(zp.size(0), zp[:, :1]).to(zp.dtype)
-        self.x_full = torch.cat([head, zp], 1) if block.use_sos else zp.clone()   # (B', U + 1, C)
+        seq = block.input_sequence(zp)
+        self.x_full = seq if seq is not zp else zp.clone()              # (B', U + 1, C)
         self.U = self.x_full.size(1) - 1                                # unknown tokens to solve for
-        self.frame_tokens = zp.size(1) // frames
-        self.pos = block.positions_embed(zp.size(1), frames)
+        self.frame_tokens = zp.size(1) // self.frames
+        self.pos = block.positions_embed(zp.size(1), self.frames)
+        self.shift = 0       # input position p sits at position p - shift of the cached sequence (sliding window)
         n_txt = self.text.size(1) if self.text is not None else 0
         length = n_txt + (min(self.U, window_frames * self.frame_tokens) if window_frames else self.U)
         p = block.proj_in.weight
@@ -61,11 +64,14 @@ class BlockInverse:
         self.start = 0
         self.initialised = False                                        # x_full holds a draft (start_from)
         if prefix is not None:
-            if block.order == "flip":
-                raise ValueError("a prefix needs a block order that keeps frames in time order (temporal_causal)")
             P = prefix.size(1)
-            pp = block.permute(prefix.to(zp.dtype), P // self.frame_tokens)
-            if guidance > 0:
+            if prefix_in_block_order:
+                pp = prefix.to(zp.dtype)
+            elif block.order == "flip":
+                raise ValueError("a prefix needs a block order that keeps frames in time order (temporal_causal)")
+            else:
+                pp = block.permute(prefix.to(zp.dtype), P // self.frame_tokens)
+            if self.guidance > 0:
                 pp = torch.cat([pp, pp])
             self.x_full[:, self.off:self.off + P] = pp
             self.start = P - 1 + self.off                               # first input position still to run
@@ -78,8 +84,18 @@ class BlockInverse:
 
     def run(self, inp: torch.Tensor, p: int, attn_temp: float = 1.0) -> torch.Tensor:
         """Trunk on inputs standing at positions [p, p + len) -> raw head output."""
-        pe = self.pos[p:p + inp.size(1)] if self.pos is not None else None
+        q = p - self.shift
+        pe = self.pos[q:q + inp.size(1)] if self.pos is not None else None
         return self.block.run(inp, None, rope=self.rope, cache=self.cache, pos_embed=pe, attn_temp=attn_temp)
+
+    def slide(self, start: int, context: int) -> None:
+        """Restart the cache from the text and the `context` tokens before input position `start`, re-encoded
+        as a fresh sequence (the official long-video sampler): attention then sees at most the window."""
+        self.cache.reset()
+        self.prime_text()
+        inp = self.block.input_sequence(self.x_full[:, start + 1 - context:start + 1])[:, :-1]
+        self.shift = start - inp.size(1)
+        self.run(inp, start - inp.size(1))
 
     def solve(self, raw: torch.Tensor, p: int, guidance: float) -> torch.Tensor:
         """New values of x_full[p + 1 : p + 1 + len] from the head output at positions [p, p + len)."""
@@ -149,7 +165,6 @@ def _agree_min(n: int, device) -> int:
     return n
 
 
-JACOBI_SCHEDULES = ("official", "sliding")
 
 
 def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1e-3, max_iter: int = 32,
@@ -192,12 +207,7 @@ def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1
         if target >= U:
             break
         target = min(target + W - C, U)
-        # slide the window: rebuild the cache from the text and the last C decoded tokens
-        inv.cache.reset()
-        inv.prime_text()
-        ctx = x_full[:, start + 1 - C:start + 1]
-        inp = torch.cat([inv.block.head(ctx.size(0), ctx[:, :1]).to(ctx.dtype), ctx[:, :-1]], 1) if inv.off else ctx
-        inv.block.run(inp, None, rope=inv.rope, cache=inv.cache)
+        inv.slide(start, C)   # the window is full: rebuild the cache from the text and the last C tokens
     bar.close()
     return inv.result()
 

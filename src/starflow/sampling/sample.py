@@ -1,17 +1,16 @@
 """Sampling a whole model: the deep block first (guided), then the shallow blocks back to data space."""
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from dataclasses import dataclass
-from functools import partial
 
 import torch
 
-from ..flow.block import IdentityFlowBlock
-from ..flow.model import StarFlow
+from ..flow.model import BlockView, StarFlow
 from ..nn.precision import upcast
-from .draft import DRAFT_DTYPES, draft_copy
-from .inverse import JACOBI_SCHEDULES, BlockInverse, JacobiStats, jacobi_inverse, sequential_inverse
+from .draft import draft_copy
+from .inverse import BlockInverse, JacobiStats, jacobi_inverse, sequential_inverse
+from .options import SamplerOptions
 
 __all__ = ["SamplerOptions", "sample", "NonFiniteSampleWarning"]
 
@@ -20,112 +19,81 @@ class NonFiniteSampleWarning(RuntimeWarning):
     """Some samples came out NaN or infinite: the flow's inverse overflowed for them."""
 
 
-@dataclass
-class SamplerOptions:
-    method: str = "jacobi"                # "jacobi" or "sequential"
-    guidance: float = 0.0                 # official CFG weight
-    jacobi_block_size: int = 32
-    jacobi_th: float = 1e-3               # relative squared change that stops a chunk; 0: never early
-    jacobi_max_iter: int = 32
-    jacobi_schedule: str = "official"     # "official" chunks, or "sliding" (per-token convergence, faster)
-    jacobi_draft: str = "none"            # "bf16" / "auto": solve each block in bfloat16 first (sampling.draft)
-    jacobi_draft_block_size: int = 0      # the draft's window (sliding schedule); 0: the whole sequence
-    context_length: int | None = None     # long videos: frames of re-encoded context
-    attn_temp: float = 1.0                # sequential only: attention temperature
-    annealed_guidance: bool = False       # sequential only: guidance grows linearly over the tokens
-    compile: bool = False                 # sequential only: each token step as one torch.compile'd graph
-                                          # (nn.decode; compiles on first use, seconds per block)
-    progress: bool = False
+def _check_condition(model: StarFlow, y, y_null, guidance: float) -> float:
+    """The guidance weight that applies (0 for an unconditional model); checks y_null against y."""
+    if guidance > 0 and model.config.txt_dim > 0:
+        if y_null is None:
+            raise ValueError("guidance > 0 needs y_null, the embedding of the empty prompt / null label")
+        if y_null.shape != y.shape:
+            raise ValueError(f"y_null shape {tuple(y_null.shape)} differs from y shape {tuple(y.shape)}")
+        return guidance
+    return 0.0
 
-    def __post_init__(self):
-        if self.method not in ("jacobi", "sequential"):
-            raise ValueError(f"sampler must be 'jacobi' or 'sequential', not {self.method!r}")
-        if self.jacobi_schedule not in JACOBI_SCHEDULES:
-            raise ValueError(f"jacobi_schedule must be one of {JACOBI_SCHEDULES}, not {self.jacobi_schedule!r}")
-        if self.guidance < 0:
-            raise ValueError("guidance must be >= 0")
-        if self.jacobi_draft not in DRAFT_DTYPES:
-            raise ValueError(f"jacobi_draft must be one of {sorted(DRAFT_DTYPES)}, not {self.jacobi_draft!r}")
-        if self.jacobi_draft_block_size < 0:
-            raise ValueError("jacobi_draft_block_size must be >= 0 (0: the whole sequence)")
+
+def _prefix_inputs(model: StarFlow, z: torch.Tensor, y, prefix: torch.Tensor) -> list[torch.Tensor]:
+    """Each block's input for the known first frames (image-to-video), from one likelihood pass."""
+    if z.dim() != 5 or prefix.dim() != 5 or prefix.shape[0] != z.size(0) or prefix.shape[2:] != z.shape[2:]:
+        raise ValueError(f"prefix must be (B, k, C, H, W) frames matching z {tuple(z.shape)}, "
+                         f"got {tuple(prefix.shape)}")
+    if prefix.size(1) >= z.size(1):
+        raise ValueError("prefix must have fewer frames than the video to generate")
+    model.check_input(prefix, y, name="prefix")
+    return model(prefix, y).block_outputs
+
+
+def _invert_block(view: BlockView, tokens: torch.Tensor, opt: SamplerOptions, prefix: torch.Tensor | None,
+                  window: int | None, stats: JacobiStats | None) -> torch.Tensor:
+    """One block's inverse on its tokens (B', N', C): sequential, or Jacobi (after a low-precision draft)."""
+    if opt.method == "sequential":
+        inv = BlockInverse(view, tokens, prefix)
+        return sequential_inverse(inv, opt.attn_temp, opt.annealed_guidance, opt.progress, opt.compile)
+    inv = BlockInverse(view, tokens, prefix, window)
+    low = draft_copy(view.block, opt.jacobi_draft)
+    if low is not None:
+        # the same inputs for a low-precision copy of the block, solved first
+        draft, ds = BlockInverse(dataclasses.replace(view, block=low), tokens, prefix, window), JacobiStats()
+        # large windows: a low-precision trunk call costs little per token, much per call
+        jacobi_inverse(draft, opt.jacobi_draft_block_size or draft.U, opt.jacobi_th, opt.jacobi_max_iter,
+                       opt.context_length, window, progress=opt.progress, stats=ds, schedule="sliding")
+        inv.start_from(draft)
+        if stats is not None:
+            stats.draft_iterations += ds.iterations
+            stats.draft_tokens += ds.tokens
+    return jacobi_inverse(inv, opt.jacobi_block_size, opt.jacobi_th, opt.jacobi_max_iter, opt.context_length,
+                          window, progress=opt.progress, stats=stats, schedule=opt.jacobi_schedule)
 
 
 @torch.no_grad()
 def sample(model: StarFlow, z: torch.Tensor, y: torch.Tensor | None = None, y_null: torch.Tensor | None = None,
            options: SamplerOptions | None = None, prefix: torch.Tensor | None = None,
-           stats: JacobiStats | None = None, **kwargs) -> torch.Tensor:
+           stats: JacobiStats | None = None, **changes) -> torch.Tensor:
     """Invert the flow on noise z (B, C, H, W) or (B, T, C, H, W).
 
     y: (B, L, txt_dim) condition; y_null: the unconditional embedding, needed when guidance > 0.
     prefix: (B, k, C, H, W) known first frames (image-to-video), returned unchanged.
-    Keyword arguments override fields of `options`.
+    Keyword arguments change fields of `options` (SamplerOptions field names).
     """
-    opt = options or SamplerOptions()
-    if kwargs:
-        opt = SamplerOptions(**{**opt.__dict__, **kwargs})
+    opt = (options or SamplerOptions()).with_(**changes) if changes else (options or SamplerOptions())
     c = model.config
     model.check_input(z, y, name="z")
-    video = z.dim() == 5
-    B = z.size(0)
-    w = opt.guidance
-    if w > 0 and c.txt_dim > 0:
-        if y_null is None:
-            raise ValueError("guidance > 0 needs y_null, the embedding of the empty prompt / null label")
-        if y_null.shape != y.shape:
-            raise ValueError(f"y_null shape {tuple(y_null.shape)} differs from y shape {tuple(y.shape)}")
-        y_cfg = torch.cat([y, y_null])
-    else:
-        w, y_cfg = 0.0, y
-    if prefix is not None:
-        if not video or prefix.dim() != 5 or prefix.shape[0] != B or prefix.shape[2:] != z.shape[2:]:
-            raise ValueError(f"prefix must be (B, k, C, H, W) frames matching z {tuple(z.shape)}, "
-                             f"got {tuple(prefix.shape)}")
-        if prefix.size(1) >= z.size(1):
-            raise ValueError("prefix must have fewer frames than the video to generate")
-        model.check_input(prefix, y, name="prefix")
-        prefix_inputs = model(prefix, y).block_outputs      # each block's input for the known frames
+    w = _check_condition(model, y, y_null, opt.guidance)
+    prefix_inputs = _prefix_inputs(model, z, y, prefix) if prefix is not None else None
+    # the deep block's attention window in latent frames (the sampler's setting, else the model's own): only
+    # the Jacobi sampler slides it past its end, as the official code; sequential decoding attends to all frames
+    window = (opt.attn_window or c.local_attn_window) if (z.dim() == 5 and opt.method == "jacobi") else None
+    if window and z.size(1) > window and not c.shallow_block_local:
+        raise ValueError(f"a {z.size(1)}-frame video with an attention window of {window} frames needs a model "
+                         f"whose shallow blocks see one frame at a time (shallow_block_local)")
     h = model.patchify(z)
     shape = h.shape
-    T = shape[1] if video else 1
-    gh, gw, ch = shape[-3], shape[-2], shape[-1]
+    B, ch = shape[0], shape[-1]
     tokens = upcast(h.reshape(B, -1, ch))
-    nb = len(model.blocks)
-    for i in reversed(range(nb)):
-        block = model.blocks[i]
-        if isinstance(block, IdentityFlowBlock):
+    for v in reversed(model.block_views(shape, y, w, y_null=y_null, sampling=True)):
+        if v.identity:
             continue
-        deep = i == nb - 1
-        guided = w > 0 and (deep or not c.cond_top_only)
-        text = (y_cfg if guided else y) if block.conditioned else None
-        local = video and c.shallow_block_local and not deep
-        if local:
-            tok, frames, rope_frames, pre = tokens.reshape(B * T, -1, ch), 1, 1, None
-        else:
-            tok, frames, rope_frames = tokens, T, (T if video else 0)
-            pre = prefix_inputs[i].reshape(B, -1, ch) if prefix is not None else None
-        rope = model.rope_tables(block, gh, gw, rope_frames, text.size(1) if text is not None else 0, z.device)
-        window = c.local_attn_window if (deep and video and opt.method == "jacobi") else None
-        # the same inputs for the block and for a low-precision copy of it (a Jacobi draft)
-        inverse = partial(BlockInverse, z=tok, text=text, rope=rope, frames=frames, guidance=w if guided else 0.0,
-                          prefix=pre, window_frames=window)
-        inv = inverse(block)
-        if opt.method == "sequential":
-            out = sequential_inverse(inv, opt.attn_temp, opt.annealed_guidance, opt.progress, opt.compile)
-        else:
-            low = draft_copy(block, opt.jacobi_draft)
-            if low is not None:
-                draft, ds = inverse(low), JacobiStats()
-                # large windows: a low-precision trunk call costs little per token, much per call
-                jacobi_inverse(draft, opt.jacobi_draft_block_size or draft.U, opt.jacobi_th, opt.jacobi_max_iter,
-                               opt.context_length, window, progress=opt.progress, stats=ds, schedule="sliding")
-                inv.start_from(draft)
-                if stats is not None:
-                    stats.draft_iterations += ds.iterations
-                    stats.draft_tokens += ds.tokens
-            out = jacobi_inverse(inv, opt.jacobi_block_size, opt.jacobi_th, opt.jacobi_max_iter,
-                                 opt.context_length, window, progress=opt.progress, stats=stats,
-                                 schedule=opt.jacobi_schedule)
-        tokens = out.reshape(B, -1, ch)
+        pre = prefix_inputs[v.index].reshape(B, -1, ch) if prefix_inputs is not None and not v.local else None
+        out = _invert_block(v, v.to_block(tokens), opt, pre, window if v.deep else None, stats)
+        tokens = v.from_block(out)
     x = model.unpatchify(tokens.reshape(shape)).to(z.dtype)
     if prefix is not None:
         x[:, :prefix.size(1)] = prefix

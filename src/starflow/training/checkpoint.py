@@ -8,55 +8,37 @@ A checkpoint is a folder `ckpt-00001234/`:
 It is written into `ckpt-00001234.tmp-<pid>/` and renamed into place, and only then does the
 `latest` file point at it: a kill at any moment leaves the previous checkpoint whole and findable.
 
-The exported model (`final/`) is `config.json` (our ModelConfig.to_dict(), the conditioning spec and
-the training config) + `model.safetensors`, loadable with `load_trained(dir)`.
+The exported model (`final/`) is a pipeline folder (pipelines.loading: `pipeline.json` + the flow as a
+model folder `flow/`) with `training.json` (the run's config) beside it: `starflow generate --model final`
+and `StarFlowPipeline.from_pretrained` read it; `load_trained(dir)` gives (model, TrainConfig).
+
+`metrics.jsonl` (MetricsLog) gets one JSON row per line, appended; a resume cuts it back to the
+checkpoint's step with an atomic rewrite, and a torn last line (a full disk, a kill) is dropped with a
+warning instead of failing the resume.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CheckpointManager", "save_trained", "load_trained", "strip_prefix", "atomic_write_text"]
+from ..flow.io import _fsync_dir, atomic_write_text, write_weights
+from ..pipelines.loading import TRAINING_FILE
+
+__all__ = ["CheckpointManager", "MetricsLog", "load_trained", "read_train_config", "strip_prefix"]
 
 _CKPT = re.compile(r"^ckpt-(\d{8})$")
 
 
 def strip_prefix(sd: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _save_tensors(path: Path, sd: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(path))
 
 
 class CheckpointManager:
@@ -103,7 +85,7 @@ class CheckpointManager:
             shutil.rmtree(tmp)
         tmp.mkdir()
         for stem, sd in weights.items():
-            _save_tensors(tmp / f"{stem}.safetensors", sd)
+            write_weights(tmp / f"{stem}.safetensors", sd)
         torch.save(state, tmp / "state.pt")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
@@ -137,48 +119,77 @@ class CheckpointManager:
         return weights, state
 
 
-def save_trained(folder: str | Path, state_dict: dict[str, torch.Tensor], info: dict[str, Any],
-                 extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
-    """Export `config.json` + `model.safetensors` (+ `<stem>.safetensors` for each extra entry, e.g. the
-    input transform) into `folder`, atomically via a temporary folder."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    _save_tensors(tmp / "model.safetensors", state_dict)
-    for stem, sd in (extra_tensors or {}).items():
-        _save_tensors(tmp / f"{stem}.safetensors", sd)
-    (tmp / "config.json").write_text(json.dumps(info, indent=2, default=str))
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+class MetricsLog:
+    """A run's metrics: rows in memory and in `metrics.jsonl` (one JSON object per line, appended)."""
+
+    def __init__(self, path: Path, write: bool):
+        self.path, self.write = Path(path), write       # only the main process writes
+        self.rows: list[dict] = []
+
+    def start(self) -> None:
+        """A fresh run: an empty log."""
+        self.rows = []
+        if self.write:
+            atomic_write_text(self.path, "")
+
+    def resume(self, step: int) -> None:
+        """Continue a run from its checkpoint at `step`: keep the rows up to it (later ones will be logged
+        again), dropping a torn last line with a warning, and rewrite the file atomically."""
+        rows: list[dict] = []
+        if self.path.exists():
+            lines = self.path.read_text(errors="replace").splitlines()
+            for n, line in enumerate(lines):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    if n == len(lines) - 1:   # a row cut short by a kill or a full disk
+                        warnings.warn(f"{self.path}: the last line was written only in part and is dropped "
+                                      f"({line[:60]!r})", RuntimeWarning, stacklevel=2)
+                        continue
+                    raise ValueError(f"{self.path}: line {n + 1} is not a JSON row; fix or remove it") from None
+        self.rows = [r for r in rows if r.get("step", 0) <= step]
+        if self.write:
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.write:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
 
 
-def load_trained(folder: str | Path, device: str | torch.device = "cpu"):
-    """(StarFlow in eval mode, TrainConfig) from a folder written by `save_trained` (or a checkpoint folder
-    that has a config.json). `cfg.model` is the resolved ModelConfig dict; the conditioning spec is in
-    `cfg.data` (condition, text_encoder, txt_size) and `config.json["conditioning"]`."""
-    from ..config import ModelConfig
-    from ..flow.loading import load_state_dict_strict, read_state_dict
-    from ..flow.model import StarFlow
+def read_train_config(folder: str | Path):
+    """The TrainConfig of a run's exported folder (final/), from its training.json (or a starflow 0.1
+    export's config.json); None when the folder does not say how it was trained."""
     from .config import TrainConfig
 
     folder = Path(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{folder}: no config.json (expected a folder written by `starflow train`)")
-    info = json.loads(cfg_path.read_text())
-    if "model" not in info:
-        raise ValueError(f"{cfg_path}: no 'model' entry")
-    mcfg = ModelConfig.from_dict(info["model"])
-    model = StarFlow(mcfg)
-    load_state_dict_strict(model, read_state_dict(folder / "model.safetensors"))
-    train_dict = dict(info.get("train") or {})
-    train_dict["model"] = mcfg.to_dict()
-    cfg = TrainConfig.from_dict(train_dict) if info.get("train") else None
-    return model.to(device).eval(), cfg
+    for name in (TRAINING_FILE, "config.json"):
+        if (folder / name).exists():
+            info = json.loads((folder / name).read_text())
+            train = dict(info.get("train") or {}) if isinstance(info, dict) else {}
+            return TrainConfig.from_saved(train) if train else None
+    return None
+
+
+def load_trained(folder: str | Path, device: str | torch.device = "cpu"):
+    """(StarFlow in eval mode, TrainConfig or None) from a run's exported folder (final/): a pipeline folder
+    with training.json beside it, or a starflow 0.1 export (config.json + model.safetensors)."""
+    from ..flow.io import load_model, load_state_dict_strict, read_model_config, read_state_dict
+    from ..flow.model import StarFlow
+
+    folder = Path(folder)
+    if (folder / "flow").is_dir():
+        model = load_model(folder / "flow", device=device)
+    elif (folder / "config.json").exists():
+        model = StarFlow(read_model_config(folder))
+        load_state_dict_strict(model, read_state_dict(folder / "model.safetensors"))
+        model = model.to(device).eval()
+    else:
+        raise FileNotFoundError(f"{folder}: not a trained model folder (expected the final/ folder written by "
+                                f"`starflow train`)")
+    tcfg = read_train_config(folder)
+    # the run's model section may name a size or an official file: give the config the model was built with
+    return model, None if tcfg is None else dataclasses.replace(tcfg, model=model.config.to_dict())

@@ -1,23 +1,25 @@
 """Typed training configuration: `model:`, `data:`, `optim:`, `log:`, `dist:` sections of one YAML file.
 
-Unknown keys are errors (a typo must not silently fall back to a default). Command-line overrides
-use dotted paths: `optim.lr=1e-3 model.channels=64 data.caption_dropout=0.2`.
+Unknown keys are errors (a typo must not silently fall back to a default), values must have their
+field's type (starflow.strict), and each section checks its ranges when it is built. Command-line
+overrides use dotted paths, values read as YAML: `optim.lr=1e-3 model.channels=64 data.caption_dropout=0.2`.
 """
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field, fields
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, ModelConfig, load_yaml, unknown_keys
+from ..config import ConfigError, ModelConfig, load_yaml
+from ..strict import check_types, from_mapping, unknown_keys
 
 __all__ = ["DataConfig", "OptimConfig", "LogConfig", "DistConfig", "TrainConfig", "load_train_config",
            "apply_overrides", "ConfigError", "check_model_section"]
 
 DATASETS = ("digits", "moving_digits", "image_folder", "video_folder")
+PRECISIONS = ("auto", "fp32", "bf16")
 CONDITIONS = ("none", "labels", "text")
 
 
@@ -54,7 +56,8 @@ class DataConfig:
     eval_split: bool = True              # digits / moving digits: evaluate on the held-out split
     val_items: int = 0                   # items of the training data held out for validation (model selection)
 
-    def validate(self) -> None:
+    def __post_init__(self):
+        check_types(self)
         if self.dataset not in DATASETS:
             raise ConfigError(f"data.dataset must be one of {DATASETS}, not {self.dataset!r}")
         if self.condition not in CONDITIONS:
@@ -77,6 +80,15 @@ class DataConfig:
             raise ConfigError("data.val_items must be >= 0")
         if self.noise_weighting and not (self.noise_levels or self.noise_std > 0):
             raise ConfigError("data.noise_weighting needs noise_std or noise_levels")
+        if self.start not in ("any", "wall"):
+            raise ConfigError(f"data.start must be 'any' or 'wall', not {self.start!r}")
+        for name in ("image_size", "num_frames", "frame_stride", "canvas", "speed", "num_videos", "txt_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"data.channels must be 1 (grey) or 3 (RGB), got {self.channels}")
+        if not math.isfinite(self.noise_std):
+            raise ConfigError(f"data.noise_std must be finite, got {self.noise_std}")
 
 
 @dataclass
@@ -86,7 +98,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 1e-4
     warmup_steps: int = 100
-    max_steps: int | None = None         # at least one of max_steps / max_seconds
+    max_steps: int | None = 1000         # at least one of max_steps / max_seconds
     max_seconds: float | None = None     # wall-clock budget of the training loop (evaluation excluded)
     batch_size: int = 64                 # global batch per optimiser step (all processes, all micro-batches)
     grad_accum: int = 1
@@ -94,7 +106,8 @@ class OptimConfig:
     grad_skip_threshold: float = 0.0     # skip steps whose gradient norm exceeds this (0: never)
     grad_skip_after: int = 100           # ... but only after this many steps (early norms are large)
     ema: float = 0.0                     # EMA decay of the weights (0: no EMA)
-    bf16: str = "auto"                   # auto (GPU: yes; CPU: if a timed probe finds it faster) | true | false
+    precision: str = "auto"              # fp32 | bf16 (autocast, float32 weights) | auto: bf16 on GPU; on a CPU
+                                         # bf16 where a timed probe of a few steps finds it faster (logged)
     grad_checkpoint: bool = False
     dropout: float = 0.0                 # residual dropout on attention and MLP outputs (training only)
     latent_norm_reg: float = 0.0         # official latent_norm_regularization (1e-4 is their value)
@@ -102,7 +115,8 @@ class OptimConfig:
     denoiser_min_lr: float = 1e-6
     num_threads: int | None = None       # torch CPU threads (None: leave torch's default)
 
-    def validate(self) -> None:
+    def __post_init__(self):
+        check_types(self)
         if self.max_steps is None and self.max_seconds is None:
             raise ConfigError("set optim.max_steps or optim.max_seconds")
         if self.batch_size < 1 or self.grad_accum < 1:
@@ -111,14 +125,26 @@ class OptimConfig:
             raise ConfigError(f"optim.batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
         if len(self.betas) != 2:
             raise ConfigError("optim.betas needs two values")
-        if str(self.bf16).lower() not in ("auto", "true", "false"):
-            raise ConfigError(f"optim.bf16 must be auto, true or false, not {self.bf16!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"optim.precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if not 0 <= self.ema < 1:
             raise ConfigError("optim.ema must be in [0, 1)")
         if not 0 <= self.dropout < 1:
             raise ConfigError("optim.dropout must be in [0, 1)")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ConfigError("need 0 <= optim.min_lr <= optim.lr and lr > 0")
+        if not (math.isfinite(self.lr) and self.lr > 0) or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"need a finite optim.lr > 0 and 0 <= optim.min_lr <= lr (lr={self.lr}, "
+                              f"min_lr={self.min_lr})")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"optim.max_steps must be >= 1 (or null), got {self.max_steps}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ConfigError(f"optim.max_seconds must be > 0 (or null), got {self.max_seconds}")
+        for name in ("warmup_steps", "grad_clip", "grad_skip_threshold", "grad_skip_after", "weight_decay",
+                     "latent_norm_reg"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"optim.{name} must be a finite number >= 0, got {v}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"optim.num_threads must be >= 1 (or null: torch's default), got {self.num_threads}")
 
 
 @dataclass
@@ -138,15 +164,29 @@ class LogConfig:
     plot: bool = True
     keep_best: bool = False              # end with the weights of the best validation bits/dim (needs val_items)
 
+    def __post_init__(self):
+        check_types(self)
+        for name in ("log_every", "keep_last", "eval_draws", "sample_count"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"log.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "ckpt_every", "ckpt_every_seconds", "eval_max_items"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"log.{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        if self.sample_every < -1:
+            raise ConfigError(f"log.sample_every must be >= -1 (-1: never, 0: at the end), got {self.sample_every}")
+
 
 @dataclass
 class DistConfig:
     strategy: str = "auto"               # auto (ddp when launched by torchrun) | none | ddp | fsdp
     backend: str = "auto"                # auto: nccl on GPU, gloo on CPU
 
-    def validate(self) -> None:
+    def __post_init__(self):
+        check_types(self)
         if self.strategy not in ("auto", "none", "ddp", "fsdp"):
             raise ConfigError(f"dist.strategy must be auto, none, ddp or fsdp, not {self.strategy!r}")
+        if self.backend not in ("auto", "gloo", "nccl"):
+            raise ConfigError(f"dist.backend must be auto, gloo or nccl, not {self.backend!r}")
 
 
 # keys of the `model:` section that are not ModelConfig fields: where the model part comes from
@@ -177,95 +217,33 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False                 # continue from the latest checkpoint in log.out_dir
 
-    def validate(self) -> "TrainConfig":
+    def __post_init__(self):
+        check_types(self)
         if self.log.keep_best and not (self.data.val_items > 0 and self.log.eval_every > 0):
             raise ConfigError("log.keep_best needs data.val_items > 0 and log.eval_every > 0")
         check_model_section(self.model)
-        self.data.validate()
-        self.optim.validate()
-        self.dist.validate()
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        return _build(cls, d, "").validate()
+    def from_dict(cls, d: dict[str, Any], where: str = "") -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where or 'config'}: expected a mapping with model/data/optim/log/dist sections")
+        optim = d.get("optim")
+        if isinstance(optim, dict) and "bf16" in optim:
+            raise ConfigError(f"{where + ': ' if where else ''}optim.bf16 is now optim.precision "
+                              f"(fp32 | bf16 | auto)")
+        return from_mapping(cls, d, where)
 
-
-def _yaml(text: str):
-    return load_yaml(text)
-
-
-_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "log": LogConfig, "dist": DistConfig}
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """YAML value -> the field's type (YAML reads `1e-3` as a string, `1` where a float is meant...)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        errors = []
-        for a in args:
-            try:
-                return _coerce(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0])
-    if origin is list:
-        (inner,) = typing.get_args(tp) or (Any,)
-        if isinstance(value, str):
-            value = [v for v in value.replace(",", " ").split()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, inner, where) for v in value]
-    if origin is dict or tp is Any:
-        return value
-    try:
-        if tp is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if tp is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(float(value)) if isinstance(value, str) else int(value)
-        if tp is float:
-            return float(value)
-        if tp is str:
-            return str(value).lower() if isinstance(value, bool) else str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: cannot read {value!r} as {tp.__name__}") from None
-    return value
-
-
-def _build(cls, d: Any, prefix: str):
-    if d is None:
-        d = {}
-    if not isinstance(d, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(d).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; known in "
-                          f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(known))}")
-    kwargs = {}
-    for k, v in d.items():
-        if cls is TrainConfig and k in _SECTIONS:
-            kwargs[k] = _build(_SECTIONS[k], v, f"{k}.")
-        elif cls is TrainConfig and k == "model":
-            if not isinstance(v, dict):
-                raise ConfigError("model: expected a mapping of model keys")
-            kwargs[k] = dict(v)
-        else:
-            kwargs[k] = _coerce(v, hints[k], prefix + k)
-    return cls(**kwargs)
+    @classmethod
+    def from_saved(cls, d: dict[str, Any]) -> "TrainConfig":
+        """A run's config as starflow wrote it (training.json; starflow 0.1's config.json "train" entry, whose
+        optim.bf16 'auto' / 'true' / 'false' is read as the precision)."""
+        d = {**d, "optim": dict(d.get("optim") or {})}
+        if "bf16" in d["optim"]:
+            d["optim"]["precision"] = {"true": "bf16", "false": "fp32"}.get(str(d["optim"].pop("bf16")).lower(), "auto")
+        return cls.from_dict(d)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -275,7 +253,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     path = key.strip().split(".")
     if not all(path):
         raise ConfigError(f"override {item!r} has an empty key")
-    return path, _yaml(raw) if raw.strip() else None
+    return path, load_yaml(raw) if raw.strip() else None
 
 
 def apply_overrides(d: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
@@ -298,7 +276,7 @@ def load_train_config(path: str | Path | None = None, overrides: list[str] | Non
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"training config not found: {path}")
-        raw = _yaml(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping with model/data/optim/log/dist sections")
         model = raw.get("model") or {}

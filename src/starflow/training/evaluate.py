@@ -8,20 +8,18 @@ the same number of forward passes) and the sums are reduced.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
 from ..data import QuantizedDataset
-from ..flow.model import StarFlow
+from ..flow.likelihood import nll_from_terms
 from .distributed import DistContext
-from .inputs import Conditioner, InputPipeline
+from .inputs import InputPipeline
 
 __all__ = ["heldout_bpd", "sample_grid", "EVAL_SEED"]
 
 EVAL_SEED = 20250  # fixed: held-out draws must not depend on the training seed
-LOG_2PI = math.log(2 * math.pi)
 
 
 @torch.no_grad()
@@ -48,7 +46,7 @@ def heldout_bpd(forward, dataset: QuantizedDataset, pipe: InputPipeline, ctx: Di
             inp = pipe.make(batch, drawn, drop_p=0.0)
             loss_z, loss_logdet, _ = forward(inp.x, inp.y)
             dims = inp.x[0].numel()
-            nll = pipe.nll_of_data(dims * (loss_z.double() + loss_logdet.double()) + 0.5 * dims * LOG_2PI, inp)
+            nll = pipe.nll_of_data(nll_from_terms(loss_z, loss_logdet, dims), inp)
             bpd = pipe.nll_to_bpd(nll, dims, batch.levels).cpu()
             m = valid[sl]
             total += torch.stack([bpd[m].sum(), m.sum().double()])
@@ -57,35 +55,26 @@ def heldout_bpd(forward, dataset: QuantizedDataset, pipe: InputPipeline, ctx: Di
 
 
 @torch.no_grad()
-def sample_grid(model: StarFlow, cond: Conditioner, item_shape: tuple[int, ...], path: Path, *, count: int,
-                guidance: float, noise_std: float, ae=None, class_count: int = 0, captions: list[str] | None = None,
-                seed: int = 0, to_data=None) -> Path:
-    """Sample `count` items (one per class / caption in turn), denoise and decode them, save a PNG grid."""
-    from ..sampling.denoise import learned_denoise, score_denoise
-    from ..sampling.sample import SamplerOptions, sample
+def sample_grid(pipe, path: Path, *, count: int, guidance: float, captions: list[str] | None = None,
+                class_count: int = 0, item_shape: tuple[int, ...] = (), seed: int = 0) -> Path:
+    """Sample `count` items with a pipeline (one per class / caption in turn: noise, guided Jacobi, the
+    pipeline's denoising and decoding, exactly what `generate` runs) and save a PNG grid; videos are rows
+    of frames."""
     from .plots import save_grid
 
-    device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn((count,) + tuple(item_shape), generator=g).to(device)
-    y = y_null = None
-    if cond.mode == "labels":
-        y = cond.prompts([i % max(class_count, 1) for i in range(count)])
-    elif cond.mode == "text":
+    mode = "labels" if str(pipe.text_encoder_spec or "").startswith("labels:") else \
+        ("text" if pipe.config.txt_dim > 0 else "none")
+    prompts = None
+    if mode == "labels":
+        prompts = [str(i % max(class_count, 1)) for i in range(count)]
+    elif mode == "text":
         caps = captions or [""]
-        y = cond.prompts([caps[i % len(caps)] for i in range(count)])
-    if y is not None:
-        y_null = cond.null(count)
-    opts = SamplerOptions(method="jacobi", guidance=guidance if y is not None else 0.0)
-    x = sample(model, z, y, y_null, opts)
-    if noise_std > 0:
-        if model.learnable_self_denoiser is not None:
-            x = learned_denoise(model, x, y, noise_std)
-        else:
-            x = score_denoise(model, x, y, noise_std)
-    if to_data is not None:  # e.g. undo the logit transform
-        x = to_data(x)
-    if ae is not None:
-        x = ae.decode(x)
+        prompts = [caps[i % len(caps)] for i in range(count)]
+    kw = dict(guidance=guidance if prompts is not None else 0.0, seed=seed, output_type="pt", progress=False,
+              method="jacobi")
+    if pipe.kind == "video":
+        out = pipe(prompts, num_videos_per_prompt=1, num_videos=count, num_frames=item_shape[0], **kw).frames
+    else:
+        out = pipe(prompts, num_images_per_prompt=1, num_images=count, **kw).images
     path.parent.mkdir(parents=True, exist_ok=True)
-    return save_grid(x, path)
+    return save_grid(out * 2 - 1, path)

@@ -6,7 +6,6 @@ So a batch does not depend on the number of processes, nor on whether the run wa
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,12 @@ import torch
 from ..config import MODEL_SIZES, ConfigError, ModelConfig, load_official_yaml
 from ..data import (Batch, DigitsDataset, ImageFolderDataset, MovingDigitsDataset, QuantizedDataset, Subset,
                     VideoFolderDataset, dequantize, to_unit_range)
-from .config import DataConfig, TrainConfig, check_model_section
+from ..flow.likelihood import bits_per_dim
+from ..flow.transforms import Gaussianize, LogitTransform
+from .config import DataConfig, TrainConfig
 
 __all__ = ["build_datasets", "Conditioner", "resolve_model_config", "InputPipeline", "Inputs", "Draws",
-           "step_generator", "load_autoencoder_for"]
+           "step_generator", "load_autoencoder_for", "build_transform"]
 
 
 def step_generator(seed: int, *key: int) -> torch.Generator:
@@ -45,7 +46,8 @@ def _base_datasets(data: DataConfig, multiple: int) -> tuple[QuantizedDataset, Q
         train = DigitsDataset("train", data.image_size)
         held = DigitsDataset("test", data.image_size) if data.eval_split else None
     elif data.dataset == "moving_digits":
-        train = MovingDigitsDataset("train", data.num_videos, data.canvas, data.num_frames, speed=data.speed, start=data.start)
+        train = MovingDigitsDataset("train", data.num_videos, data.canvas, data.num_frames, speed=data.speed,
+                                    start=data.start)
         held = (MovingDigitsDataset("test", max(1, data.num_videos // 8), data.canvas, data.num_frames,
                                     speed=data.speed, start=data.start)
                 if data.eval_split else None)
@@ -62,7 +64,7 @@ def _base_datasets(data: DataConfig, multiple: int) -> tuple[QuantizedDataset, Q
 
 
 def load_autoencoder_for(data: DataConfig, device: torch.device):
-    """None for pixel space; otherwise a frozen autoencoder through `starflow.autoencoders` (issue 4)."""
+    """None for pixel space; otherwise a frozen autoencoder through `starflow.autoencoders`."""
     if data.autoencoder in (None, "", "identity", "none"):
         return None
     from ..autoencoders import load_autoencoder  # lazy: optional heavy dependencies
@@ -137,8 +139,7 @@ class Conditioner:
 def resolve_model_config(cfg: TrainConfig, item_shape: tuple[int, ...], cond: Conditioner, ae) -> ModelConfig:
     """The `model:` section, completed from the data: channels and side (through the autoencoder),
     and the condition's token count and width. Explicit values that contradict the data are errors."""
-    check_model_section(cfg.model)  # the section's own keys: model keys only (official extras come from files)
-    section = dict(cfg.model)
+    section = dict(cfg.model)   # its keys were checked when the TrainConfig was built (check_model_section)
     d: dict = {}
     factor = ae.spatial_factor if ae is not None else 1
     official = "official_yaml" in section
@@ -173,7 +174,7 @@ def resolve_model_config(cfg: TrainConfig, item_shape: tuple[int, ...], cond: Co
         d.setdefault("txt_size", cond.txt_size)
         if int(d["txt_size"]) != cond.txt_size:
             raise ConfigError(f"model.txt_size={d['txt_size']} differs from data.txt_size={cond.txt_size}")
-    mc = ModelConfig.from_dict(d, allow_official_extras=official)
+    mc = ModelConfig.from_dict(d, official=official, where="model")
     if mc.extra:  # the official file's training settings (lr, noise_std...) do not reach data / optim by themselves
         warnings.warn(f"{path}: official settings that are not part of the model are not used: "
                       f"{', '.join(f'{k}={v}' for k, v in sorted(mc.extra.items()))}; set the ones you want "
@@ -292,5 +293,16 @@ class InputPipeline:
 
     def nll_to_bpd(self, nll: torch.Tensor, dims: int, levels: int) -> torch.Tensor:
         """Per-sample NLL (nats, of x) -> bits/dim of the integer data (of x itself in latent space)."""
-        scale = self.data_scale(levels) if self.ae is None else 1.0
-        return (nll - dims * math.log(scale)) / (dims * math.log(2))
+        return bits_per_dim(nll, dims, self.data_scale(levels) if self.ae is None else 1.0)
+
+
+def build_transform(data: DataConfig, train_set) -> LogitTransform | Gaussianize | None:
+    """The input transform a data config asks for, fitted on the training set where needed."""
+    if data.logit_alpha > 0:
+        return LogitTransform(data.logit_alpha)
+    if data.gaussianize:
+        values = getattr(train_set, "values", None)
+        if values is None:  # a Subset (validation split): read its items
+            values = torch.stack([train_set.load(i) for i in range(len(train_set))])
+        return Gaussianize.fit(values, train_set.levels, data.gaussianize_pseudo_count)
+    return None

@@ -1,4 +1,5 @@
-"""The outer loop around `Trainer.train_step`: progress bar, metrics rows, periodic evaluation, samples,
+"""The training loop, nanoGPT-style: one plain function that owns the run's progress (step, time, skipped
+steps) and calls the Trainer's pieces: steps, metrics rows, periodic evaluation, sample grids,
 checkpoints, and the final export."""
 from __future__ import annotations
 
@@ -6,109 +7,125 @@ import time
 
 from tqdm.auto import tqdm
 
-from .checkpoint import save_trained
+from .config import TrainConfig
+from .distributed import setup_distributed
 from .plots import plot_curves
+from .trainer import Progress, Trainer, TrainResult
 
-__all__ = ["run_loop"]
+__all__ = ["train", "run"]
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train per `cfg` (single process, or every process of a torchrun launch)."""
+    ctx = setup_distributed(cfg.dist.strategy, cfg.dist.backend)
+    try:
+        return run(Trainer(cfg, ctx))
+    finally:
+        ctx.cleanup()
 
 
 def _average(window: list[tuple[dict, float]], batch: int) -> dict:
-    keys = [k for k in window[0][0] if k not in ("skipped", "lr")]
-    row = {k: sum(r[k] for r, _ in window) / len(window) for k in keys}
+    row = {k: sum(r[k] for r, _ in window) / len(window) for k in window[0][0] if k != "lr"}
     row["lr"] = window[-1][0]["lr"]
-    row["skipped"] = window[-1][0]["skipped"]
     row["samples_per_s"] = batch * len(window) / max(sum(dt for _, dt in window), 1e-9)
     return row
 
 
-def _val_at(rows: list[dict], step: int) -> float | None:
-    vals = [r["val_bpd"] for r in rows if r.get("step") == step and "val_bpd" in r]
-    return vals[-1] if vals else None
-
-
-def run_loop(tr):
-    from .trainer import TrainResult
-
+def run(tr: Trainer) -> TrainResult:
     cfg, ctx, log, o = tr.cfg, tr.ctx, tr.cfg.log, tr.cfg.optim
     if ctx.is_main:
         tr.ckpt.clean_partial()
     ctx.barrier()
-    resumed = tr.resume() if cfg.resume else False
-    if not resumed and ctx.is_main:
-        (tr.out / "metrics.jsonl").write_text("")  # a fresh run starts a fresh log
+    p = tr.resume() if cfg.resume else None
+    resumed = p is not None
+    if not resumed:
+        p = Progress()
+        tr.metrics.start()                    # a fresh run starts a fresh log
     if ctx.is_main and log.progress:
-        where = f"resumed at step {tr.step}" if resumed else "from scratch"
-        n_params = sum(p.numel() for p in tr.module.model.parameters())
-        precision = "bf16 autocast" if tr.autocast else "float32"
-        print(f"training {n_params / 1e6:.2f}M parameters, {ctx.world} process(es), {ctx.strategy}, {precision}, "
-              f"{where}; writing to {tr.out}", flush=True)
-    bar = tqdm(total=o.max_steps, initial=tr.step, unit="step", dynamic_ncols=True,
+        where = f"resumed at step {p.step}" if resumed else "from scratch"
+        n_params = sum(q.numel() for q in tr.module.model.parameters())
+        print(f"training {n_params / 1e6:.2f}M parameters, {ctx.world} process(es), {ctx.strategy}, "
+              f"{'bf16 autocast' if tr.autocast else 'float32'} ({tr.precision_reason}), {where}; "
+              f"writing to {tr.out}", flush=True)
+
+    def row(extra: dict) -> None:
+        tr.metrics.append({"step": p.step, **extra, "time": round(p.elapsed, 3)})
+
+    bar = tqdm(total=o.max_steps, initial=p.step, unit="step", dynamic_ncols=True,
                disable=not (log.progress and ctx.is_main))
     window: list[tuple[dict, float]] = []
-    last_ckpt, last_ckpt_step = time.monotonic(), tr.step
+    last_ckpt, last_ckpt_step = time.monotonic(), p.step
     last_eval: tuple[int, float | None] = (-1, None)
     sampled_at = -1                     # step of the last sample grid
     best: tuple[int, float, list | None] = (-1, float("inf"), None)   # step, validation bpd, weights
-    while not tr._done():
+    while not tr.done(p):
         t0 = time.perf_counter()
-        row = tr.train_step()
+        out, applied = tr.train_step(p)
         dt = time.perf_counter() - t0
-        tr.elapsed += dt
-        tr.step += 1
-        window.append((row, dt))
+        p.elapsed += dt
+        p.step += 1
+        p.samples += o.batch_size
+        p.skipped += not applied
+        window.append((out, dt))
         bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", bpd=f"{row['bpd']:.3f}", lr=f"{row['lr']:.2e}",
+        bar.set_postfix(loss=f"{out['loss']:.4f}", bpd=f"{out['bpd']:.3f}", lr=f"{out['lr']:.2e}",
                         sps=f"{o.batch_size / dt:.0f}", refresh=False)
-        if tr.step % max(1, log.log_every) == 0:
-            tr.log_row({"step": tr.step, **_average(window, o.batch_size), "time": round(tr.elapsed, 3)})
+        if p.step % log.log_every == 0:
+            row({**_average(window, o.batch_size), "skipped": p.skipped})
             window = []
-        if log.eval_every and tr.step % log.eval_every == 0:
+        if log.eval_every and p.step % log.eval_every == 0:
             if tr.val_set is not None:
                 val = tr.evaluate(tr.val_set)
-                tr.log_row({"step": tr.step, "val_bpd": val, "time": round(tr.elapsed, 3)})
+                row({"val_bpd": val})
                 if log.keep_best and val < best[1]:
-                    best = (tr.step, val, tr.snapshot())
+                    best = (p.step, val, tr.snapshot())
             bpd = tr.evaluate()
-            last_eval = (tr.step, bpd)
+            last_eval = (p.step, bpd)
             if bpd is not None:
-                tr.log_row({"step": tr.step, "eval_bpd": bpd, "time": round(tr.elapsed, 3)})
-                bar.write(f"step {tr.step}: held-out {bpd:.4f} bits/dim")
-        if log.sample_every > 0 and tr.step % log.sample_every == 0:
-            tr.write_samples(tr.plain_model())
-            sampled_at = tr.step
+                row({"eval_bpd": bpd})
+                bar.write(f"step {p.step}: held-out {bpd:.4f} bits/dim")
+        if log.sample_every > 0 and p.step % log.sample_every == 0:
+            tr.write_samples(tr.plain_model(), p)
+            sampled_at = p.step
         by_time = log.ckpt_every_seconds > 0 and ctx.any(time.monotonic() - last_ckpt >= log.ckpt_every_seconds)
-        if (log.ckpt_every and tr.step % log.ckpt_every == 0) or by_time:
-            tr.save_checkpoint()
-            last_ckpt, last_ckpt_step = time.monotonic(), tr.step
+        if (log.ckpt_every and p.step % log.ckpt_every == 0) or by_time:
+            tr.save_checkpoint(p)
+            last_ckpt, last_ckpt_step = time.monotonic(), p.step
     bar.close()
     if window:
-        tr.log_row({"step": tr.step, **_average(window, o.batch_size), "time": round(tr.elapsed, 3)})
-    if last_ckpt_step != tr.step or not tr.ckpt.complete():
-        tr.save_checkpoint()
+        row({**_average(window, o.batch_size), "skipped": p.skipped})
+    if last_ckpt_step != p.step or not tr.ckpt.complete():
+        tr.save_checkpoint(p)
+    return _finish(tr, p, best, last_eval, sampled_at, row)
+
+
+def _finish(tr: Trainer, p: Progress, best: tuple, last_eval: tuple, sampled_at: int, row) -> TrainResult:
+    """After the last step: keep the best validation weights if asked, the final held-out figure, the
+    exported pipeline folder (final/), its sample grid and the curves."""
+    ctx, log = tr.ctx, tr.cfg.log
     if log.keep_best and tr.val_set is not None:
-        val = last_val if (last_val := _val_at(tr.metrics, tr.step)) is not None else tr.evaluate(tr.val_set)
+        vals = [r["val_bpd"] for r in tr.metrics.rows if r.get("step") == p.step and "val_bpd" in r]
+        val = vals[-1] if vals else tr.evaluate(tr.val_set)
         if best[2] is not None and best[1] < val:  # the final weights are not the best: take the best
             tr.restore(best[2])
             last_eval = (-1, None)
             sampled_at = -1       # other weights: the last grid is not theirs
-            tr.log_row({"step": tr.step, "best_step": best[0], "val_bpd": best[1], "time": round(tr.elapsed, 3)})
+            row({"best_step": best[0], "val_bpd": best[1]})
             if ctx.is_main and log.progress:
                 print(f"keeping the weights of step {best[0]} (validation {best[1]:.4f} bits/dim)", flush=True)
-    test_bpd = last_eval[1] if last_eval[0] == tr.step else tr.evaluate()
-    if test_bpd is not None and last_eval[0] != tr.step:
-        tr.log_row({"step": tr.step, "eval_bpd": test_bpd, "time": round(tr.elapsed, 3)})
+    test_bpd = last_eval[1] if last_eval[0] == p.step else tr.evaluate()
+    if test_bpd is not None and last_eval[0] != p.step:
+        row({"eval_bpd": test_bpd})
     model = tr.plain_model()
     final = tr.out / "final"
     if ctx.is_main:
-        extra = {"input_transform": tr.transform.tensors()} if tr.transform is not None else {}
-        save_trained(final, {k: v.detach().cpu() for k, v in model.state_dict().items()}, tr.info(),
-                     {k: v for k, v in extra.items() if v})
-        if log.sample_every >= 0 and sampled_at != tr.step:   # not twice for the same step and weights
-            tr.write_samples(model)
+        tr.export(model, final)
+        if log.sample_every >= 0 and sampled_at != p.step:   # not twice for the same step and weights
+            tr.write_samples(model, p)
         if log.plot:
-            plot_curves(tr.metrics, tr.out / "curves.png")
+            plot_curves(tr.metrics.rows, tr.out / "curves.png")
         if log.progress:
-            msg = f"done: {tr.step} steps in {tr.elapsed:.0f}s, {tr.skipped} skipped"
+            msg = f"done: {p.step} steps in {p.elapsed:.0f}s, {p.skipped} skipped"
             print(msg + (f", held-out {test_bpd:.4f} bits/dim" if test_bpd is not None else ""), flush=True)
     ctx.barrier()
-    return TrainResult(final, tr.step, test_bpd, model, list(tr.metrics), tr.out, tr.elapsed, tr.skipped)
+    return TrainResult(final, p.step, test_bpd, model, list(tr.metrics.rows), tr.out, p.elapsed, p.skipped)

@@ -44,8 +44,8 @@ def plot_curves(rows: list[dict], path: str | Path) -> Path | None:
 def save_grid(samples: torch.Tensor, path: str | Path, scale: int = 0) -> Path:
     """samples in [-1, 1]: (B, C, H, W) -> a near-square grid; (B, T, C, H, W) -> one row of frames per
     sample. Small images are upscaled (nearest) to be visible; `scale` 0 picks a factor. The pixels go
-    through the pipelines' writer (pipelines.io), so training grids and generated files show the same bytes."""
-    from ..pipelines.io import make_grid, save_image
+    through the pipelines' writer (data.media), so training grids and generated files show the same bytes."""
+    from ..data.media import make_grid, save_image
 
     x = samples.detach()
     if x.dim() not in (4, 5):

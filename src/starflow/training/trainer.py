@@ -1,11 +1,14 @@
-"""The training loop: official NLL objective, AdamW + cosine schedule, accumulation, clipping, skipping,
-EMA, the learnable denoiser on the flow's own score, checkpoints, held-out bits/dim, sample grids.
+"""What a training run is made of, and its steps: official NLL objective, AdamW + cosine schedule,
+accumulation, clipping, skipping, EMA, the learnable denoiser on the flow's own score, checkpoints,
+held-out bits/dim, sample grids and the exported pipeline. The loop itself (training.loop.train) is a
+plain function that owns the run's progress and calls these pieces.
 
     from starflow.training import load_train_config, train
     result = train(load_train_config("configs/digits_class_cond.yaml", ["optim.max_steps=200"]))
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -18,21 +21,30 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..data import BatchSampler
+from ..flow.likelihood import nll_from_terms
 from ..flow.model import StarFlow
 from ..sampling.sample import NonFiniteSampleWarning
-from .checkpoint import CheckpointManager, strip_prefix
+from .checkpoint import TRAINING_FILE, CheckpointManager, MetricsLog, strip_prefix
 from .config import TrainConfig
 from .distributed import (DistContext, full_model_state, full_optim_state, load_model_state, load_optim_state,
-                          no_sync, setup_distributed, to_local_scalar, wrap_model)
+                          no_sync, to_local_scalar, wrap_model)
 from .ema import EMA
 from .evaluate import heldout_bpd, sample_grid
-from .inputs import Conditioner, InputPipeline, build_datasets, load_autoencoder_for, resolve_model_config, \
-    step_generator
-from .transforms import build_transform
+from .inputs import (Conditioner, InputPipeline, build_datasets, build_transform, load_autoencoder_for,
+                     resolve_model_config, step_generator)
+from .objective import TrainModule, add_dropout, denoiser_target
 
-__all__ = ["TrainResult", "TrainModule", "train", "Trainer", "denoiser_target"]
+__all__ = ["TrainResult", "TrainModule", "Trainer", "Progress", "denoiser_target"]
 
-LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class Progress:
+    """Where a run is: the loop owns it, checkpoints save it, a resume restores it."""
+    step: int = 0
+    elapsed: float = 0.0                 # training-loop wall time (evaluation excluded)
+    skipped: int = 0                     # optimiser steps skipped (non-finite or too large gradients)
+    samples: int = 0
 
 
 @dataclass
@@ -47,57 +59,9 @@ class TrainResult:
     skipped_steps: int = 0
 
 
-def denoiser_target(x_grad: torch.Tensor, grad_accum: int, sigma: torch.Tensor) -> torch.Tensor:
-    """The official denoiser target: sigma * d(per-sample NLL)/dx, recovered from the gradient of the
-    batch-mean loss (divided by grad_accum): roughly unit variance, like a diffusion model's noise."""
-    # loss = mean_b mean_dims(...) / accum, and per-sample NLL = dims * (...): the factor is numel * accum
-    return x_grad.detach() * (x_grad.numel() * grad_accum) * sigma.view(-1, *[1] * (x_grad.dim() - 1))
-
-
-def add_dropout(model: torch.nn.Module, p: float) -> None:
-    """Residual dropout on every attention and MLP output, through forward hooks: a training-time regulariser
-    (small data sets overfit fast) that leaves the architecture and its state dict unchanged."""
-    from ..nn.layers import MLP, Attention
-
-    def hook(module, args, output):
-        return F.dropout(output, p, training=module.training)
-
-    for m in model.modules():
-        if isinstance(m, (Attention, MLP)):
-            m.register_forward_hook(hook)
-
-
-class TrainModule(torch.nn.Module):
-    """What DDP / FSDP wrap: the flow's per-sample loss terms, or the denoiser's prediction."""
-
-    def __init__(self, model: StarFlow, latent_reg: bool):
-        super().__init__()
-        self.model = model
-        self.latent_reg = latent_reg
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None, denoise: bool = False):
-        if denoise:
-            return self.model.denoise_output(x, y)
-        out = self.model(x, y)
-        loss_z, loss_logdet = self.model.loss_terms(out.z, out.logdets)        # (b,), (b,)
-        reg = x.new_zeros(())
-        if self.latent_reg:  # intermediate block outputs (the input's norm has no parameter gradient)
-            reg = sum(o.float().pow(2).mean() for o in out.block_outputs[1:-1]) if len(out.block_outputs) > 2 \
-                else reg
-        return loss_z, loss_logdet, reg
-
-
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train per `cfg` (single process, or every process of a torchrun launch)."""
-    cfg.validate()
-    ctx = setup_distributed(cfg.dist.strategy, cfg.dist.backend)
-    try:
-        return Trainer(cfg, ctx).run()
-    finally:
-        ctx.cleanup()
-
-
 class Trainer:
+    """The model, its optimisers, data and conditioning of one run; the loop (training.loop) drives it."""
+
     def __init__(self, cfg: TrainConfig, ctx: DistContext):
         self.cfg, self.ctx = cfg, ctx
         o, d = cfg.optim, cfg.data
@@ -131,10 +95,8 @@ class Trainer:
         self.module = TrainModule(model, o.latent_norm_reg > 0).train()
         self.transform = build_transform(d, self.train_set)
         self.pipe = InputPipeline(d, cfg.seed, self.cond, self.ae, dev, ctx.rank, ctx.world, self.transform)
-        bf16 = str(o.bf16).lower()
-        self.autocast = bf16 == "true" or (bf16 == "auto" and dev.type == "cuda")
-        if bf16 == "auto" and dev.type == "cpu":  # probe before wrapping: the plain model, no collectives inside
-            self.autocast = self._bf16_faster_on_cpu()
+        # probe before wrapping: the plain model, no collectives inside
+        self.autocast, self.precision_reason = self._choose_precision()
         self.wrapped = wrap_model(self.module, ctx, find_unused=self.has_denoiser)
         named = list(self.module.named_parameters())  # after wrapping: FSDP's sharded parameters
         self.main_params = [p for n, p in named if ".learnable_self_denoiser." not in f".{n}"]
@@ -145,14 +107,32 @@ class Trainer:
         self.ema = EMA(self.module, o.ema) if o.ema > 0 else None
         self.sampler = BatchSampler(len(self.train_set), o.batch_size, cfg.seed, self.train_set.bucket_ids())
         self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.log.keep_last)
-        self.step, self.elapsed, self.skipped, self.samples = 0, 0.0, 0, 0
-        self.metrics: list[dict] = []
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", ctx.is_main)
 
-    def _bf16_faster_on_cpu(self) -> bool:
-        """Time a few forward/backward passes on a real batch with and without bf16 autocast (small models
-        lose to the casts; wide ones win where the CPU has bf16 matrix units). Rank 0 decides for all."""
+    # ---- precision ---------------------------------------------------------------------------------------
+    def _choose_precision(self) -> tuple[bool, str]:
+        """(bf16 autocast?, why): `optim.precision` fp32 / bf16 as given; auto picks bf16 on a GPU, and on a
+        CPU only where a timed probe of a few steps finds it faster. The reason is printed and saved with the
+        run (training.json), and pinning fp32 or bf16 makes the choice independent of the machine's load."""
+        choice, dev = self.cfg.optim.precision, self.ctx.device
+        if choice != "auto":
+            return choice == "bf16", f"optim.precision={choice}"
+        if dev.type == "cuda":
+            return True, "optim.precision=auto: bf16 autocast on a GPU"
+        times = self._probe_step_times()
+        if times is None:
+            return False, "optim.precision=auto: this CPU has no bf16 support"
+        fp32, bf16 = times
+        faster = bf16 < 0.9 * fp32
+        faster = self.ctx.any(faster) if self.ctx.is_main else self.ctx.any(False)   # rank 0 decides for all
+        return faster, (f"optim.precision=auto: a timed probe measured {fp32 * 1e3:.0f} ms (fp32) against "
+                        f"{bf16 * 1e3:.0f} ms (bf16) for two steps; pin optim.precision to make it fixed")
+
+    def _probe_step_times(self) -> tuple[float, float] | None:
+        """Seconds for two forward/backward passes on a real batch without and with bf16 autocast (small
+        models lose to the casts; wide ones win where the CPU has bf16 matrix units); None without CPU bf16."""
         if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return False
+            return None
         o = self.cfg.optim
         lb = max(1, o.batch_size // (o.grad_accum * self.ctx.world))
         batch = self.train_set.get_batch(torch.arange(min(lb, len(self.train_set))))
@@ -169,25 +149,24 @@ class Trainer:
                 (lz + ll).mean().backward()
             times[flag] = time.perf_counter() - t0  # the second round of each counts (the first warms up)
         model.zero_grad(set_to_none=True)
-        faster = times[True] < 0.9 * times[False]
-        return self.ctx.any(faster) if self.ctx.is_main else self.ctx.any(False)
+        return times[False], times[True]
 
     # ---- schedule --------------------------------------------------------------------------------------
-    def lr_shape(self) -> float:
+    def lr_shape(self, step: int, elapsed: float) -> float:
         """In [0, 1]: linear warm-up, then cosine decay over max_steps (or over max_seconds of training
         time). lr = min_lr + (lr - min_lr) * shape, for the flow and (its own range) the denoiser."""
         o = self.cfg.optim
-        if self.step < o.warmup_steps:
-            return (self.step + 1) / o.warmup_steps
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
         if o.max_steps:
-            t = (self.step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps)
+            t = (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps)
         else:
-            t = self.elapsed / o.max_seconds
+            t = elapsed / o.max_seconds
         t = min(max(t, 0.0), 1.0)
         return 0.5 * (1 + math.cos(math.pi * t))
 
-    def _set_lr(self) -> float:
-        s, o = self.lr_shape(), self.cfg.optim
+    def _set_lr(self, step: int, elapsed: float) -> float:
+        s, o = self.lr_shape(step, elapsed), self.cfg.optim
         lr = o.min_lr + (o.lr - o.min_lr) * s
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -196,21 +175,22 @@ class Trainer:
                 g["lr"] = o.denoiser_min_lr + (o.denoiser_lr - o.denoiser_min_lr) * s
         return lr
 
-    def _done(self) -> bool:
+    def done(self, p: Progress) -> bool:
         o = self.cfg.optim
-        stop = (o.max_steps is not None and self.step >= o.max_steps) or \
-               (o.max_seconds is not None and self.elapsed >= o.max_seconds)
+        stop = (o.max_steps is not None and p.step >= o.max_steps) or \
+               (o.max_seconds is not None and p.elapsed >= o.max_seconds)
         return self.ctx.any(stop)
 
     # ---- one optimiser step ------------------------------------------------------------------------------
-    def train_step(self) -> dict:
+    def train_step(self, p: Progress) -> tuple[dict, bool]:
+        """One optimiser step at p.step -> (metrics row, whether the update was applied)."""
         cfg, ctx, o = self.cfg, self.ctx, self.cfg.optim
-        lr = self._set_lr()
-        idx = self.sampler.indices(self.step)
+        lr = self._set_lr(p.step, p.elapsed)
+        idx = self.sampler.indices(p.step)
         mb = o.batch_size // o.grad_accum
         lb = mb // ctx.world
         sums = torch.zeros(4, dtype=torch.float64)  # loss, nll-bpd, denoiser loss, samples
-        g, draws = step_generator(cfg.seed, self.step), None
+        g, draws = step_generator(cfg.seed, p.step), None
         for m in range(o.grad_accum):
             lo = m * mb + ctx.rank * lb                    # this process's items of micro-batch m
             batch = self.train_set.get_batch(idx[lo:lo + lb])
@@ -233,10 +213,9 @@ class Trainer:
                     loss_d = F.mse_loss(pred.float(), score.float())
                     (loss_d / o.grad_accum).backward()
                     sums[2] += loss_d.detach().double() * x.size(0)
-            dims = x[0].numel()
-            nll = self.pipe.nll_of_data(dims * per.detach().double() + 0.5 * dims * LOG_2PI, inp)
+            nll = self.pipe.nll_of_data(nll_from_terms(loss_z.detach(), loss_logdet.detach(), x[0].numel()), inp)
             sums[0] += loss.detach().double() * x.size(0)
-            sums[1] += self.pipe.nll_to_bpd(nll, dims, batch.levels).sum().cpu()
+            sums[1] += self.pipe.nll_to_bpd(nll, x[0].numel(), batch.levels).sum().cpu()
             sums[3] += x.size(0)
         clip = o.grad_clip if o.grad_clip > 0 else float("inf")
         norm = float(to_local_scalar(torch.nn.utils.clip_grad_norm_(self.main_params, clip)))
@@ -244,27 +223,30 @@ class Trainer:
             if self.has_denoiser else 0.0
         sums = ctx.all_sum(sums)
         finite = math.isfinite(float(sums[0])) and math.isfinite(norm) and math.isfinite(den_norm)
-        too_big = (o.grad_skip_threshold > 0 and self.step >= o.grad_skip_after
+        too_big = (o.grad_skip_threshold > 0 and p.step >= o.grad_skip_after
                    and max(norm, den_norm) > o.grad_skip_threshold)
-        if finite and not too_big:
+        applied = finite and not too_big
+        if applied:
             self.opt.step()
             if self.den_opt is not None:
                 self.den_opt.step()
             if self.ema is not None:
                 self.ema.update()
-        else:
-            self.skipped += 1
         self.opt.zero_grad(set_to_none=True)
         if self.den_opt is not None:
             self.den_opt.zero_grad(set_to_none=True)
         n = float(sums[3])
-        out = {"loss": float(sums[0]) / n, "bpd": float(sums[1]) / n, "lr": lr, "grad_norm": norm,
-               "skipped": self.skipped}
+        out = {"loss": float(sums[0]) / n, "bpd": float(sums[1]) / n, "lr": lr, "grad_norm": norm}
         if self.has_denoiser:
             out["loss_denoiser"] = float(sums[2]) / n
             out["denoiser_grad_norm"] = den_norm
-        self.samples += o.batch_size
-        return out
+        return out, applied
+
+    def weights_finite(self) -> bool:
+        """Whether every trained weight (and EMA average) is finite, on every process."""
+        tensors = [p for p in self.module.parameters()] + (list(self.ema.shadow) if self.ema is not None else [])
+        bad = any(not bool(torch.isfinite(_local(t)).all()) for t in tensors)
+        return not self.ctx.any(bad)
 
     # ---- evaluation, samples, checkpoints --------------------------------------------------------------
     def evaluate(self, dataset=None) -> float | None:
@@ -274,7 +256,7 @@ class Trainer:
             return None
         self.module.eval()
         try:
-            with (self.ema.swapped_in() if self.ema is not None else _null()):
+            with (self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()):
                 return heldout_bpd(self.wrapped, dataset, self.pipe, self.ctx, self.cfg.log.eval_draws,
                                    max_items=self.cfg.log.eval_max_items)
         finally:
@@ -294,7 +276,7 @@ class Trainer:
 
     def plain_model(self) -> StarFlow | None:
         """A single-process copy of the current (EMA) weights on rank 0; collective under FSDP."""
-        with (self.ema.swapped_in() if self.ema is not None else _null()):
+        with (self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()):
             sd = full_model_state(self.wrapped, self.ctx)
         if not self.ctx.is_main:
             return None
@@ -302,44 +284,55 @@ class Trainer:
         model.load_state_dict(strip_prefix(sd), strict=True)
         return model.to(self.ctx.device).eval()
 
-    def write_samples(self, model: StarFlow | None) -> None:
+    def pipeline(self, model: StarFlow):
+        """The trained flow as a pipeline, with the conditioning, autoencoder, noise level and input transform
+        it was trained with: what the sample grids run and what the run exports."""
+        from ..pipelines import BasePipeline
+        from ..pipelines.spec import spec_from_training
+
+        spec = spec_from_training(self.cfg.to_dict(), model.config)
+        encoder = self.cond.encoder if self.cond.mode != "none" else None
+        return BasePipeline._class_for(spec.kind)(
+            model, encoder, self.ae, defaults=spec.defaults, text_encoder_spec=spec.text_encoder,
+            autoencoder_spec=spec.autoencoder, input_transform=self.transform, training_info=self.info())
+
+    def write_samples(self, model: StarFlow | None, p: Progress) -> None:
         if model is None or self.cfg.log.sample_every < 0:
             return
-        d, log = self.cfg.data, self.cfg.log
-        shape = self.ae.latent_shape((1,) + self.item_shape)[1:] if self.ae is not None else self.item_shape
-        if self.train_set.bucket_ids() is not None:  # buckets: sample the first bucket's shape
-            shape = tuple(self.train_set.load(0).shape) if self.ae is None else shape
-        sigma = max(d.noise_levels) if d.noise_levels else d.noise_std
+        log = self.cfg.log
         captions = sorted(set(self.train_set.captions))[:log.sample_count]
-        path = self.out / "samples" / f"step_{self.step:08d}.png"
+        path = self.out / "samples" / f"step_{p.step:08d}.png"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NonFiniteSampleWarning)
-            sample_grid(model, self.cond, shape, path, count=log.sample_count, guidance=log.sample_guidance,
-                        noise_std=sigma, ae=self.ae, class_count=self.train_set.num_classes, captions=captions,
-                        seed=self.cfg.seed, to_data=self.pipe.to_data_space)
+            sample_grid(self.pipeline(model), path, count=log.sample_count, guidance=log.sample_guidance,
+                        captions=captions, class_count=self.train_set.num_classes, item_shape=self.item_shape,
+                        seed=self.cfg.seed)
         for w in caught:
             if issubclass(w.category, NonFiniteSampleWarning):
                 # a grid with black cells deserves a line in the run's log and metrics, not only a warning
-                self.log_row({"step": self.step, "sample_warning": str(w.message), "time": round(self.elapsed, 3)})
+                self.metrics.append({"step": p.step, "sample_warning": str(w.message), "time": round(p.elapsed, 3)})
                 if self.cfg.log.progress:
-                    print(f"step {self.step}: samples in {path.name}: {w.message}", flush=True)
+                    print(f"step {p.step}: samples in {path.name}: {w.message}", flush=True)
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     def info(self) -> dict:
-        return {"model": self.model_cfg.to_dict(), "conditioning": self.cond.spec_info,
-                "class_names": self.train_set.class_names, "item_shape": list(self.item_shape),
-                "levels": self.train_set.levels,
-                # what the flow models: t = T(x); samples need T's inverse (starflow.training.transforms.load_transform)
-                "input_transform": self.transform.info() if self.transform is not None else None,
-                "train": {**self.cfg.to_dict(), "model": self.model_cfg.to_dict()}}
+        """training.json: how the run was trained (the pipeline folder says how to use the model)."""
+        return {"train": {**self.cfg.to_dict(), "model": self.model_cfg.to_dict()},
+                "precision": "bf16 autocast" if self.autocast else "float32", "precision_reason": self.precision_reason,
+                "conditioning": self.cond.spec_info, "class_names": self.train_set.class_names,
+                "item_shape": list(self.item_shape), "levels": self.train_set.levels}
 
-    def save_checkpoint(self) -> None:
+    def export(self, model: StarFlow, folder: Path) -> Path:
+        """The trained model as a pipeline folder, with training.json (rank 0)."""
+        return self.pipeline(model).save_pretrained(folder)
+
+    def save_checkpoint(self, p: Progress) -> None:
         ctx = self.ctx
         weights = {"model": strip_prefix(full_model_state(self.wrapped, ctx))}
         if self.transform is not None and self.transform.tensors():
             weights["input_transform"] = self.transform.tensors()
-        state = {"step": self.step, "elapsed": self.elapsed, "skipped": self.skipped, "samples": self.samples,
+        state = {"step": p.step, "elapsed": p.elapsed, "skipped": p.skipped, "samples": p.samples,
                  "optimizer": full_optim_state(self.wrapped, self.opt), "world": ctx.world}
         if self.den_opt is not None:
             state["denoiser_optimizer"] = full_optim_state(self.wrapped, self.den_opt)
@@ -353,14 +346,14 @@ class Trainer:
             torch.distributed.all_gather_object(states, rng)
         state["rng"] = states
         if ctx.is_main:
-            self.ckpt.save(self.step, weights, state, {"config.json": json.dumps(self.info(), indent=2,
-                                                                                  default=str)})
+            self.ckpt.save(p.step, weights, state, {TRAINING_FILE: json.dumps(self.info(), indent=2, default=str)})
         ctx.barrier()
 
-    def resume(self) -> bool:
+    def resume(self) -> Progress | None:
+        """Restore the latest checkpoint: weights, optimisers, EMA, RNG; the metrics log is cut back to it."""
         folder = self.ckpt.latest()
         if folder is None:
-            return False
+            return None
         weights, state = self.ckpt.load(folder)
         load_model_state(self.wrapped, self.ctx, {f"model.{k}": v for k, v in weights["model"].items()})
         load_optim_state(self.wrapped, self.opt, state["optimizer"])
@@ -369,35 +362,15 @@ class Trainer:
         if self.ema is not None:
             src = weights.get("ema", weights["model"])  # a run that turns EMA on starts it from the weights
             self.ema.load({f"model.{k}": v for k, v in src.items()}, int(state.get("ema_updates", 0)))
-        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
-        self.skipped, self.samples = int(state["skipped"]), int(state["samples"])
+        p = Progress(int(state["step"]), float(state["elapsed"]), int(state["skipped"]), int(state["samples"]))
         rng = state.get("rng") or []
         if len(rng) == self.ctx.world:
             torch.set_rng_state(rng[self.ctx.rank])
-        mpath = self.out / "metrics.jsonl"
-        if mpath.exists():  # rows logged after the checkpoint will be logged again
-            rows = [json.loads(r) for r in mpath.read_text().splitlines() if r.strip()]
-            self.metrics = [r for r in rows if r.get("step", 0) <= self.step]
-            if self.ctx.is_main:
-                mpath.write_text("".join(json.dumps(r) + "\n" for r in self.metrics))
+        self.metrics.resume(p.step)
         self.ctx.barrier()
-        return True
-
-    # ---- the loop ----------------------------------------------------------------------------------------
-    def log_row(self, row: dict) -> None:
-        self.metrics.append(row)
-        if self.ctx.is_main:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    def run(self) -> TrainResult:
-        from .loop import run_loop
-        return run_loop(self)
+        return p
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of a (possibly FSDP-sharded) tensor."""
+    return t.to_local() if hasattr(t, "to_local") else t

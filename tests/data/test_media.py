@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from starflow.pipelines.io import make_grid, save_image_grid, save_video, to_uint8, video_grid
+from starflow.data.media import make_grid, save_image_grid, save_video, to_uint8, video_grid
 
 
 def mp4_frames(path):

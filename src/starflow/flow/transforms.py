@@ -16,7 +16,7 @@ import math
 
 import torch
 
-__all__ = ["LogitTransform", "Gaussianize", "build_transform", "load_transform", "TRANSFORM_FILE"]
+__all__ = ["LogitTransform", "Gaussianize", "load_transform", "TRANSFORM_FILE"]
 
 TRANSFORM_FILE = "input_transform.safetensors"
 _EPS = 1e-10          # CDF values are kept in [eps, 1 - eps] (|t| <= 6.4); the cut-off mass is negligible
@@ -109,20 +109,8 @@ class Gaussianize:
         return {"probs": self.probs.float()}
 
 
-def build_transform(data, train_set) -> LogitTransform | Gaussianize | None:
-    """The input transform a data config asks for, fitted on the training set where needed."""
-    if data.logit_alpha > 0:
-        return LogitTransform(data.logit_alpha)
-    if data.gaussianize:
-        values = getattr(train_set, "values", None)
-        if values is None:  # a Subset (validation split): read its items
-            values = torch.stack([train_set.load(i) for i in range(len(train_set))])
-        return Gaussianize.fit(values, train_set.levels, data.gaussianize_pseudo_count)
-    return None
-
-
 def load_transform(info: dict | None, folder=None) -> LogitTransform | Gaussianize | None:
-    """From a trained model's config.json entry `input_transform` (and its folder, for the tensors)."""
+    """From its `info()` (a pipeline folder's input_transform.json) and the folder holding its tensors."""
     if not info:
         return None
     if info["kind"] == "logit":

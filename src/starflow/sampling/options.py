@@ -1,0 +1,81 @@
+"""The sampler settings: one frozen dataclass, carried from the command line and the pipelines' defaults
+to the samplers. Every setting is checked here, once; change one with `dataclasses.replace` (or
+`SamplerOptions.with_(...)`, which also drops the `None`s of unset command-line flags)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..strict import ConfigError, check_types, from_mapping
+
+__all__ = ["SamplerOptions", "METHODS", "JACOBI_SCHEDULES", "DRAFTS"]
+
+METHODS = ("jacobi", "sequential")
+JACOBI_SCHEDULES = ("official", "sliding")
+DRAFTS = ("none", "bf16", "auto")
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    method: str = "jacobi"                # "jacobi" (block-wise fixed point, parallel) or "sequential" (exact)
+    guidance: float = 0.0                 # official CFG weight; 0: unguided
+    jacobi_block_size: int = 32           # tokens solved together (x4 after a video's first frame)
+    jacobi_th: float = 1e-3               # relative squared change that stops a chunk; 0: never early
+    jacobi_max_iter: int = 32
+    jacobi_schedule: str = "official"     # "official" chunks, or "sliding" (per-token convergence, faster)
+    jacobi_draft: str = "none"            # "bf16" / "auto": solve each block in bfloat16 first (sampling.draft)
+    jacobi_draft_block_size: int = 0      # the draft's window (sliding schedule); 0: the whole sequence
+    attn_window: int | None = None        # videos: latent frames the deep block attends to (a sliding window
+                                          # past them); None: the model's own local_attn_window
+    context_length: int | None = None     # long videos: latent frames of re-encoded context (None: window - 1)
+    attn_temp: float = 1.0                # sequential only: attention temperature
+    annealed_guidance: bool = False       # sequential only: guidance grows linearly over the tokens
+    compile: bool = False                 # sequential only: each token step as one torch.compile'd graph
+                                          # (nn.decode; compiles on first use, seconds per block)
+    progress: bool = False
+
+    def __post_init__(self):
+        check_types(self)
+
+        def bad(msg: str):
+            raise ConfigError(msg)
+
+        if self.method not in METHODS:
+            bad(f"sampler must be 'jacobi' or 'sequential', not {self.method!r}")
+        if self.jacobi_schedule not in JACOBI_SCHEDULES:
+            bad(f"jacobi_schedule must be one of {JACOBI_SCHEDULES}, not {self.jacobi_schedule!r}")
+        if self.jacobi_draft not in DRAFTS:
+            bad(f"jacobi_draft must be one of {DRAFTS}, not {self.jacobi_draft!r}")
+        if not (math.isfinite(self.guidance) and 0 <= self.guidance <= 100):
+            bad(f"guidance must be a number in [0, 100] (0: unguided), got {self.guidance}")
+        for name in ("jacobi_block_size", "jacobi_max_iter"):
+            if getattr(self, name) < 1:
+                bad(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.jacobi_th) and self.jacobi_th >= 0):
+            bad(f"jacobi_th must be a finite number >= 0 (0: never stop early), got {self.jacobi_th}")
+        if self.jacobi_draft_block_size < 0:
+            bad("jacobi_draft_block_size must be >= 0 (0: the whole sequence)")
+        for name in ("attn_window", "context_length"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                bad(f"{name} must be >= 1 latent frames (or unset), got {v}")
+        if not (math.isfinite(self.attn_temp) and self.attn_temp > 0):
+            bad(f"attn_temp must be a finite number > 0, got {self.attn_temp}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "sampler options") -> "SamplerOptions":
+        return from_mapping(cls, d, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def with_(self, **changes: Any) -> "SamplerOptions":
+        """A copy with `changes` applied, where a None (a flag the user did not give) keeps the current value;
+        `dataclasses.replace` sets a value to None."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"unknown sampler option(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(f.name for f in dataclasses.fields(self))}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
