@@ -90,7 +90,7 @@ class MovingDigitsDataset(InMemoryDataset):
     videos show digits never seen in training."""
 
     def __init__(self, split: str = "train", num_videos: int = 2000, canvas: int = 16, num_frames: int = 8,
-                 seed: int = 0, speed: int = 4, start: str = "any"):
+                 seed: int = 0, speed: int = 4, start: str = "any", align: bool = False):
         if split not in ("train", "test"):
             raise ValueError(f"moving digits split must be 'train' or 'test', not {split!r}")
         if num_videos < 1 or num_frames < 1:
@@ -108,7 +108,11 @@ class MovingDigitsDataset(InMemoryDataset):
         g = torch.Generator().manual_seed(seed * 2 + (split == "test"))
         sprite_idx = pool[torch.randint(len(pool), (num_videos,), generator=g)]
         directions = torch.randint(len(DIRECTIONS), (num_videos,), generator=g)
-        offsets = torch.randint(span + 1, (num_videos,), generator=g)
+        if align:   # the fixed coordinate on the multiples of the speed too: the digit sits on a speed-sized grid
+            grid = torch.arange(0, span + 1, speed)
+            offsets = grid[torch.randint(len(grid), (num_videos,), generator=g)]
+        else:
+            offsets = torch.randint(span + 1, (num_videos,), generator=g)
         pick = torch.rand(num_videos, generator=g)
         starts = []
         for d, u in zip(directions.tolist(), pick.tolist()):

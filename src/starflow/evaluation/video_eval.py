@@ -64,12 +64,12 @@ class VideoReport:
 
 
 def moving_digit_setting(tc) -> dict:
-    """canvas, speed, start, num_frames of the moving digits a model was trained on (its TrainConfig)."""
+    """The moving digits a model was trained on (its TrainConfig), as MovingDigitsDataset arguments."""
     if tc is None or tc.data.dataset != "moving_digits":
         raise ValueError("scoring moving digits needs a model trained on them (a `starflow train` export with "
                          "data.dataset: moving_digits)")
     d = tc.data
-    return dict(canvas=d.canvas, speed=d.speed, start=d.start, num_frames=d.num_frames)
+    return dict(canvas=d.canvas, num_frames=d.num_frames, speed=d.speed, start=d.start, align=d.align)
 
 
 def _prompt(pipe, digit: int, direction: int) -> str:
@@ -98,7 +98,7 @@ def evaluate_video_pipeline(pipe, tc=None, *, per_prompt: int = 5, i2v_videos: i
     if per_prompt < 1:
         raise ValueError("per_prompt must be >= 1")
     setting = moving_digit_setting(tc if tc is not None else train_config_of(pipe))
-    canvas, speed, start, T = setting["canvas"], setting["speed"], setting["start"], setting["num_frames"]
+    T = setting["num_frames"]
     reader = reader or VideoReader()
     kw = dict(seed=seed, output_type="pt", progress=progress, batch_size=batch_size, **call_kwargs)
     seconds, videos, prompts_out = {}, {}, {}
@@ -115,13 +115,12 @@ def evaluate_video_pipeline(pipe, tc=None, *, per_prompt: int = 5, i2v_videos: i
     videos["t2v"], prompts_out["t2v"] = x, [p for p in prompts for _ in range(per_prompt)]
 
     # the reader on held-out real videos, as many as the generated ones
-    real_set = MovingDigitsDataset("test", len(x), canvas, T, seed=seed, speed=speed, start=start)
+    real_set = MovingDigitsDataset("test", len(x), seed=seed, **setting)
     real = score_videos(reader.read(_to_unit(real_set.values)), real_set.digits.numpy(),
                         real_set.directions.numpy()).figures()
     report = VideoReport(t2v=t2v, real=real, seconds=seconds, videos=videos, prompts=prompts_out)
 
-    held = MovingDigitsDataset("test", max(i2v_videos, v2v_videos, 1), canvas, T, seed=seed + 1, speed=speed,
-                               start=start)
+    held = MovingDigitsDataset("test", max(i2v_videos, v2v_videos, 1), seed=seed + 1, **setting)
     held_digits, held_dirs = held.digits.numpy(), held.directions.numpy()
     held_prompts = [_prompt(pipe, int(d), int(r)) for d, r in zip(held_digits, held_dirs)]
 
