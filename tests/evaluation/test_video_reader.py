@@ -87,3 +87,27 @@ def test_reader_rejects_bad_shapes(reader):
         reader.read(torch.zeros(16, 16))
     with pytest.raises(ValueError, match="cannot hold an 8x8 digit"):
         reader.read(torch.zeros(1, 2, 1, 6, 6))
+
+
+def test_wrapping_digits_are_read_across_the_edges(reader):
+    ds = MovingDigitsDataset("test", 100, canvas=16, num_frames=8, seed=2, speed=4, align=True, motion="wrap")
+    x = to_unit_range(ds.values, 17)
+    f = score_videos(reader.read(x, wrap=True), ds.digits.numpy(), ds.directions.numpy()).figures()
+    assert f.digit >= 0.98 and f.direction == 1.0 and f.consistency >= 0.98
+    # read as if the canvas had edges, a digit split across one is not a digit
+    flat = reader.read(x)
+    assert (~flat.readable).any() and flat.readable.mean() < reader.read(x, wrap=True).readable.mean()
+    g = torch.Generator().manual_seed(1)
+    perm = torch.stack([torch.randperm(8, generator=g) for _ in range(len(x))])
+    shuffled = score_videos(reader.read(x[torch.arange(len(x))[:, None], perm], wrap=True), ds.digits.numpy(),
+                            ds.directions.numpy()).figures()
+    assert shuffled.direction < 0.1
+
+
+def test_wrapping_motion_rules():
+    canvas = (16, 16)
+    left = np.array([[4, c] for c in (8, 4, 0, 12, 8)], float)                   # 0 -> 12: across the edge
+    assert motion_ok(left, 0, canvas, wrap=True) and not motion_ok(left, 0, canvas)
+    assert not motion_ok(left, 1, canvas, wrap=True)
+    back = np.array([[4, c] for c in (8, 4, 8, 4)], float)
+    assert not motion_ok(back, 0, canvas, wrap=True)                           # on a torus it never turns

@@ -25,7 +25,7 @@ def digits_images() -> torch.Tensor:
 
 
 def moving_digit_frames(canvas: int = 16, num_frames: int = 8, num_videos: int = 2000, speed: int = 4,
-                        start: str = "any", align: bool = False) -> torch.Tensor:
+                        start: str = "any", align: bool = False, motion: str = "bounce") -> torch.Tensor:
     """Every frame of the moving-digits *training* videos as (N * T, 1, canvas, canvas) in [-1, 1]: what a
     video model in this autoencoder's latent space is trained on (the held-out videos are not seen)."""
     from ..data import MovingDigitsDataset
@@ -33,7 +33,7 @@ def moving_digit_frames(canvas: int = 16, num_frames: int = 8, num_videos: int =
     from ..data.digits import DIGITS_LEVELS
 
     videos = MovingDigitsDataset("train", num_videos=num_videos, canvas=canvas, num_frames=num_frames,
-                                 speed=speed, start=start, align=align).values
+                                 speed=speed, start=start, align=align, motion=motion).values
     return to_unit_range(videos.flatten(0, 1), DIGITS_LEVELS)
 
 

@@ -18,6 +18,8 @@ def register(sub) -> None:
                    help="moving_digits: pixels per frame (default: %(default)s)")
     p.add_argument("--start", choices=["any", "wall"], default="any",
                    help="moving_digits: where videos start (default: %(default)s)")
+    p.add_argument("--motion", choices=["bounce", "wrap"], default="bounce",
+                   help="moving_digits: at an edge the digit bounces, or wraps round (default: %(default)s)")
     p.add_argument("--align", action="store_true",
                    help="moving_digits: the fixed coordinate on multiples of --speed as well")
     p.add_argument("--num-videos", type=int, default=2000,
@@ -68,7 +70,7 @@ def run_train(args) -> int:
     except ValueError:
         raise ValueError(f"--hidden-channels must be comma-separated ints, got {args.hidden_channels!r}") from None
     images = (moving_digit_frames(args.canvas, args.num_frames, args.num_videos, args.speed, args.start,
-                                  args.align)
+                                  args.align, args.motion)
               if args.data == "moving_digits" else None)
     out = train_small_autoencoder(args.out, steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
                                   latent_channels=args.latent_channels, hidden_channels=hidden,

@@ -75,7 +75,7 @@ def trained_autoencoder(config: Path, cache: Path, retrain: bool) -> Path | None
     if data.dataset != "moving_digits" or not str(data.autoencoder or "").startswith("kl:"):
         return None
     frames = dict(canvas=data.canvas, num_frames=data.num_frames, num_videos=data.num_videos, speed=data.speed,
-                  start=data.start, align=data.align)
+                  start=data.start, align=data.align, motion=data.motion)
     root = _cache_dir(cache, "moving_digits_ae", json.dumps({**VIDEO_AE, **frames}, sort_keys=True).encode())
     if (root / "train_log.json").exists() and not retrain:   # written last: a complete autoencoder
         print(f"[autoencoder] reusing the autoencoder trained earlier: {root}")

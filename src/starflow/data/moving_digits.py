@@ -19,10 +19,11 @@ import torch
 from .base import NUMBER_WORDS, InMemoryDataset
 from .digits import DIGITS_LEVELS, digits_split, load_digits_arrays
 
-__all__ = ["DIRECTIONS", "SPRITE", "MovingDigitsDataset", "moving_caption", "render_moving_digit",
+__all__ = ["DIRECTIONS", "SPRITE", "MOTIONS", "MovingDigitsDataset", "moving_caption", "render_moving_digit",
            "bounce_positions", "direction_axis"]
 
 DIRECTIONS = ("left", "right", "up", "down")
+MOTIONS = ("bounce", "wrap")   # at an edge the digit bounces back, or leaves and comes back in at the other edge
 SPRITE = 8                 # the bundled digits are 8x8; they are pasted at that size, never rescaled
 
 
@@ -53,9 +54,10 @@ def bounce_positions(start: int, velocity: int, span: int, num_frames: int) -> l
 
 
 def render_moving_digit(sprite: torch.Tensor, direction: int, offset: int, canvas: int, num_frames: int,
-                        start: int, speed: int) -> torch.Tensor:
+                        start: int, speed: int, motion: str = "bounce") -> torch.Tensor:
     """sprite (1, s, s) uint8 -> video (T, 1, canvas, canvas) uint8: the sprite starts at `start` on the moving
-    axis and moves `speed` pixels per frame along `direction`, bouncing off the edges.
+    axis and moves `speed` pixels per frame along `direction`, bouncing off the edges (motion "bounce") or
+    leaving at one edge and coming back in at the other (motion "wrap": the canvas is a torus).
 
     `offset` is the fixed coordinate (row for left/right, column for up/down), in 0..canvas-s.
     """
@@ -65,19 +67,32 @@ def render_moving_digit(sprite: torch.Tensor, direction: int, offset: int, canva
         raise ValueError(f"canvas {canvas} must be larger than the {s}-pixel digit")
     if not 0 <= offset <= span:
         raise ValueError(f"offset {offset} outside 0..{span}")
+    if motion not in MOTIONS:
+        raise ValueError(f"motion must be one of {MOTIONS}, not {motion!r}")
     axis, sign = direction_axis(direction)
+    if motion == "wrap":
+        positions = [(start + sign * speed * t) % canvas for t in range(num_frames)]
+    else:
+        positions = bounce_positions(start, sign * speed, span, num_frames)
     video = torch.zeros(num_frames, 1, canvas, canvas, dtype=torch.uint8)
-    for t, pos in enumerate(bounce_positions(start, sign * speed, span, num_frames)):
+    for t, pos in enumerate(positions):
         r, c = (offset, pos) if axis == 1 else (pos, offset)
-        video[t, :, r:r + s, c:c + s] = sprite
+        frame = torch.zeros(1, canvas, canvas, dtype=torch.uint8)
+        frame[:, :s, :s] = sprite
+        video[t] = frame.roll((r, c), dims=(1, 2))                  # wraps around the edges (never, when bouncing)
     return video
 
 
-def start_choices(direction: int, span: int, speed: int, start: str = "any") -> list[int]:
+def start_choices(direction: int, span: int, speed: int, start: str = "any", motion: str = "bounce") -> list[int]:
     """Start positions whose first step goes in `direction` without touching a wall first; on the lattice of
     multiples of `speed` when the span is one (exact bounces, whole-step shifts). start="wall": only the wall
-    the digit moves away from."""
+    the digit moves away from. Wrapping motion: anywhere on the canvas (span + 8 positions), on the lattice of
+    multiples of `speed` when the canvas side is one."""
     _, sign = direction_axis(direction)
+    if motion == "wrap":
+        side = span + SPRITE
+        step = speed if side % speed == 0 else 1
+        return [0 if sign > 0 else span] if start == "wall" else list(range(0, side, step))
     if start == "wall":
         return [0 if sign > 0 else span]
     lo, hi = (0, span - speed) if sign > 0 else (speed, span)
@@ -90,7 +105,7 @@ class MovingDigitsDataset(InMemoryDataset):
     videos show digits never seen in training."""
 
     def __init__(self, split: str = "train", num_videos: int = 2000, canvas: int = 16, num_frames: int = 8,
-                 seed: int = 0, speed: int = 4, start: str = "any", align: bool = False):
+                 seed: int = 0, speed: int = 4, start: str = "any", align: bool = False, motion: str = "bounce"):
         if split not in ("train", "test"):
             raise ValueError(f"moving digits split must be 'train' or 'test', not {split!r}")
         if num_videos < 1 or num_frames < 1:
@@ -100,6 +115,8 @@ class MovingDigitsDataset(InMemoryDataset):
         span = canvas - SPRITE
         if start not in ("any", "wall"):
             raise ValueError(f"start must be 'any' or 'wall', not {start!r}")
+        if motion not in MOTIONS:
+            raise ValueError(f"motion must be one of {MOTIONS}, not {motion!r}")
         if not 1 <= speed <= span:
             raise ValueError(f"speed must be 1..{span} pixels per frame on a {canvas}-pixel canvas, got {speed}")
         values, labels = load_digits_arrays()
@@ -116,9 +133,9 @@ class MovingDigitsDataset(InMemoryDataset):
         pick = torch.rand(num_videos, generator=g)
         starts = []
         for d, u in zip(directions.tolist(), pick.tolist()):
-            choices = start_choices(d, span, speed, start)
+            choices = start_choices(d, span, speed, start, motion)
             starts.append(choices[min(int(u * len(choices)), len(choices) - 1)])
-        videos = torch.stack([render_moving_digit(values[i], int(d), int(o), canvas, num_frames, s, speed)
+        videos = torch.stack([render_moving_digit(values[i], int(d), int(o), canvas, num_frames, s, speed, motion)
                               for i, d, o, s in zip(sprite_idx.tolist(), directions, offsets, starts)])
         digits = labels[sprite_idx]
         captions = [moving_caption(int(d), int(r)) for d, r in zip(digits, directions)]
@@ -129,4 +146,5 @@ class MovingDigitsDataset(InMemoryDataset):
         self.starts = torch.tensor(starts)
         self.offsets = offsets
         self.speed = speed
+        self.motion = motion
         self.split = split

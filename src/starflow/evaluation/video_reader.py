@@ -33,6 +33,7 @@ class FrameReadings:
     positions: np.ndarray     # (N, T, 2) float: (row, column) of the located 8x8 window's top-left corner
     readable: np.ndarray      # (N, T) bool
     canvas: tuple[int, int]   # (H, W) of the frames
+    wrap: bool = False        # read on a torus: a digit may leave at one edge and come back in at the other
 
     def __len__(self) -> int:
         return self.digits.shape[0]
@@ -50,7 +51,9 @@ class VideoReader:
         self.classifier = classifier or DigitsClassifier.fit()
         self.min_mass, self.min_inside, self.tie, self.max_candidates = min_mass, min_inside, tie, max_candidates
 
-    def read(self, videos: torch.Tensor | np.ndarray) -> FrameReadings:
+    def read(self, videos: torch.Tensor | np.ndarray, wrap: bool = False) -> FrameReadings:
+        """wrap: the frames are a torus (moving digits with motion "wrap"): windows run across the edges, and a
+        position is where the window's top-left corner is, in 0..H-1 / 0..W-1."""
         x = torch.as_tensor(videos).detach().float().cpu()
         if x.dim() == 4:
             x = x[None]
@@ -60,11 +63,13 @@ class VideoReader:
         if H < SPRITE or W < SPRITE:
             raise ValueError(f"frames of {H}x{W} cannot hold an {SPRITE}x{SPRITE} digit")
         v = ((x.mean(2) + 1) * (LEVEL_MAX / 2)).clamp(0, LEVEL_MAX).nan_to_num(0.0).reshape(N * T, H, W)
-        box = F.avg_pool2d(v[:, None], SPRITE, stride=1)[:, 0] * SPRITE ** 2      # (M, H-7, W-7) ink per window
+        total = v.sum((1, 2))
+        if wrap:   # every top-left corner on the torus: the frame continued past its right and bottom edges
+            v = F.pad(v[:, None], (0, SPRITE - 1, 0, SPRITE - 1), mode="circular")[:, 0]
+        box = F.avg_pool2d(v[:, None], SPRITE, stride=1)[:, 0] * SPRITE ** 2      # (M, gh, gw) ink per window
         M, gh, gw = box.shape
         flat = box.reshape(M, -1)
         best = flat.max(1).values                                                  # (M,)
-        total = v.sum((1, 2))
         readable = (best >= self.min_mass) & (best >= self.min_inside * total)
         # candidate windows: the most ink, within `tie`; the classifier's most confident one wins
         k = min(self.max_candidates, flat.size(1))
@@ -93,7 +98,7 @@ class VideoReader:
                 pos_idx[fi] = idx[i]
         positions = torch.stack([pos_idx // gw, pos_idx % gw], 1).float().numpy()
         return FrameReadings(digits.reshape(N, T), positions.reshape(N, T, 2), readable.numpy().reshape(N, T),
-                             (H, W))
+                             (H, W), wrap)
 
 
 def majority_digits(digits: np.ndarray) -> np.ndarray:
@@ -106,12 +111,19 @@ def majority_digits(digits: np.ndarray) -> np.ndarray:
     return out
 
 
+def _circular(d: np.ndarray, side: int) -> np.ndarray:
+    """Differences on a circle of `side` pixels, in [-side/2, side/2)."""
+    return (d + side / 2) % side - side / 2
+
+
 def motion_ok(positions: np.ndarray, direction: int, canvas: tuple[int, int], min_step: float = 1.0,
-              max_perp: float = 2.0, wall_tol: float = 1.0) -> bool:
-    """Does a track (T, 2) of (row, column) positions move as a digit bouncing off the walls that starts in
-    `direction` (index into DIRECTIONS)? The first step goes that way (at least `min_step` pixels along the
+              max_perp: float = 2.0, wall_tol: float = 1.0, wrap: bool = False) -> bool:
+    """Does a track (T, 2) of (row, column) positions move as a digit that starts in `direction` (index into
+    DIRECTIONS) and bounces off the walls? The first step goes that way (at least `min_step` pixels along the
     axis, more than across it); every step moves at least `min_step` along the axis (it keeps moving); the
-    other coordinate stays within `max_perp`; the motion turns back only at a wall (within `wall_tol`)."""
+    other coordinate stays within `max_perp`; the motion turns back only at a wall (within `wall_tol`).
+    wrap: on a torus, the digit never turns: every step goes the prompted way (differences taken round the
+    canvas)."""
     p = np.asarray(positions, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 2 or p.shape[0] < 2:
         raise ValueError(f"a track needs (T >= 2, 2) positions, got shape {p.shape}")
@@ -119,15 +131,20 @@ def motion_ok(positions: np.ndarray, direction: int, canvas: tuple[int, int], mi
     span = canvas[axis] - SPRITE
     along = p[:, axis]
     steps = np.diff(along)
-    first_across = abs(p[1, 1 - axis] - p[0, 1 - axis])
+    across = p[:, 1 - axis] - p[0, 1 - axis]
+    if wrap:
+        steps, across = _circular(steps, canvas[axis]), _circular(across, canvas[1 - axis])
+    first_across = abs(across[1])
     if sign * steps[0] < min_step or first_across >= abs(steps[0]):
         return False
     if np.any(np.abs(steps) < min_step):
         return False
-    if np.ptp(p[:, 1 - axis]) > max_perp:
+    if np.ptp(across) > max_perp:
         return False
+    if wrap:
+        return bool(np.all(sign * steps >= min_step))
     turns = np.nonzero(np.sign(steps[1:]) != np.sign(steps[:-1]))[0] + 1     # frames where the motion reverses
-    return bool(all(min(along[t], span - along[t]) <= wall_tol for t in turns))
+    return bool(all(min(abs(along[t]), abs(span - along[t])) <= wall_tol for t in turns))
 
 
 @dataclass
@@ -173,5 +190,6 @@ def score_videos(readings: FrameReadings, digits, directions, digit_frames: slic
     frames = readings.digits[:, digit_frames]
     majority = majority_digits(frames)
     consistency = ((frames == majority[:, None]) & (majority[:, None] >= 0)).mean(1)
-    motion = np.array([motion_ok(readings.positions[i], int(directions[i]), readings.canvas) for i in range(n)])
+    motion = np.array([motion_ok(readings.positions[i], int(directions[i]), readings.canvas, wrap=readings.wrap)
+                       for i in range(n)])
     return VideoScores(majority, majority == digits, motion, consistency)

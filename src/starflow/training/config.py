@@ -36,6 +36,7 @@ class DataConfig:
     start: str = "any"                   # moving digits: "any" start whose first step goes the captioned way,
                                          # or "wall": at the wall it moves away from
     align: bool = False                  # moving digits: the fixed coordinate on multiples of speed as well
+    motion: str = "bounce"               # moving digits: "bounce" off the edges, or "wrap" round (a torus)
     first_frames: float = 0.0            # videos: share of steps that train on the first frames alone (images)
     first_frames_batch: int = 0          # items in such a step (0: batch_size x num_frames, the same tokens)
     num_videos: int = 2000               # moving digits: videos generated per split
@@ -85,6 +86,8 @@ class DataConfig:
             raise ConfigError("data.noise_weighting needs noise_std or noise_levels")
         if not 0 <= self.first_frames < 1 or self.first_frames_batch < 0:
             raise ConfigError("data.first_frames must be in [0, 1) and data.first_frames_batch >= 0")
+        if self.motion not in ("bounce", "wrap"):
+            raise ConfigError(f"data.motion must be 'bounce' or 'wrap', not {self.motion!r}")
         if self.start not in ("any", "wall"):
             raise ConfigError(f"data.start must be 'any' or 'wall', not {self.start!r}")
         for name in ("image_size", "num_frames", "frame_stride", "canvas", "speed", "num_videos", "txt_size"):
