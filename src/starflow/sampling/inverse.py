@@ -198,7 +198,9 @@ def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1
         if context_frames is None or not 0 < context_frames < window_frames:
             raise ValueError(f"context_length must be between 1 and local_attn_window - 1 ({window_frames - 1})")
     C = context_frames * F if W is not None else 0
-    target = U if W is None else min(U, W)
+    # windows end on frame boundaries: input positions [0, target) make x_full[1 .. target], which holds the
+    # first W tokens behind a SOS embedding, or (no SOS: x_full[0] is the first token) the first W - 1 after it
+    target = U if W is None else min(U, W - 1 + inv.off)
     start = inv.start
     bar = tqdm(total=U, initial=start, disable=not progress, desc="jacobi", leave=False)
     solve = _official_chunks if schedule == "official" else _sliding_window
