@@ -87,7 +87,6 @@ def train_small_autoencoder(out_dir: str | Path, steps: int = 2000, seed: int = 
     gen = torch.Generator().manual_seed(seed)
     cfg = SmallKLConfig(in_channels=images.shape[1], latent_channels=latent_channels,
                         hidden_channels=[int(c) for c in hidden_channels], layout=layout, patch=patch)
-    cfg.validate()
     if images.shape[-1] % cfg.spatial_factor or images.shape[-2] % cfg.spatial_factor:
         raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the spatial factor "
                          f"{cfg.spatial_factor}")

@@ -24,7 +24,8 @@ VIDEO_CONFIG = "moving_digits_t2v.yaml"
 SCALE = 4                                                # 8x8 digits are tiny: enlarge the written files
 INPAINT_ITEMS, INPAINT_ITERATIONS, EDIT_STRENGTH = 0, 8, 0.8   # all 297 held-out digits
 # the small KL autoencoder of a latent-space moving-digits config (the commands in its comments train the same)
-VIDEO_AE = dict(steps=600, batch_size=128, latent_channels=8, hidden_channels=(32, 64, 64))
+VIDEO_AE = dict(steps=800, batch_size=64, lr=5e-3, latent_channels=4, hidden_channels=(64, 64), layout="patch",
+                patch=4)
 
 
 def register(sub) -> None:
