@@ -111,3 +111,12 @@ def test_wrapping_motion_rules():
     assert not motion_ok(left, 1, canvas, wrap=True)
     back = np.array([[4, c] for c in (8, 4, 8, 4)], float)
     assert not motion_ok(back, 0, canvas, wrap=True)                           # on a torus it never turns
+
+
+def test_moves_every_step():
+    from starflow.evaluation.video_reader import moves_every_step
+    canvas = (16, 16)
+    assert moves_every_step(np.array([[4, c] for c in (0, 4, 8, 4, 0)], float), canvas)
+    assert not moves_every_step(np.array([[4, c] for c in (0, 4, 4, 8)], float), canvas)
+    assert moves_every_step(np.array([[4, c] for c in (8, 12, 0, 4)], float), canvas, wrap=True)
+    assert not moves_every_step(np.array([[4, c] for c in (8, 12, 12)], float), canvas, wrap=True)

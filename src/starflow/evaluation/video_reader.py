@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from ..data.moving_digits import SPRITE, direction_axis
 from .classifier import DigitsClassifier
 
-__all__ = ["FrameReadings", "VideoReader", "VideoScores", "VideoFigures", "motion_ok", "score_videos",
-           "majority_digits"]
+__all__ = ["FrameReadings", "VideoReader", "VideoScores", "VideoFigures", "motion_ok", "moves_every_step",
+           "score_videos", "majority_digits"]
 
 LEVEL_MAX = 16          # digit values 0..16, pixels in [-1, 1]: v = (x + 1) * 8
 
@@ -145,6 +145,15 @@ def motion_ok(positions: np.ndarray, direction: int, canvas: tuple[int, int], mi
         return bool(np.all(sign * steps >= min_step))
     turns = np.nonzero(np.sign(steps[1:]) != np.sign(steps[:-1]))[0] + 1     # frames where the motion reverses
     return bool(all(min(abs(along[t]), abs(span - along[t])) <= wall_tol for t in turns))
+
+
+def moves_every_step(positions: np.ndarray, canvas: tuple[int, int], wrap: bool = False,
+                     min_step: float = 1.0) -> bool:
+    """Does the tracked digit (T, 2) move at least `min_step` pixels at every step (in any direction)?"""
+    d = np.diff(np.asarray(positions, dtype=np.float64), axis=0)
+    if wrap:
+        d = np.stack([_circular(d[:, 0], canvas[0]), _circular(d[:, 1], canvas[1])], 1)
+    return bool(np.all(np.abs(d).max(1) >= min_step))
 
 
 @dataclass
