@@ -4,10 +4,12 @@ Trains (or reuses from the cache) the digits text-to-image model and the moving-
 from configs/digits_t2i.yaml and configs/moving_digits_t2v.yaml (the latter in the latent space of a small
 KL autoencoder that the demo trains on the moving-digit frames first, as STARFlow-V runs in Wan's), then writes
 - demo/digits.png: one row per prompt "a handwritten digit zero" ... "nine" (guidance + Jacobi + denoising),
-- demo/moving_digit.gif / .mp4: prompted moving digits; demo/moving_digit_continued.gif / .mp4: a given first
-  frame (held-out) and the model's continuation beside the real video,
+- demo/inpaint.png, demo/edit.png: inpainting and editing of held-out digits,
+- demo/moving_digit*.gif / .mp4 (cli.demo_video): one video per moving-digit prompt, image-to-video pairs,
+  long videos through the sliding window, video-to-video pairs, every video labelled,
 and prints held-out bits/dim, `prompt accuracy: X.XX` (a digits classifier on >= 20 samples per prompt)
-with the classifier's own test accuracy, and where the files are.
+with the classifier's own test accuracy, the inpainting / editing figures, the video figures of the frame
+reader (evaluation.video_eval: the same as `starflow evaluate-video`), and where the files are.
 """
 from __future__ import annotations
 

@@ -32,7 +32,8 @@ class VideoReport:
     real: VideoFigures
     i2v: VideoFigures | None = None
     long_digit: float | None = None          # share of long-video frames reading the prompted digit
-    long_moving: float | None = None         # share of long videos whose digit moves at every step (>= 1 px)
+    long_steps_moving: float | None = None   # share of all long-video steps where the digit moves (>= 1 px)
+    long_moving: float | None = None         # share of long videos whose digit moves at every step
     long_as_prompted: float | None = None    # share of long videos moving as prompted all along (motion_ok)
     long_frames: int | None = None
     v2v_digit: float | None = None           # share of edits whose majority digit is the new one
@@ -51,15 +52,16 @@ class VideoReport:
                        f"({self.i2v.num_videos} videos)")
         if self.long_digit is not None:
             out.append(f"video long ({self.long_frames} frames, sliding window): digit kept in {self.long_digit:.2f} "
-                       f"of frames; moving at every step in {self.long_moving:.2f} of videos, as prompted all along "
-                       f"in {self.long_as_prompted:.2f}")
+                       f"of frames; it moves at {self.long_steps_moving:.2f} of steps, at every step in "
+                       f"{self.long_moving:.2f} of videos, as prompted all along in {self.long_as_prompted:.2f}")
         if self.v2v_digit is not None:
             out.append(f"video-to-video (same motion, another digit): new digit {self.v2v_digit:.2f}, positions "
                        f"{self.v2v_position_error:.2f} px from the source's on average ({self.v2v_videos} videos)")
         return out
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ("long_digit", "long_moving", "long_as_prompted", "long_frames", "v2v_digit",
+        d = {k: getattr(self, k) for k in ("long_digit", "long_steps_moving", "long_moving", "long_as_prompted",
+                                            "long_frames", "v2v_digit",
                                             "v2v_position_error", "v2v_videos", "seconds")}
         d.update(t2v=self.t2v.to_dict(), real=self.real.to_dict(), i2v=self.i2v.to_dict() if self.i2v else None)
         return d
@@ -155,6 +157,8 @@ def evaluate_video_pipeline(pipe, tc=None, *, per_prompt: int = 5, i2v_videos: i
                                                  for i, (_, r) in enumerate(picks)]))
         report.long_moving = float(np.mean([moves_every_step(rd.positions[i], rd.canvas, wrap)
                                             for i in range(len(picks))]))
+        report.long_steps_moving = float(np.mean([moves_every_step(rd.positions[i, t:t + 2], rd.canvas, wrap)
+                                                  for i in range(len(picks)) for t in range(frames - 1)]))
         report.long_frames = frames
         videos["long"], prompts_out["long"] = gen, [_prompt(pipe, d, r) for d, r in picks]
 
