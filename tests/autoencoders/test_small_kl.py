@@ -89,3 +89,23 @@ def test_identity_autoencoder():
     assert one.latent_channels == one.in_channels == 1
     with pytest.raises(ValueError, match="expected 1 channels"):
         one.encode(x)
+
+
+def test_patch_layout_moves_latents_by_whole_tokens(tmp_path):
+    # one token per 4x4 pixels, computed from those pixels alone: a picture moved by 4 pixels has its latents
+    # moved by exactly one token (away from the edge it came in from); saved and loaded with its layout
+    from starflow.autoencoders.train_small import moving_digit_frames
+
+    frames = moving_digit_frames(canvas=16, num_frames=3, num_videos=8, speed=4, start="wall", align=True)
+    path = train_small_autoencoder(tmp_path / "p", steps=3, batch_size=8, latent_channels=2, hidden_channels=(8, 8),
+                                   images=frames, layout="patch", patch=4, progress=False)
+    ae = load_autoencoder(f"kl:{path}")
+    assert ae.config.layout == "patch" and ae.spatial_factor == 4 and ae.latent_shape((1, 1, 16, 16)) == (1, 2, 4, 4)
+    x = frames[:1]
+    moved = torch.roll(x, 4, dims=-1)
+    moved[..., :4] = -1                                              # blank where it came from
+    za, zb = ae.encode(x, sample=False), ae.encode(moved, sample=False)
+    torch.testing.assert_close(zb[..., 1:], za[..., :-1])
+    assert ae.decode(za).shape == x.shape
+    with pytest.raises(ValueError, match="layout must be 'conv' or 'patch'"):
+        SmallKLConfig(layout="pixel")

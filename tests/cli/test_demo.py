@@ -51,10 +51,18 @@ def test_demo_trains_caches_and_writes(tmp_path, capsys):
     out = tmp_path / "demo"
     grid = Image.open(out / "digits.png")
     assert grid.format == "PNG" and grid.size == (10 * 32 + 11 * 2, 10 * 32 + 11 * 2)   # 10 rows x 10, scale 4
-    for name in ("moving_digit", "moving_digit_continued"):
+    for name in ("moving_digit", "moving_digit_continued", "moving_digit_long", "moving_digit_edited"):
         assert Image.open(out / f"{name}.gif").format == "GIF"
         assert (out / f"{name}.mp4").stat().st_size > 0
         assert f"wrote {out / name}.gif" in first
+    # the video figures, read frame by frame, beside the image ones
+    num = r"[01]\.\d\d"
+    assert re.search(rf"^video prompts \(text-to-video\): digit {num}, direction {num}, both {num}, consistency {num} "
+                     rf"\(200 videos\)$", first, re.M)
+    assert re.search(r"real held-out videos, same reader \(its ceiling\): digit (1\.00|0\.9\d)", first)
+    assert re.search(rf"^video image-to-video \(held-out first frames\): digit kept {num}", first, re.M)
+    assert re.search(rf"^video long \(12 frames, sliding window\): digit kept in {num} of frames", first, re.M)
+    assert re.search(rf"^video-to-video \(same motion, another digit\): new digit {num}", first, re.M)
     # second run: the cached models are reused, nothing is trained
     assert main([str(a) for a in argv]) == 0
     second = capsys.readouterr().out
@@ -75,7 +83,8 @@ def test_latent_video_config_gets_its_autoencoder_trained_and_cached(tmp_path, c
     # (into its cache), points data.autoencoder at it, and reuses both next time
     import starflow.cli.demo as demo
 
-    monkeypatch.setattr(demo, "VIDEO_AE", dict(steps=2, batch_size=8, latent_channels=3, hidden_channels=(8, 8)))
+    monkeypatch.setattr(demo, "VIDEO_AE", dict(steps=2, batch_size=8, latent_channels=3, hidden_channels=(8, 8),
+                                               layout="patch", patch=2))
     cfgs = tmp_path / "configs"
     cfgs.mkdir()
     (cfgs / "digits_t2i.yaml").write_text(DIGITS)
@@ -91,8 +100,10 @@ def test_latent_video_config_gets_its_autoencoder_trained_and_cached(tmp_path, c
     (ae,) = (tmp_path / "cache").glob("moving_digits_ae-*")
     trained = json.loads(next((tmp_path / "cache").glob("moving_digits_t2v-*/demo.json")).read_text())["model_dir"]
     assert json.loads((Path(trained) / "training.json").read_text())["train"]["data"]["autoencoder"] == f"kl:{ae}"
-    # decoded back to 12x12 pixel frames (not 6x6 latents): 4 videos in a row, scale 4, 2-pixel borders x 4
-    assert Image.open(tmp_path / "demo" / "moving_digit.gif").size == (4 * 12 * 4 + 5 * 8, 12 * 4 + 2 * 8)
+    # decoded back to 12x12 pixel frames (not 6x6 latents), scale 4: 40 labelled videos, a column per direction
+    from starflow.data.media import load_video
+    grid = load_video(tmp_path / "demo" / "moving_digit.gif")
+    assert grid.shape[0] == 3 and grid.shape[2] >= 4 * 12 * 4 and grid.shape[1] >= 10 * 12 * 4
     assert main(argv) == 0
     second = capsys.readouterr().out
     assert "reusing the autoencoder trained earlier" in second and "training" not in second.replace(

@@ -119,7 +119,7 @@ def test_bad_requests_are_clear_errors(trained_digits, tmp_path, capsys):
     assert rc == 2 and "--model" in err
 
 
-def test_video_model_bpd_equals_its_training_figure_and_the_rest_is_refused_clearly(tmp_path, capsys):
+def test_video_model_bpd_equals_its_training_figure_prompt_accuracy_reads_frames_fid_is_refused(tmp_path, capsys):
     from starflow.training import load_train_config, train
 
     cfg = load_train_config(None, [
@@ -135,8 +135,11 @@ def test_video_model_bpd_equals_its_training_figure_and_the_rest_is_refused_clea
     r = json.loads((tmp_path / "r.json").read_text())["results"]["bpd"]
     assert r["items"] == 2 and r["bpd"] == pytest.approx(result.test_bpd, abs=1e-6)   # 16 // 8 held-out videos
     assert r["protocol"]["noise"]["sigma"] == 0.1
-    rc, _, err = _evaluate(capsys, "prompt-accuracy", "--model", result.checkpoint_dir, "--out", tmp_path / "p.json")
-    assert rc == 2 and "issue 12" in err
+    rc, _, err = _evaluate(capsys, "prompt-accuracy", "--model", result.checkpoint_dir, "--samples-per-prompt", 1,
+                           "--out", tmp_path / "p.json")
+    assert rc == 0                                      # the moving-digits frame reader: 40 prompts x 1 video
+    p = json.loads((tmp_path / "p.json").read_text())["results"]["prompt-accuracy"]
+    assert p["num_samples"] == 40 and 0 <= p["accuracy"] <= 1
     rc, _, err = _evaluate(capsys, "fid", "--model", result.checkpoint_dir, "--out", tmp_path / "f.json")
     assert rc == 2 and "image model" in err
 

@@ -12,8 +12,8 @@ def _video_pipe():
                            input_transform=None, training_info=None, defaults=PipelineDefaults())
 
 
-def test_video_models_get_a_clear_error_until_the_frame_reader_lands():
-    with pytest.raises(ValueError, match="evaluate-video.*issue 12"):
+def test_video_models_need_moving_digits():
+    with pytest.raises(ValueError, match="needs a model trained on them"):
         pa.evaluate_prompt_accuracy(_video_pipe(), samples_per_prompt=2)
 
 

@@ -286,3 +286,17 @@ def test_windowed_denoising_equals_the_official_loop(T, window, denoiser_window)
     calls.clear()
     torch.testing.assert_close(in_windows(step, x, window, denoiser_window), ref, atol=0, rtol=0)
     assert len(calls) <= official and calls[-1] >= 1
+
+
+@pytest.mark.parametrize("sos", [True, False])
+def test_past_the_window_a_video_continues_from_its_last_context_frames(make_model, sos):
+    """After the window slides, the new frames are what the model makes from the last `context_length` frames
+    alone (re-encoded as the start of a video): the same as sampling them with those frames as a known prefix.
+    Without a SOS embedding the first token is the sequence's own: windows must still end on frame borders."""
+    model = make_model(temporal_causal=1, shallow_block_local=True, sos=sos)
+    z, y, y_null = _noise(model, T=6)
+    exact = dict(method="jacobi", jacobi_th=0.0, jacobi_max_iter=200)
+    win = sample(model, z, y, y_null, guidance=1.0, attn_window=4, context_length=2, **exact)
+    torch.testing.assert_close(win[:, :4], sample(model, z[:, :4], y, y_null, guidance=1.0, **exact))
+    cont = sample(model, z[:, 2:], y, y_null, guidance=1.0, method="sequential", prefix=win[:, 2:4])
+    torch.testing.assert_close(win[:, 4:], cont[:, 2:], atol=1e-8, rtol=1e-8)

@@ -1,7 +1,14 @@
 """A small KL autoencoder trained on bundled data (sklearn digits), so the latent pipeline runs offline.
 
-Architecture: conv encoder with len(hidden_channels) - 1 stride-2 downsamples -> a diagonal Gaussian
-(mean, log-variance) per latent channel; a mirrored decoder. Latents are normalised like SD-VAE's:
+Two layouts:
+- "conv" (default): conv encoder with len(hidden_channels) - 1 stride-2 downsamples -> a diagonal Gaussian
+  (mean, log-variance) per latent channel; a mirrored decoder;
+- "patch": each `patch` x `patch` block of pixels is encoded on its own (a stride-`patch` convolution, then
+  1x1 convolutions of widths `hidden_channels`), so the encoder is exactly equivariant to shifts by whole
+  patches: a picture moved by `patch` pixels has its latents moved by one token. The decoder sees 3x3
+  neighbourhoods of latents before a transposed convolution back to pixels. All of its work runs at the
+  latent resolution, so it trains in seconds on a CPU.
+Latents are normalised like SD-VAE's:
 z = (sample - shift_factor) * scaling_factor, with both factors measured on the training data after
 training so that latents have zero mean and unit variance.
 Saved as `config.json` + `model.safetensors` in a folder, loaded with the spec "kl:<dir>".
@@ -29,9 +36,11 @@ CONFIG_TYPE = "starflow-small-kl"
 class SmallKLConfig:
     in_channels: int = 1
     latent_channels: int = 4
-    hidden_channels: list[int] = field(default_factory=lambda: [32, 64])  # one 2x downsample per step
+    hidden_channels: list[int] = field(default_factory=lambda: [32, 64])  # conv: one 2x downsample per step
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
+    layout: str = "conv"             # "conv" or "patch" (see the module docstring)
+    patch: int = 4                   # layout "patch": pixels per latent token along each side
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "small-KL autoencoder config") -> "SmallKLConfig":
@@ -46,10 +55,14 @@ class SmallKLConfig:
             raise ValueError(f"hidden_channels must be a non-empty list of positive ints, got {self.hidden_channels}")
         if not self.scaling_factor > 0:
             raise ValueError(f"scaling_factor must be > 0, got {self.scaling_factor}")
+        if self.layout not in ("conv", "patch"):
+            raise ValueError(f"layout must be 'conv' or 'patch', not {self.layout!r}")
+        if self.layout == "patch" and self.patch < 1:
+            raise ValueError(f"patch must be >= 1, got {self.patch}")
 
     @property
     def spatial_factor(self) -> int:
-        return 2 ** (len(self.hidden_channels) - 1)
+        return self.patch if self.layout == "patch" else 2 ** (len(self.hidden_channels) - 1)
 
 
 def _groups(c: int) -> int:
@@ -73,6 +86,9 @@ class SmallKLAutoencoder(Autoencoder):
         hid = [int(c) for c in cfg.hidden_channels]
         self.in_channels, self.latent_channels = cfg.in_channels, cfg.latent_channels
         self.spatial_factor, self.temporal_factor = cfg.spatial_factor, 1
+        if cfg.layout == "patch":
+            self._build_patch(cfg, hid)
+            return
 
         enc: list[nn.Module] = [nn.Conv2d(cfg.in_channels, hid[0], 3, padding=1), _ResBlock(hid[0])]
         for a, b in zip(hid[:-1], hid[1:]):
@@ -84,6 +100,22 @@ class SmallKLAutoencoder(Autoencoder):
         for a, b in zip(hid[::-1][:-1], hid[::-1][1:]):
             dec += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), _ResBlock(b)]  # H -> 2 H
         dec += [nn.GroupNorm(_groups(hid[0]), hid[0]), nn.SiLU(), nn.Conv2d(hid[0], cfg.in_channels, 3, padding=1)]
+        self.decoder = nn.Sequential(*dec)
+
+    def _build_patch(self, cfg: SmallKLConfig, hid: list[int]) -> None:
+        p, c = cfg.patch, cfg.latent_channels
+        # encoder: one token per patch, computed from that patch alone (1x1 convolutions after the patchify)
+        enc: list[nn.Module] = [nn.Conv2d(cfg.in_channels, hid[0], p, stride=p)]
+        for a, b in zip(hid[:-1], hid[1:]):
+            enc += [nn.SiLU(), nn.Conv2d(a, b, 1)]
+        enc += [nn.SiLU(), nn.Conv2d(hid[-1], 2 * c, 1)]
+        self.encoder = nn.Sequential(*enc)
+        # decoder: 3x3 neighbourhoods of tokens (strokes cross patch borders), then each token back to its pixels
+        rev = hid[::-1]
+        dec: list[nn.Module] = [nn.Conv2d(c, rev[0], 3, padding=1)]
+        for a, b in zip(rev[:-1], rev[1:]):
+            dec += [nn.SiLU(), nn.Conv2d(a, b, 3, padding=1)]
+        dec += [nn.SiLU(), nn.ConvTranspose2d(rev[-1], cfg.in_channels, p, stride=p)]
         self.decoder = nn.Sequential(*dec)
 
     # ---- raw (unnormalised) posterior, used by training ----------------------------------------
@@ -146,6 +178,6 @@ class SmallKLAutoencoder(Autoencoder):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"in_channels={c.in_channels}, latent_channels={c.latent_channels}, "
+        return (f"layout={c.layout}, in_channels={c.in_channels}, latent_channels={c.latent_channels}, "
                 f"spatial_factor={c.spatial_factor}, scaling_factor={c.scaling_factor:.4g}, "
                 f"shift_factor={c.shift_factor:.4g}")

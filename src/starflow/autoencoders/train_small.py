@@ -24,14 +24,16 @@ def digits_images() -> torch.Tensor:
     return (data / 8.0 - 1.0).unsqueeze(1)
 
 
-def moving_digit_frames(canvas: int = 16, num_frames: int = 8, num_videos: int = 2000) -> torch.Tensor:
+def moving_digit_frames(canvas: int = 16, num_frames: int = 8, num_videos: int = 2000, speed: int = 4,
+                        start: str = "any", align: bool = False, motion: str = "bounce") -> torch.Tensor:
     """Every frame of the moving-digits *training* videos as (N * T, 1, canvas, canvas) in [-1, 1]: what a
     video model in this autoencoder's latent space is trained on (the held-out videos are not seen)."""
     from ..data import MovingDigitsDataset
     from ..data.base import to_unit_range
     from ..data.digits import DIGITS_LEVELS
 
-    videos = MovingDigitsDataset("train", num_videos=num_videos, canvas=canvas, num_frames=num_frames).values
+    videos = MovingDigitsDataset("train", num_videos=num_videos, canvas=canvas, num_frames=num_frames,
+                                 speed=speed, start=start, align=align, motion=motion).values
     return to_unit_range(videos.flatten(0, 1), DIGITS_LEVELS)
 
 
@@ -66,9 +68,11 @@ def _normalised(ae: SmallKLAutoencoder, images: torch.Tensor, generator: torch.G
 def train_small_autoencoder(out_dir: str | Path, steps: int = 2000, seed: int = 0, *, batch_size: int = 128,
                             lr: float = 2e-3, latent_channels: int = 4, hidden_channels: Sequence[int] = (32, 64),
                             kl_weight: float = 1e-3, device: str | torch.device = "cpu", progress: bool = True,
-                            images: torch.Tensor | None = None) -> Path:
+                            images: torch.Tensor | None = None, layout: str = "conv", patch: int = 4) -> Path:
     """Train a SmallKLAutoencoder on the digits (or `images`, (N,C,H,W) in [-1,1]) and save it to out_dir.
 
+    layout / patch: the architecture (SmallKLConfig): "conv" (stride-2 steps) or "patch" (one token per
+    patch x patch pixels, exactly shift-equivariant by whole patches).
     Loss: mean squared reconstruction error + kl_weight * mean KL(q(z|x) || N(0, I)) per latent element.
     Returns out_dir, which then loads with load_autoencoder(f"kl:{out_dir}").
     """
@@ -82,7 +86,7 @@ def train_small_autoencoder(out_dir: str | Path, steps: int = 2000, seed: int = 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     cfg = SmallKLConfig(in_channels=images.shape[1], latent_channels=latent_channels,
-                        hidden_channels=[int(c) for c in hidden_channels])
+                        hidden_channels=[int(c) for c in hidden_channels], layout=layout, patch=patch)
     if images.shape[-1] % cfg.spatial_factor or images.shape[-2] % cfg.spatial_factor:
         raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the spatial factor "
                          f"{cfg.spatial_factor}")

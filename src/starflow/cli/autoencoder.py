@@ -14,6 +14,14 @@ def register(sub) -> None:
                    help="the 8x8 digits, or the frames of the moving-digits training videos (default: %(default)s)")
     p.add_argument("--canvas", type=int, default=16, help="moving_digits: frame side (default: %(default)s)")
     p.add_argument("--num-frames", type=int, default=8, help="moving_digits: frames per video (default: %(default)s)")
+    p.add_argument("--speed", type=int, default=4,
+                   help="moving_digits: pixels per frame (default: %(default)s)")
+    p.add_argument("--start", choices=["any", "wall"], default="any",
+                   help="moving_digits: where videos start (default: %(default)s)")
+    p.add_argument("--motion", choices=["bounce", "wrap"], default="bounce",
+                   help="moving_digits: at an edge the digit bounces, or wraps round (default: %(default)s)")
+    p.add_argument("--align", action="store_true",
+                   help="moving_digits: the fixed coordinate on multiples of --speed as well")
     p.add_argument("--num-videos", type=int, default=2000,
                    help="moving_digits: training videos (default: %(default)s)")
     p.add_argument("--steps", type=int, default=2000)
@@ -24,6 +32,10 @@ def register(sub) -> None:
     p.add_argument("--hidden-channels", type=str, default="32,64",
                    help="comma-separated widths; each step after the first halves the resolution (default: %(default)s)")
     p.add_argument("--kl-weight", type=float, default=1e-3)
+    p.add_argument("--layout", choices=["conv", "patch"], default="conv",
+                   help="conv: stride-2 steps; patch: one token per --patch pixels, exactly shift-equivariant "
+                        "(default: %(default)s)")
+    p.add_argument("--patch", type=int, default=4, help="layout patch: pixels per latent token (default: %(default)s)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)
@@ -59,12 +71,13 @@ def run_train(args) -> int:
         raise ValueError(f"--hidden-channels must be comma-separated ints, got {args.hidden_channels!r}") from None
     from .checks import check_device
     check_device(args.device)
-    images = (moving_digit_frames(args.canvas, args.num_frames, args.num_videos) if args.data == "moving_digits"
-              else None)
+    images = (moving_digit_frames(args.canvas, args.num_frames, args.num_videos, args.speed, args.start,
+                                  args.align, args.motion)
+              if args.data == "moving_digits" else None)
     out = train_small_autoencoder(args.out, steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
                                   latent_channels=args.latent_channels, hidden_channels=hidden,
                                   kl_weight=args.kl_weight, device=args.device, progress=not args.no_progress,
-                                  images=images)
+                                  images=images, layout=args.layout, patch=args.patch)
     log = json.loads((out / "train_log.json").read_text())
     print(f"saved small KL autoencoder to {out} (reconstruction MSE {log['recon_mse']:.5f}); "
           f"use it as --autoencoder kl:{out}")

@@ -4,10 +4,12 @@ Trains (or reuses from the cache) the digits text-to-image model and the moving-
 from configs/digits_t2i.yaml and configs/moving_digits_t2v.yaml (the latter in the latent space of a small
 KL autoencoder that the demo trains on the moving-digit frames first, as STARFlow-V runs in Wan's), then writes
 - demo/digits.png: one row per prompt "a handwritten digit zero" ... "nine" (guidance + Jacobi + denoising),
-- demo/moving_digit.gif / .mp4: prompted moving digits; demo/moving_digit_continued.gif / .mp4: a given first
-  frame (held-out) and the model's continuation beside the real video,
+- demo/inpaint.png, demo/edit.png: inpainting and editing of held-out digits,
+- demo/moving_digit*.gif / .mp4 (cli.demo_video): one video per moving-digit prompt, image-to-video pairs,
+  long videos through the sliding window, video-to-video pairs, every video labelled,
 and prints held-out bits/dim, `prompt accuracy: X.XX` (a digits classifier on >= 20 samples per prompt)
-with the classifier's own test accuracy, and where the files are.
+with the classifier's own test accuracy, the inpainting / editing figures, the video figures of the frame
+reader (evaluation.video_eval: the same as `starflow evaluate-video`), and where the files are.
 """
 from __future__ import annotations
 
@@ -17,15 +19,17 @@ import os
 import time
 from pathlib import Path
 
+from .demo_video import video_part
+
 DIGITS_CONFIG = "digits_t2i.yaml"
 VIDEO_CONFIG = "moving_digits_t2v.yaml"
-VIDEO_PROMPTS = [(3, 1), (7, 3), (0, 0), (5, 2)]        # (digit, direction): right, down, left, up
 SCALE = 4                                                # 8x8 digits are tiny: enlarge the written files
 # inpainting / editing of the held-out digits: 4 rounds and strength 0.6 measured as good as 8 rounds and 0.8
 # (benchmarks/RESULTS.md, "Inpainting and editing"), in half the time
 INPAINT_ITEMS, INPAINT_ITERATIONS, EDIT_STRENGTH = 0, 4, 0.6
 # the small KL autoencoder of a latent-space moving-digits config (the commands in its comments train the same)
-VIDEO_AE = dict(steps=600, batch_size=128, latent_channels=8, hidden_channels=(32, 64, 64))
+VIDEO_AE = dict(steps=800, batch_size=64, lr=5e-3, latent_channels=4, hidden_channels=(64, 64), layout="patch",
+                patch=4)
 
 
 def register(sub) -> None:
@@ -75,7 +79,8 @@ def trained_autoencoder(config: Path, cache: Path, retrain: bool) -> Path | None
     data = load_train_config(config).data
     if data.dataset != "moving_digits" or not str(data.autoencoder or "").startswith("kl:"):
         return None
-    frames = dict(canvas=data.canvas, num_frames=data.num_frames, num_videos=data.num_videos)
+    frames = dict(canvas=data.canvas, num_frames=data.num_frames, num_videos=data.num_videos, speed=data.speed,
+                  start=data.start, align=data.align, motion=data.motion)
     root = _cache_dir(cache, "moving_digits_ae", json.dumps({**VIDEO_AE, **frames}, sort_keys=True).encode())
     if (root / "train_log.json").exists() and not retrain:   # written last: a complete autoencoder
         print(f"[autoencoder] reusing the autoencoder trained earlier: {root}")
@@ -156,39 +161,6 @@ def _interleave(rows, shown: int):
     return torch.cat([tasks[:, i].flatten(0, 1) for i in range(shown)])
 
 
-def video_part(pipe, tc, out_dir: Path, seed: int) -> list[Path]:
-    import torch
-
-    from ..data.base import to_unit_range
-    from ..data.digits import DIGITS_LEVELS
-    from ..data.moving_digits import MovingDigitsDataset, moving_caption
-    from ..data.media import save_video
-
-    labels = _is_labels(pipe)
-    prompt = (lambda d, r: str(d * 4 + r)) if labels else moving_caption
-    written = []
-    out = pipe([prompt(d, r) for d, r in VIDEO_PROMPTS], seed=seed, output_type="pt")
-    x = out.frames * 2 - 1                                          # (4, T, C, H, W)
-    for suffix in (".gif", ".mp4"):
-        written.append(save_video(x, out_dir / f"moving_digit{suffix}", fps=out.fps, nrow=len(x), scale=SCALE))
-
-    # image-to-video: the first frame of a held-out video, continued by the model, beside the real one
-    data = MovingDigitsDataset("test", num_videos=4, canvas=tc.data.canvas, num_frames=tc.data.num_frames,
-                               seed=seed)
-    real_v = data.values[0]                                         # (T, 1, H, W) uint8
-    if tc.data.dequantize:
-        real = (real_v.float() + 0.5) * (2 / DIGITS_LEVELS) - 1
-    else:
-        real = to_unit_range(real_v, DIGITS_LEVELS)
-    gen = pipe([data.captions[0] if not labels else str(int(data.labels[0]))], image=real[0], seed=seed,
-               num_frames=real.size(0), output_type="pt")
-    pair = torch.stack([real, gen.frames[0] * 2 - 1])               # real | continued
-    for suffix in (".gif", ".mp4"):
-        written.append(save_video(pair, out_dir / f"moving_digit_continued{suffix}", fps=gen.fps, nrow=2,
-                                  scale=SCALE))
-    return written
-
-
 def run(args) -> int:
     import torch
 
@@ -214,9 +186,11 @@ def run(args) -> int:
     acc, grid_path = digits_part(image_pipe, img_tc, args.out, args.samples_per_prompt, args.seed)
     print("inpainting and editing held-out digits ...", flush=True)
     edits, edit_paths = editing_part(image_pipe, img_tc, args.out, args.seed)
-    print("sampling moving digits ...", flush=True)
+    print("sampling and scoring moving digits ...", flush=True)
     video_pipe = StarFlowVideoPipeline.from_pretrained(vid_dir, device=device)
-    videos = video_part(video_pipe, read_train_config(vid_dir), args.out, args.seed)
+    t1 = time.time()
+    report, videos = video_part(video_pipe, read_train_config(vid_dir), args.out, args.seed)
+    video_seconds = time.time() - t1
 
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"   # noqa: E731
     print()
@@ -234,6 +208,10 @@ def run(args) -> int:
           f"by at most {e.known_max_change:.1e}")
     print(f"editing to another digit's prompt (strength {e.edit_strength}): {e.edit_target:.2f}; unchanged prompt "
           f"at strength 0 gives the input back to {e.edit_identity_max_err:.1e}")
+    for line in report.lines():
+        print(line)
+    print(f"  (videos read frame by frame: the digit located, classified and tracked; sampling and scoring took "
+          f"{video_seconds:.0f}s)")
     print(f"wrote {grid_path}")
     for p in edit_paths:
         print(f"wrote {p}")

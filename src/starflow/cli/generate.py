@@ -35,6 +35,11 @@ def register(sub) -> None:
                      help="frames per second (default: the model's; official: vid_size's, 16, as --out_fps 16 of "
                           "its video script)")
     vid.add_argument("--image", type=Path, default=None, help="first frame: image-to-video")
+    vid.add_argument("--video", type=Path, default=None,
+                     help="a video to edit (GIF / MP4 of the model's frame size): video-to-video. The flow is "
+                          "inverted on it and its noise sampled again under the prompt(s)")
+    vid.add_argument("--source-prompt", default=None,
+                     help="with --video: the prompt the video was made with (default: the empty prompt)")
     vid.add_argument("--context-length", type=positive_int, default=None,
                      help="long videos: latent frames of context re-encoded per window (default: the model's; "
                           "official checkpoints 16, sample.py's --context_length; others window - 1)")
@@ -229,13 +234,16 @@ def run_generate_video(args) -> int:
 
     still = args.frames == 1             # an image, as the official --target_length 1
     _check_before_work(args, VIDEO_SUFFIXES + (IMAGE_SUFFIXES if still else ()), "videos")
+    if args.source_prompt is not None and args.video is None:
+        raise ValueError("--source-prompt goes with --video (the video to edit)")
     pipe = load_any_pipeline(args, "video")
     prompts = _prompts(args) or None
     kw = _call_kwargs(args)
     if args.context_length is not None:
         kw["context_length"] = args.context_length
     out = pipe(prompts, num_videos_per_prompt=args.num_videos, num_videos=args.num_videos, num_frames=args.frames,
-               fps=args.fps, image=args.image, output_type="pt", **kw)
+               fps=args.fps, image=args.image, video=args.video, source_prompt=args.source_prompt, output_type="pt",
+               **kw)
     x = out.frames * 2 - 1                                       # (N, T, C, H, W) in [-1, 1]
     nrow = args.num_videos if prompts and len(prompts) > 1 else None
     if args.out is not None:

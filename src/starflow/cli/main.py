@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "starflow.cli.autoencoder",   # train-autoencoder, finetune-decoder
     "starflow.cli.generate",      # generate, generate-video, convert
     "starflow.cli.edit",          # inpaint, edit
+    "starflow.cli.evaluate_video",  # evaluate-video
     "starflow.cli.demo",          # demo
     "starflow.cli.evaluate",      # evaluate
     "starflow.cli.serve",         # serve

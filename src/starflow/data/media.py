@@ -183,6 +183,22 @@ def load_image(image: str | Path | Image.Image) -> Image.Image:
         raise ValueError(f"cannot read image {path}: {e}") from e
 
 
+def _gif_frames(path: Path) -> list[np.ndarray]:
+    """A GIF's frames. GIF writers (Pillow's among them) merge identical consecutive frames into one frame of a
+    longer duration: each frame is repeated duration / shortest duration times to give the video back."""
+    from PIL import ImageSequence
+
+    with Image.open(path) as im:
+        frames, durations = [], []
+        for f in ImageSequence.Iterator(im):
+            frames.append(np.asarray(f.convert("L" if f.mode in ("L", "LA", "1", "I", "I;16") else "RGB")))
+            durations.append(int(f.info.get("duration") or 0))
+    base = min((d for d in durations if d > 0), default=0)
+    if base:
+        frames = [f for f, d in zip(frames, durations) for _ in range(max(1, round(d / base)))]
+    return frames
+
+
 def load_video(path: str | Path) -> np.ndarray:
     """A GIF / MP4 (any format imageio reads) -> uint8 frames (T, H, W, C), C 1 (grey) or 3."""
     import imageio.v3 as iio
@@ -190,9 +206,11 @@ def load_video(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"video not found: {path}")
-    plugin = "pillow" if path.suffix.lower() == ".gif" else "pyav"
     try:
-        frames = [np.asarray(f) for f in iio.imiter(path, plugin=plugin)]
+        if path.suffix.lower() == ".gif":
+            frames = _gif_frames(path)
+        else:
+            frames = [np.asarray(f) for f in iio.imiter(path, plugin="pyav")]
     except Exception as e:   # not a video, truncated, unknown codec
         raise ValueError(f"cannot read video {path}: {e}") from e
     if not frames:

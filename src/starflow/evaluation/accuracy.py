@@ -1,17 +1,15 @@
 """Prompt accuracy: does a generated digit (or moving digit) show what its prompt asked for?
 
 Digits: the demo's classifier (`classifier.py`, an SVM on the 8x8 values) on `samples_per_prompt` samples of each
-of the ten digit prompts. Moving digits: the frame reader of `starflow evaluate-video` plugs in through
-`video_prompt_accuracy` (same arguments, same result type); until it does, video models get a clear error.
+of the ten digit prompts. Moving digits: the frame reader of `starflow evaluate-video` (`video_reader.py`) on
+`samples_per_prompt` videos of each of the 40 (digit, direction) prompts; a video counts as right when the digit
+most of its frames show is the prompted one.
 """
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["evaluate_prompt_accuracy", "video_prompt_accuracy", "VIDEO_READER_MISSING"]
-
-VIDEO_READER_MISSING = ("prompt accuracy of moving-digit videos needs the frame reader of `starflow evaluate-video` "
-                        "(issue 12), which this version does not have yet; image models (digits) are supported")
+__all__ = ["evaluate_prompt_accuracy", "video_prompt_accuracy"]
 
 
 def _dequantized(pipe) -> bool:
@@ -23,8 +21,10 @@ def _dequantized(pipe) -> bool:
 
 
 def video_prompt_accuracy(pipe, samples_per_prompt: int, seed: int, call: dict[str, Any]):
-    """Moving digits: to be provided by the video frame reader (issue 12). Returns (PromptAccuracy, frames)."""
-    raise ValueError(VIDEO_READER_MISSING)
+    """Moving digits, read by the frame reader (video_eval). Returns (PromptAccuracy, frames)."""
+    from .video_eval import video_prompt_accuracy as read_videos
+
+    return read_videos(pipe, samples_per_prompt, seed, call)
 
 
 def evaluate_prompt_accuracy(pipe, samples_per_prompt: int = 20, seed: int = 0, batch_size: int | None = None,

@@ -1,4 +1,5 @@
-"""Text-to-video and image-to-video, with a sliding window for videos longer than the trained length."""
+"""Text-to-video, image-to-video and video-to-video, with a sliding window for videos longer than the trained
+length."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -100,11 +101,36 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
         z = z.float() + self.defaults.noise_std * noise                                    # training noise level
         return z[:, None].to(self.device, self.dtype)
 
+    # ---- video to video -------------------------------------------------------------------------------
+    def _video_to_video(self, prompt, video, source_prompt, *, num_videos_per_prompt: int, num_frames: int | None,
+                        image, **edit_kwargs) -> VideoPipelineOutput:
+        """The flow inverted on `video` (exact, one likelihood pass, under `source_prompt`: the empty prompt
+        when None) and its noise sampled again under `prompt`: `edit(..., strength=0)`. What the noise carries
+        and the prompt does not decide is kept (in the moving digits: where the digit is and how it moves)."""
+        if image is not None:
+            raise ValueError("give image= (image-to-video) or video= (video-to-video), not both")
+        if num_videos_per_prompt != 1:
+            raise ValueError("video-to-video makes one edit per video: give one prompt per video "
+                             "(num_videos_per_prompt=1)")
+        pixels, _ = self._pixels(video)
+        frames = pixels.size(1)
+        if num_frames is not None and num_frames != frames:
+            raise ValueError(f"num_frames={num_frames}, but the video to edit has {frames} frames")
+        T, trained = self.latent_frames(frames), self.trained_latent_frames()
+        if trained is not None and T > trained:
+            raise ValueError(f"the video to edit has {frames} frames ({T} latent); video-to-video takes at most "
+                             f"the trained length ({trained} latent frames): the inversion is one pass of the flow, "
+                             f"which has no sliding window")
+        if source_prompt is None and self.config.txt_dim > 0:
+            source_prompt = ""
+        return self.edit(prompt, pixels, source_prompt=source_prompt, strength=0.0, **edit_kwargs)
+
     # ---- call ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
                  *, num_videos_per_prompt: int = 1, num_frames: int | None = None, fps: int | None = None,
-                 image=None, height: int | None = None, width: int | None = None, aspect_ratio: str | None = None,
+                 image=None, video=None, source_prompt: str | Sequence[str] | None = None,
+                 height: int | None = None, width: int | None = None, aspect_ratio: str | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None, denoise: str | None = None,
                  output_type: str = "pil", batch_size: int | None = None, progress: bool = True,
                  num_videos: int | None = None, options: SamplerOptions | None = None, **sampling
@@ -117,7 +143,17 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
         (fps 0) when the model was trained with fps conditioning; the output has one frame.
         fps: written to the files, and given to the prompt template when the flow was trained with fps_cond.
         image: first frame (file, PIL image, or (C, H, W) / (B, C, H, W) tensor in [-1, 1]): image-to-video.
+        video: a video to edit (GIF / MP4 file, or (T, C, H, W) / (B, T, C, H, W) in [-1, 1], the model's frame
+        size, at most the trained length): video-to-video. The flow is inverted on it under `source_prompt`
+        (default: the empty prompt) and its noise sampled again under `prompt`, one prompt (or one per video).
         """
+        if video is not None:
+            return self._video_to_video(prompt, video, source_prompt, num_videos_per_prompt=num_videos_per_prompt,
+                                        num_frames=num_frames, image=image, negative_prompt=negative_prompt,
+                                        seed=seed, generator=generator, denoise=denoise, output_type=output_type,
+                                        options=options, **sampling)
+        if source_prompt is not None:
+            raise ValueError("source_prompt goes with video= (the prompt the video to edit was made with)")
         self._check_output_type(output_type)
         c, d = self.config, self.defaults
         prompts = self._prompts(prompt, conditioned=c.txt_dim > 0)

@@ -131,7 +131,7 @@ def sequential_inverse(inv: BlockInverse, attn_temp: float = 1.0, annealed_guida
     solve the same equations (a Jacobi solve without early stop gives this sample).
     """
     W, C = _window_tokens(inv, context_frames, window_frames)
-    target = inv.U if W is None else min(inv.U, W)
+    target = _first_target(inv, W)
     steps = range(inv.start, inv.U)
     step = _CompiledRun(inv) if compiled and len(steps) else None
     for p in tqdm(steps, disable=not progress, desc="sequential", leave=False):
@@ -154,6 +154,13 @@ def _window_tokens(inv: BlockInverse, context_frames: int | None, window_frames:
     if context_frames is None or not 0 < context_frames < window_frames:
         raise ValueError(f"context_length must be between 1 and local_attn_window - 1 ({window_frames - 1})")
     return window_frames * inv.frame_tokens, context_frames * inv.frame_tokens
+
+
+def _first_target(inv: BlockInverse, W: int | None) -> int:
+    """End (exclusive) of the input positions solved before the window first slides. Windows end on frame
+    boundaries: input positions [0, target) make x_full[1 .. target], which holds the first W tokens behind a
+    SOS embedding, or (no SOS: x_full[0] is the first token) the first W - 1 after it."""
+    return inv.U if W is None else min(inv.U, W - 1 + inv.off)
 
 
 class _CompiledRun:
@@ -222,7 +229,7 @@ def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1
         raise ValueError(f"jacobi schedule must be one of {JACOBI_SCHEDULES}, not {schedule!r}")
     U = inv.U
     W, C = _window_tokens(inv, context_frames, window_frames)
-    target = U if W is None else min(U, W)
+    target = _first_target(inv, W)
     start = inv.start
     bar = tqdm(total=U, initial=start, disable=not progress, desc="jacobi", leave=False)
     solve = _official_chunks if schedule == "official" else _sliding_window

@@ -35,6 +35,13 @@ class DataConfig:
     num_frames: int = 8                  # videos (moving digits, video folders)
     frame_stride: int = 1                # video folders: keep every n-th frame
     canvas: int = 16                     # moving digits: frame side
+    speed: int = 4                       # moving digits: pixels per frame (bouncing off the canvas edges)
+    start: str = "any"                   # moving digits: "any" start whose first step goes the captioned way,
+                                         # or "wall": at the wall it moves away from
+    align: bool = False                  # moving digits: the fixed coordinate on multiples of speed as well
+    motion: str = "bounce"               # moving digits: "bounce" off the edges, or "wrap" round (a torus)
+    first_frames: float = 0.0            # videos: share of steps that train on the first frames alone (images)
+    first_frames_batch: int = 0          # items in such a step (0: batch_size x num_frames, the same tokens)
     num_videos: int = 2000               # moving digits: videos generated per split
     aspect_ratios: list[str] | None = None   # e.g. ["1:1", "16:9", "9:16"]: one bucket each
     condition: str = "none"              # none | labels | text
@@ -82,7 +89,13 @@ class DataConfig:
             raise ConfigError("data.val_items must be >= 0")
         if self.noise_weighting and not (self.noise_levels or self.noise_std > 0):
             raise ConfigError("data.noise_weighting needs noise_std or noise_levels")
-        for name in ("image_size", "num_frames", "frame_stride", "canvas", "num_videos", "txt_size"):
+        if not 0 <= self.first_frames < 1 or self.first_frames_batch < 0:
+            raise ConfigError("data.first_frames must be in [0, 1) and data.first_frames_batch >= 0")
+        if self.motion not in ("bounce", "wrap"):
+            raise ConfigError(f"data.motion must be 'bounce' or 'wrap', not {self.motion!r}")
+        if self.start not in ("any", "wall"):
+            raise ConfigError(f"data.start must be 'any' or 'wall', not {self.start!r}")
+        for name in ("image_size", "num_frames", "frame_stride", "canvas", "speed", "num_videos", "txt_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         if self.channels not in (1, 3):

@@ -46,8 +46,10 @@ def _base_datasets(data: DataConfig, multiple: int) -> tuple[QuantizedDataset, Q
         train = DigitsDataset("train", data.image_size)
         held = DigitsDataset("test", data.image_size) if data.eval_split else None
     elif data.dataset == "moving_digits":
-        train = MovingDigitsDataset("train", data.num_videos, data.canvas, data.num_frames)
-        held = (MovingDigitsDataset("test", max(1, data.num_videos // 8), data.canvas, data.num_frames)
+        train = MovingDigitsDataset("train", data.num_videos, data.canvas, data.num_frames, speed=data.speed,
+                                    start=data.start, align=data.align, motion=data.motion)
+        held = (MovingDigitsDataset("test", max(1, data.num_videos // 8), data.canvas, data.num_frames,
+                                    speed=data.speed, start=data.start, align=data.align, motion=data.motion)
                 if data.eval_split else None)
     elif data.dataset == "image_folder":
         train = ImageFolderDataset(data.path, data.image_size, data.channels, data.aspect_ratios, multiple,

@@ -9,6 +9,7 @@ plain function that owns the run's progress and calls these pieces.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -109,6 +110,7 @@ class Trainer:
         self.sampler = BatchSampler(len(self.train_set), o.batch_size, cfg.seed, self.train_set.bucket_ids())
         if ctx.is_main:       # only now: a config or data error above leaves no folder behind
             self.out.mkdir(parents=True, exist_ok=True)
+        self.first_frames = self._first_frames_setup()
         self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.log.keep_last)
         self.metrics = MetricsLog(self.out / "metrics.jsonl", ctx.is_main)
 
@@ -185,12 +187,39 @@ class Trainer:
         return self.ctx.any(stop)
 
     # ---- one optimiser step ------------------------------------------------------------------------------
+    def _first_frames_setup(self) -> tuple[BatchSampler, int] | None:
+        """data.first_frames: some steps train on the videos' first frames alone, as one-frame videos (images):
+        STARFlow-V mixes images into its video training; here they are the videos' own first frames. Such a
+        step takes first_frames_batch items (default batch_size x num_frames: the same number of tokens)."""
+        d, o = self.cfg.data, self.cfg.optim
+        if d.first_frames <= 0:
+            return None
+        if not self.train_set.is_video:
+            raise ConfigError("data.first_frames trains on the first frames of videos: the data has no videos")
+        if d.dequantize:
+            raise ConfigError("data.first_frames needs Gaussian-noised inputs (noise_std), not dequantize")
+        n = d.first_frames_batch or o.batch_size * d.num_frames
+        if n % (o.grad_accum * self.ctx.world):
+            raise ConfigError(f"data.first_frames_batch {n} must divide into grad_accum {o.grad_accum} x "
+                              f"{self.ctx.world} processes")
+        return BatchSampler(len(self.train_set), n, self.cfg.seed + 1, self.train_set.bucket_ids()), n
+
+    def _step_items(self, step: int) -> tuple[torch.Tensor, int, bool]:
+        """(dataset indices, global batch, first frames only?) of a step; which steps train on first frames is
+        drawn from the step's own generator, so it does not depend on resuming or the number of processes."""
+        if self.first_frames is not None:
+            u = float(torch.rand(1, generator=step_generator(self.cfg.seed, step, -1)))
+            if u < self.cfg.data.first_frames:
+                sampler, n = self.first_frames
+                return sampler.indices(step), n, True
+        return self.sampler.indices(step), self.cfg.optim.batch_size, False
+
     def train_step(self, p: Progress) -> tuple[dict, bool]:
         """One optimiser step at p.step -> (metrics row, whether the update was applied)."""
         cfg, ctx, o = self.cfg, self.ctx, self.cfg.optim
         lr = self._set_lr(p.step, p.elapsed)
-        idx = self.sampler.indices(p.step)
-        mb = o.batch_size // o.grad_accum
+        idx, size, first_only = self._step_items(p.step)
+        mb = size // o.grad_accum
         lb = mb // ctx.world
         sums = torch.zeros(4, dtype=torch.float64)  # loss, nll-bpd, denoiser loss, samples
         g, draws = step_generator(cfg.seed, p.step), None
@@ -198,8 +227,10 @@ class Trainer:
             lo = m * mb + ctx.rank * lb                    # this process's items of micro-batch m
             batch = self.train_set.get_batch(idx[lo:lo + lb])
             if draws is None:  # one set of draws for the whole global batch
-                draws = self.pipe.draws(g, o.batch_size, self.pipe.item_shape(batch))
+                draws = self.pipe.draws(g, size, self.pipe.item_shape(batch))
             inp = self.pipe.make(batch, draws.slice(lo, lo + lb), cfg.data.caption_dropout)
+            if first_only:
+                inp = dataclasses.replace(inp, x=inp.x[:, :1].contiguous())
             x = inp.x.requires_grad_(self.has_denoiser)
             with no_sync(self.wrapped, m == o.grad_accum - 1):
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=self.autocast):
