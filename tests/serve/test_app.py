@@ -97,6 +97,12 @@ def test_video_app_every_tab(video_app, tmp_path):
                                            ("num_samples", "num_frames", "fps", "aspect_ratio")},
                                         iterations=1, api_name="/inpaint")
     assert video.endswith(".mp4") and "inpaint: a video of 4 frames, 8x8 px" in settings
+    # video to video: the Edit tab at strength 0 (its default on a video model) is pipe(video=...)
+    video, settings, _ = client.predict(handle_file(str(gif)), None, "", "5", "3", 0.0,
+                                        **{k: v for k, v in VIDEO_ARGS.items() if k not in
+                                           ("num_samples", "num_frames", "fps", "aspect_ratio")},
+                                        api_name="/edit")
+    assert video.endswith(".mp4") and "edit: a video of 4 frames, 8x8 px" in settings and "strength" in settings
 
 
 class _Recording(ModelSession):

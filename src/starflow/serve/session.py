@@ -329,8 +329,12 @@ class ModelSession:
         source = (source_prompt or "").strip() or None
         strength = self._float(strength, "strength", 0.0, 1.0)
         kw = self._sampling(negative_prompt, guidance, sampler, jacobi_block_size, jacobi_threshold, seed)
-        out, secs = self._run(lambda: self.pipe.edit(prompt, picture, source_prompt=source, strength=strength,
-                                                     mask_image=region, output_type="pt", **kw))
+        if self.kind == "video" and strength == 0 and region is None:   # video to video, as the CLI's --video
+            out, secs = self._run(lambda: self.pipe(prompt, video=picture, source_prompt=source, output_type="pt",
+                                                    **kw))
+        else:
+            out, secs = self._run(lambda: self.pipe.edit(prompt, picture, source_prompt=source, strength=strength,
+                                                         mask_image=region, output_type="pt", **kw))
         return self._picture_result(out, secs, "edit", kw, prompt=prompt, source_prompt=source or prompt,
                                     strength=strength, region=None if region is None else
                                     (f"box {region}" if isinstance(region, tuple) else "mask"))

@@ -262,15 +262,18 @@ def inpaint_tab(s: ModelSession) -> None:
 
 def edit_tab(s: ModelSession) -> None:
     key = "edit"
-    with gr.Tab("Edit", id=key):
+    video = s.kind == "video"
+    # on a video model, strength 0 is video-to-video (pipe(video=...) is the same call): the default there
+    with gr.Tab("Edit (video to video)" if video else "Edit", id=key):
         with gr.Row():
             with gr.Column():
                 picture, mask, box = _picture_inputs(s, key)
                 prompt = _prompt_boxes(s, key)
                 source = gr.Textbox(label="what the picture shows (source prompt)", elem_id=f"{key}-source",
                                     visible=s.conditioned, info="empty: the new prompt")
-                strength = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="strength",
-                                     info="0: the picture's own noise, 1: fresh noise")
+                strength = gr.Slider(0.0, 1.0, value=0.0 if video else 0.8, step=0.05, label="strength",
+                                     info="0: the picture's own noise (video to video: same motion, new prompt), "
+                                          "1: fresh noise")
                 inputs = ([picture, mask, box] + prompt + [source, strength]
                           + _sampling_controls(s, key, None, "pictures"))
                 button = gr.Button("Edit", variant="primary", elem_id=f"{key}-run")
