@@ -29,11 +29,11 @@ NAMES = ("bench_t2i_small", "bench_t2v_small")
 _META = ("format", "name", "description")
 
 
-def pack(src: Path, out: Path, names=NAMES) -> tuple[Path, Path]:
+def pack(src: Path, out: Path, files: dict[str, Path] | None = None) -> tuple[Path, Path]:
+    """Pack src/<name>.pt for each of NAMES (or `files`: {name: path}, e.g. tiny models for a smoke run)."""
     tensors: dict[str, torch.Tensor] = {}
     index: dict[str, dict] = {}
-    for name in names:
-        path = src / f"{name}.pt"
+    for name, path in (files or {n: src / f"{n}.pt" for n in NAMES}).items():
         if not path.is_file():
             raise SystemExit(f"{path}: not found (the bench models live in ../shared/bench/)")
         data = torch.load(path, map_location="cpu", weights_only=True)
@@ -82,12 +82,15 @@ def main(argv=None) -> int:
     p = sub.add_parser("pack")
     p.add_argument("--src", type=Path, default=Path("../shared/bench"))
     p.add_argument("--out", type=Path, default=Path(".cache/bench_models_bf16"))
+    p.add_argument("--t2i", type=Path, help="pack this file as bench_t2i_small (default: SRC/bench_t2i_small.pt)")
+    p.add_argument("--t2v", type=Path, help="pack this file as bench_t2v_small (default: SRC/bench_t2v_small.pt)")
     u = sub.add_parser("unpack")
     u.add_argument("--packed", type=Path, default=Path(".cache/bench_models_bf16"))
     u.add_argument("--dest", type=Path, default=Path(".cache"))
     args = ap.parse_args(argv)
     if args.cmd == "pack":
-        for path in pack(args.src, args.out):
+        files = {n: getattr(args, n[6:9]) or args.src / f"{n}.pt" for n in NAMES}
+        for path in pack(args.src, args.out, files):
             print(f"{path} {path.stat().st_size / 2 ** 20:.1f} MiB")
     else:
         for path in unpack(args.packed, args.dest):
