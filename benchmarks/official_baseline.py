@@ -26,6 +26,12 @@ path past `local_attn_window` with `window - 1` frames of context) followed by i
 windows, the loop of its `utils/inference.py` `process_denoising` (reproduced here without its `.cuda()`
 calls); `video_jacobi_max_abs_err` against our sequential sample of the same windowed equations (the official
 sequential sampler cannot sample past its window); and `long_video_s_per_frame` at 8, 16 and 32 frames.
+
+On a GPU: `--device cuda` puts the model and the inputs there (the timings synchronise the device), and
+`--dtype bf16` runs everything under bf16 autocast over the float32 weights, the official train.py's precision
+(its sample.py autocasts to float32 on CUDA, i.e. the `--dtype fp32` figures); the training step is then the
+autocast one (`train_step_ms`, as `starflow bench --dtype bf16` names it). The video error is measured against
+our float32 sequential sample in both modes.
 """
 from __future__ import annotations
 
@@ -36,13 +42,13 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from starflow.evaluation.bench import _inputs, load_bench_model
+from starflow.evaluation.bench import _device_name, _inputs, load_bench_model
 from starflow.evaluation.bench_video import DENOISE_SIGMA, video_inputs
+from starflow.evaluation.timing import sync, timed as _timed_on
 from starflow.sampling.sample import sample as our_sample
 
 # keys the official training script takes from its command line when a config does not carry them
@@ -73,16 +79,11 @@ def build_official(tf, cfg: dict) -> torch.nn.Module:
         use_checkpoint=get("gradient_checkpoint"), use_checkpoint_mlp=get("gradient_checkpoint_mlp"))
 
 
+_DEVICE = torch.device("cpu")   # where main() put the model: timed() synchronises it
+
+
 def timed(fn, warmup: int, repeats: int) -> tuple[list[float], object]:
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        ts.append(time.perf_counter() - t0)
-    return ts, out
+    return _timed_on(fn, _DEVICE, warmup, repeats)
 
 
 def main(argv=None) -> int:
@@ -96,6 +97,9 @@ def main(argv=None) -> int:
                                                   "video_jacobi,long_video (default: all of the model's kind)")
     ap.add_argument("--video-frames", type=int, default=8)
     ap.add_argument("--long-video-frames", default="8,16,32")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: model and inputs on it")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: every part under bf16 autocast (float32 weights), as the official train.py")
     ap.add_argument("--autocast", action="store_true",
                     help="also time the training step under bf16 autocast (train_step_autocast_ms): the official "
                          "train.py's autocast, which names device 'cuda' and so does nothing on a CPU, pointed "
@@ -103,6 +107,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not (args.code / "transformer_flow.py").is_file():
         raise SystemExit(f"{args.code}: no transformer_flow.py (give a checkout of apple/ml-starflow)")
+    global _DEVICE
+    device = _DEVICE = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+    bf16 = args.dtype == "bf16"
     if args.threads:
         torch.set_num_threads(args.threads)
     sys.path.insert(0, str(args.code.resolve()))
@@ -111,47 +120,53 @@ def main(argv=None) -> int:
     cfg = torch.load(args.model, map_location="cpu", weights_only=True)
     model = build_official(tf, cfg["config"]).float()
     model.load_state_dict(cfg["state_dict"], strict=True)
-    ours = load_bench_model(args.model)            # the bench's own inputs (and the video reference sample)
+    model.to(device)
+    ours = load_bench_model(args.model).to(device)   # the bench's own inputs (and the video reference sample)
+    # bf16: the official train.py's autocast, pointed at this device (on a CPU it names 'cuda' and does nothing)
+    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16))
     video = ours.config.is_video_model
     parts = set(args.parts.split(",")) if args.parts else (
         {"video_jacobi", "long_video"} if video else {"forward", "train", "sequential", "jacobi"})
     res: dict = {"impl": "official apple/ml-starflow", "code": str(args.code), "model": str(args.model),
+                 "device": str(device), "device_name": _device_name(device), "dtype": args.dtype,
+                 "precision": "bf16 autocast" if bf16 else "float32",
                  "threads": torch.get_num_threads(), "torch": torch.__version__, "loadavg_1m_start": _loadavg()}
-    _process_group()
+    res["process_group"] = _process_group(device)
     if video:
         lengths = [int(t) for t in args.long_video_frames.split(",") if t.strip()]
-        _video(model, ours, parts, args.video_frames, lengths, args.sample_repeats, res)
+        _video(model, ours, parts, args.video_frames, lengths, args.sample_repeats, res, device, amp)
         res["loadavg_1m_end"] = _loadavg()
         print(json.dumps(res))
         return 0
     med = statistics.median
     if "forward" in parts:
-        x, y, _ = _inputs(ours, 8, 0, "cpu", torch.float32)
+        x, y, _ = _inputs(ours, 8, 0, device, torch.float32)
         model.eval()
 
         def fwd():
-            with torch.inference_mode():
+            with torch.inference_mode(), amp():
                 return model(x, y)[0]
         ts, _ = timed(fwd, 1, args.repeats)
         res["forward_ms"] = round(1000 * med(ts), 2)
     if "train" in parts:
-        x, y, _ = _inputs(ours, 8, 0, "cpu", torch.float32)
+        x, y, _ = _inputs(ours, 8, 0, device, torch.float32)
         model.train()
         params = [p for k, p in model.named_parameters() if not k.startswith("learnable_self_denoiser")]
         opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4, fused=True)
 
         def step(autocast: bool):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 z, _, _, logdets = model(x, y)
                 loss = model.get_loss(z, logdets)["loss"]
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        for key, autocast in [("train_step_ms", False)] + [("train_step_autocast_ms", True)] * args.autocast:
+        figures = [("train_step_ms", bf16)] + [("train_step_autocast_ms", True)] * (args.autocast and not bf16)
+        for key, autocast in figures:
             ts, _ = timed(lambda: step(autocast), 1, args.repeats)
             res[key] = round(1000 * med(ts), 2)
         model.load_state_dict(cfg["state_dict"], strict=True)   # undo the steps before sampling
-    z, y, y_null = _inputs(ours, 4, 1, "cpu", torch.float32)
+    z, y, y_null = _inputs(ours, 4, 1, device, torch.float32)
     model.eval()
 
     def sample(jacobi: bool):
@@ -159,7 +174,7 @@ def main(argv=None) -> int:
                   context_length=None)
         kw.update(dict(jacobi_th=1e-3, jacobi_block_size=16, jacobi_max_iter=32) if jacobi else
                   dict(attn_temp=1.0, annealed_guidance=False))
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             return model(z, torch.cat([y, y_null]), reverse=True, **kw)
     seq = None
     if "sequential" in parts or "jacobi" in parts:
@@ -170,7 +185,7 @@ def main(argv=None) -> int:
     if "jacobi" in parts:
         ts, jac = timed(lambda: sample(True), 1, args.sample_repeats)
         res["sample_jacobi_s"] = round(med(ts), 3)
-        res["jacobi_max_abs_err"] = round((jac - seq).abs().max().item(), 5)
+        res["jacobi_max_abs_err"] = round((jac.float() - seq.float()).abs().max().item(), 5)
     res["loadavg_1m_end"] = _loadavg()
     print(json.dumps(res))
     return 0
@@ -183,16 +198,36 @@ def _loadavg():
         return None
 
 
-def _process_group() -> None:
-    """The official Jacobi sampler all-reduces its convergence flag: give it a one-process group."""
+def _process_group(device: torch.device) -> str | None:
+    """The official Jacobi sampler all-reduces its convergence flag (a tensor on the model's device): give it a
+    one-process group. gloo reduces CPU and CUDA tensors alike; should it refuse a CUDA tensor here, NCCL (what
+    the official torchrun launch uses on GPUs) is tried instead. Returns the backend."""
     import torch.distributed as dist
-    if dist.is_available() and not dist.is_initialized():
+    if not dist.is_available():
+        return None
+    if dist.is_initialized():
+        return dist.get_backend()
+    backends = ["gloo"] + (["nccl"] if device.type == "cuda" and dist.is_nccl_available() else [])
+    for i, backend in enumerate(backends):
         store = tempfile.NamedTemporaryFile(prefix="official_baseline_", delete=False)
         store.close()
-        dist.init_process_group("gloo", init_method=f"file://{store.name}", rank=0, world_size=1)
+        dist.init_process_group(backend, init_method=f"file://{store.name}", rank=0, world_size=1)
+        try:
+            flag = torch.ones((), dtype=torch.bool, device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            sync(device)
+            return backend
+        except Exception as e:
+            dist.destroy_process_group()
+            if i == len(backends) - 1:
+                raise RuntimeError(f"no process group reduces a {device.type} tensor here: {e}") from e
+            print(f"{backend} cannot all_reduce a {device.type} tensor ({e}); trying {backends[i + 1]}",
+                  file=sys.stderr)
+    return None
 
 
-def _video(model, ours, parts: set, frames: int, lengths: list[int], repeats: int, res: dict) -> None:
+def _video(model, ours, parts: set, frames: int, lengths: list[int], repeats: int, res: dict, device,
+           amp) -> None:
     """The official video Jacobi sampler + learnable denoiser, the way `starflow bench` times ours."""
     c = ours.config
     window = c.local_attn_window
@@ -202,7 +237,7 @@ def _video(model, ours, parts: set, frames: int, lengths: list[int], repeats: in
     def run(z, y, y_null):
         kw = dict(guidance=2.0, guide_top=None, verbose=False, return_sequence=False, jacobi=1, jacobi_th=1e-3,
                   jacobi_block_size=16, jacobi_max_iter=32, context_length=context)
-        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):   # it prints when it re-encodes context
+        with torch.no_grad(), amp(), contextlib.redirect_stdout(sys.stderr):   # it prints when it re-encodes context
             x = model(z, torch.cat([y, y_null]), reverse=True, **kw)
             return x, _official_denoise(model, x, y, window, c.denoiser_window)
     med = statistics.median
@@ -211,7 +246,7 @@ def _video(model, ours, parts: set, frames: int, lengths: list[int], repeats: in
     for T in ([frames] if "video_jacobi" in parts else []) + [t for t in lengths if "long_video" in parts]:
         if str(T) in per_frame:
             continue
-        z, y, y_null = video_inputs(ours, 2, T, 2, "cpu", torch.float32)      # starflow bench's seed + 2
+        z, y, y_null = video_inputs(ours, 2, T, 2, device, torch.float32)      # starflow bench's seed + 2
         ts, (x, _) = timed(lambda: run(z, y, y_null), 1, repeats)
         if T == frames and "video_jacobi" in parts:
             res["video_jacobi_s"] = round(med(ts), 3)
@@ -219,7 +254,7 @@ def _video(model, ours, parts: set, frames: int, lengths: list[int], repeats: in
             # sample of the same equations is our sequential sampler's, which slides the window the same way
             exact = our_sample(ours, z, y, y_null, method="sequential", guidance=2.0, attn_window=window,
                                context_length=context)
-            res["video_jacobi_max_abs_err"] = round((x - exact).abs().max().item(), 5)
+            res["video_jacobi_max_abs_err"] = round((x.float() - exact.float()).abs().max().item(), 5)
         if "long_video" in parts and T in lengths:
             per_frame[str(T)] = round(med(ts) / T, 4)
     if per_frame:

@@ -189,3 +189,29 @@ def test_video_cli(video_model_file, capsys):
     assert res["video_sequential_s"] > 0 and res["video_jacobi_s"] > 0 and set(res["long_video_s_per_frame"]) == {"3"}
     assert res["options"]["video_frames"] == 3 and res["options"]["parts"] == ["video_sequential", "video_jacobi",
                                                                                  "long_video"]
+
+
+def test_video_bf16_samples_with_bf16_weights(video_model_file, monkeypatch):
+    import starflow.evaluation.bench_video as bv
+    seen = []
+    real = bv.sample
+
+    def spy(model, z, *a, **kw):
+        seen.append((next(model.parameters()).dtype, z.dtype, z.device.type))
+        return real(model, z, *a, **kw)
+    monkeypatch.setattr(bv, "sample", spy)
+    res = bench(video_model_file, BenchOptions(**VIDEO_FAST, dtype="bf16", parts=("video_jacobi", "long_video"),
+                                               compare_official=False))
+    assert res["dtype"] == "bf16" and res["device"] == "cpu" and "targets" not in res   # targets: float32 only
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16, "cpu")}
+    assert 0 <= res["video_jacobi_max_abs_err"] < 0.5 and set(res["long_video_s_per_frame"]) == {"3", "5"}
+
+
+@pytest.mark.gpu
+def test_video_bench_on_cuda(video_model_file):
+    res = bench(video_model_file, BenchOptions(**VIDEO_FAST, device="cuda"))
+    assert res["device"].startswith("cuda") and res["peak_cuda_mb"] > 0
+    for figures in (res, res["bf16"]):       # on CUDA a float32 run adds the bf16 figures
+        assert figures["video_sequential_s"] > 0 and figures["video_jacobi_s"] > 0
+        assert 0 <= figures["video_jacobi_max_abs_err"] < 0.5 and set(figures["long_video_s_per_frame"]) == {"3", "5"}
+    assert res["bf16"]["dtype"] == "bf16"

@@ -87,3 +87,41 @@ def test_training_step_with_and_without_autocast(make_model, tmp_path, capsys, m
     monkeypatch.delitem(sys.modules, "transformer_flow")
     assert _load().main(args) == 0
     assert "train_step_autocast_ms" not in json.loads(capsys.readouterr().out)
+
+
+def _fake_checkout(make_model, tmp_path):
+    import json
+    model = make_model(dtype=torch.float32, img_size=4, txt_size=3, txt_dim=5)
+    cfg = model.config.to_dict()
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "transformer_flow.py").write_text(FAKE_CHECKOUT.format(config=json.dumps(cfg)))
+    torch.save({"config": cfg, "state_dict": model.state_dict()}, tmp_path / "m.pt")
+    return ["--code", str(tmp_path / "code"), "--model", str(tmp_path / "m.pt"), "--repeats", "1"]
+
+
+def test_bf16_runs_every_part_under_autocast(make_model, tmp_path, capsys, monkeypatch):
+    import json
+    import sys
+    args = _fake_checkout(make_model, tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "transformer_flow", raising=False)
+    assert _load().main(args + ["--parts", "forward,train", "--dtype", "bf16", "--autocast"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["dtype"] == "bf16" and res["precision"] == "bf16 autocast" and res["device"] == "cpu"
+    # the training step is the autocast one, under its usual name; no separate autocast figure
+    assert res["forward_ms"] > 0 and res["train_step_ms"] > 0 and "train_step_autocast_ms" not in res
+    assert sys.modules["transformer_flow"].AUTOCAST == [True] * 4     # forward + step, warm-up + timed each
+    with pytest.raises(SystemExit):
+        _load().main(args + ["--dtype", "fp16"])
+
+
+@pytest.mark.gpu
+def test_on_cuda(make_model, tmp_path, capsys, monkeypatch):
+    import json
+    import sys
+    args = _fake_checkout(make_model, tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "transformer_flow", raising=False)
+    assert _load().main(args + ["--parts", "forward,train", "--device", "cuda"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["device"] == "cuda" and res["forward_ms"] > 0 and res["train_step_ms"] > 0
