@@ -7,8 +7,8 @@ Times, each in a fresh process (the OpenMP settings are read when torch starts):
   and a batch of Jacobi samples from the bench model,
 - alone, and beside a competing job (another process doing 2-thread float32 matmuls for as long as the
   timed run lasts, then stopping),
-- with starflow's defaults and with the old behaviour (torch's default threads, OpenMP threads spinning
-  while they wait: STARFLOW_CPU_POLICY=spin).
+- with starflow's default (the thread count fitted to the cores other processes leave free, starflow._cpu)
+  and with a fixed count (torch's default, STARFLOW_ADAPT_THREADS=0: the behaviour before).
 Prints the slowdowns (shared / alone). Needs an otherwise idle machine: run nothing else meanwhile.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ import sys, time
 from starflow.cli.main import main
 t0 = time.perf_counter()
 rc = main(["train", "--config", sys.argv[1], "log.out_dir=" + sys.argv[2], "optim.max_steps=" + sys.argv[3],
-           "optim.warmup_steps=5", "log.progress=false", "log.sample_every=-1", "log.plot=false",
+           *sys.argv[4:], "optim.warmup_steps=5", "log.progress=false", "log.sample_every=-1", "log.plot=false",
            "data.eval_split=false"])
 print("SECONDS", time.perf_counter() - t0)
 """
@@ -83,15 +83,19 @@ def main() -> int:
     args = p.parse_args()
     res: dict = {"cpu": os.cpu_count(), "steps": args.steps}
     with tempfile.TemporaryDirectory() as tmp:
-        for policy in ("default", "spin"):
+        for policy in ("adaptive", "fixed"):
             env = os.environ.copy()
-            if policy == "spin":
-                env["STARFLOW_CPU_POLICY"] = "spin"
+            if policy == "fixed":
+                env["STARFLOW_ADAPT_THREADS"] = "0"
             for what, code, argv in (
-                    ("train", TRAIN, [str(ROOT / "configs" / "digits_t2i.yaml"), f"{tmp}/run", str(args.steps)]),
+                    ("train", TRAIN, [str(ROOT / "configs" / "digits_t2i.yaml"), f"{tmp}/run", str(args.steps),
+                                      "optim.num_threads=null"]),
                     ("sample", SAMPLE, [args.bench_model, str(args.samples)])):
-                alone = _run(code, argv, env, False, 900)
-                shared = _run(code, argv, env, True, 4 * alone + 30)
+                runs = []
+                for competing in (False, True):     # each training run in a folder of its own: no resuming
+                    a = [f"{tmp}/{policy}-{what}-{competing}" if x == f"{tmp}/run" else x for x in argv]
+                    runs.append(_run(code, a, env, competing, 900 if not competing else 4 * runs[0] + 30))
+                alone, shared = runs
                 res[f"{what}_{policy}"] = {"alone_s": round(alone, 2), "shared_s": round(shared, 2),
                                            "slowdown": round(shared / alone, 2)}
                 print(what, policy, res[f"{what}_{policy}"], flush=True)

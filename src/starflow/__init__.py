@@ -1,8 +1,4 @@
 """starflow: transformer autoregressive normalizing flows (STARFlow, STARFlow-V)."""
-from ._cpu import apply_default_cpu_policy
-
-apply_default_cpu_policy()        # before torch starts its OpenMP runtime (see _cpu.py)
-
 from .config import ModelConfig, ConfigError
 from .flow.model import StarFlow, FlowOutput
 from .flow.io import load_official, build_model, CheckpointError

@@ -1,29 +1,107 @@
-"""How the CPU threads wait: set before torch starts its OpenMP runtime (it reads the environment once).
+"""CPU threads on a shared machine: use the cores other processes leave free.
 
-PyTorch's CPU build runs its parallel regions on GNU OpenMP, whose idle threads spin (busy-wait) for a
-while before they sleep. On a machine of our own that costs nothing; on a shared one (a laptop, CI, a
-second training job) the spinning threads burn the cores the other job needs, and each job's threads wait
-for ones that are not running: measured here, a 2-thread training step went ~8x slower beside another
-2-thread job instead of ~2x (benchmarks/shared_cpu.py, benchmarks/RESULTS.md). So, unless the user chose
-(OMP_WAIT_POLICY or GOMP_SPINCOUNT set, or STARFLOW_CPU_POLICY=spin), starflow caps the spin at a short
-GOMP_SPINCOUNT: threads still catch the next parallel region of a busy step, and stop holding a core
-soon after the work runs out. Nothing changes when torch was imported before starflow.
+torch runs its parallel regions on an OpenMP team of `torch.get_num_threads()` threads that meet at a barrier
+after every operator. Beside another busy process (a second training, a browser, CI) some of those threads are
+not running when the others arrive, and every barrier waits for a scheduler time slice: measured on a 2-core
+machine with another 2-thread PyTorch job, Jacobi sampling went 12x slower with 2 threads and 1.3x with 1
+(benchmarks/shared_cpu.py, benchmarks/RESULTS.md). OpenMP's wait policy does not fix it (passive waiting: 4.4x,
+and 40% slower alone), so starflow fits the thread count instead: the training loop and the samplers call
+`adapt_threads()` often; at most twice a second it reads, from /proc, how many cores' worth of time other
+processes used since the last look, and sets torch's thread count to the cores left (at least 1, at most the
+count torch started with).
+
+It stays out of the way when the user chose: OMP_NUM_THREADS / MKL_NUM_THREADS set, STARFLOW_ADAPT_THREADS=0,
+a fixed count asked for (`pin_threads`, e.g. a training config's optim.num_threads, the bench's --threads), or
+`torch.set_num_threads` called by anyone else (noticed at the next look: the governor then stops for good).
+Only on Linux (it reads /proc/stat).
 """
 from __future__ import annotations
 
 import os
-import sys
+import time
 
-SPINCOUNT = "10000"      # spin iterations before sleeping (libgomp's default is 300000; PASSIVE is 0)
+import torch
+
+INTERVAL_S = 0.5          # how often the load is looked at: a time slice is ~ms, a training step ~0.1-1 s
 
 
-def apply_default_cpu_policy() -> None:
-    if "torch" in sys.modules:                     # its OpenMP runtime has read the environment already
-        return
-    policy = os.environ.get("STARFLOW_CPU_POLICY", "shared").lower()
-    if policy == "spin" or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
-        return
-    if policy == "passive":
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    else:
-        os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
+def _busy_jiffies() -> int | None:
+    """Non-idle time of all CPUs (clock ticks) from /proc/stat's first line, None when unreadable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)            # idle + iowait
+    return sum(fields[:8]) - idle                                       # guest time is inside user already
+
+
+def _own_jiffies() -> int | None:
+    """This process's CPU time (all its threads, clock ticks)."""
+    try:
+        with open("/proc/self/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()                  # the command name may hold spaces
+        return int(rest[11]) + int(rest[12])                            # utime + stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class ThreadGovernor:
+    """Sets torch's thread count to the cores other processes leave free, re-checked at most every `interval` s."""
+
+    def __init__(self, max_threads: int | None = None, interval: float = INTERVAL_S):
+        self.max_threads = max(1, max_threads or torch.get_num_threads())
+        try:
+            self.cores = len(os.sched_getaffinity(0))
+        except AttributeError:
+            self.cores = os.cpu_count() or 1
+        self.interval = interval
+        self.tick_rate = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.threads = torch.get_num_threads()      # what the governor last saw or set
+        self.active = _busy_jiffies() is not None and _own_jiffies() is not None
+        self._last = self._look()
+        self.others = 0.0                            # cores' worth used by other processes over the last interval
+
+    def _look(self) -> tuple[float, int, int]:
+        return time.monotonic(), _busy_jiffies() or 0, _own_jiffies() or 0
+
+    def tick(self) -> int:
+        """Look at the load when `interval` has passed; returns the thread count in use."""
+        if not self.active:
+            return torch.get_num_threads()
+        if torch.get_num_threads() != self.threads:    # someone else chose a count: theirs stands from now on
+            self.active = False
+            return torch.get_num_threads()
+        now = time.monotonic()
+        if now - self._last[0] < self.interval:
+            return self.threads
+        look = self._look()
+        elapsed = (look[0] - self._last[0]) * self.tick_rate
+        others = ((look[1] - self._last[1]) - (look[2] - self._last[2])) / max(elapsed, 1e-9)
+        self._last, self.others = look, max(0.0, others)
+        want = max(1, min(self.max_threads, int(self.cores - self.others + 0.5)))
+        if want != self.threads:
+            torch.set_num_threads(want)
+            self.threads = want
+        return want
+
+
+_pinned = os.environ.get("STARFLOW_ADAPT_THREADS", "1").strip().lower() in ("0", "false", "no", "off") or any(
+    os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
+# the first look is taken at import: by the first training or sampling step (after loading models and data, on one
+# thread) an interval has passed, and the count fits the machine from that step on
+_governor: ThreadGovernor | None = None if _pinned else ThreadGovernor()
+
+
+def adapt_threads() -> None:
+    """Called from busy loops (training steps, sampler steps): cheap, it looks at the load twice a second at most."""
+    if not _pinned and _governor is not None:
+        _governor.tick()
+
+
+def pin_threads(n: int | None = None) -> None:
+    """A fixed thread count from here on (n, or the current one): the governor stops."""
+    global _pinned
+    _pinned = True
+    if n:
+        torch.set_num_threads(n)

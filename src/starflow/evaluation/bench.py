@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from .._cpu import pin_threads
 from ..strict import check_types, from_mapping
 from ..flow.likelihood import official_loss
 from ..flow.io import load_conformance_file, load_official
@@ -168,8 +169,7 @@ def _compile_layers(model: StarFlow) -> None:
 def bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure `model` (already loaded, float32) as described in `BenchOptions`; returns the JSON-able figures."""
     before = torch.get_num_threads()
-    if opt.threads:
-        torch.set_num_threads(opt.threads)
+    pin_threads(opt.threads)            # timings at a fixed count, whatever the machine's load (_cpu.py)
     try:
         return _bench_model(model, opt, log or (lambda s: None))
     finally:

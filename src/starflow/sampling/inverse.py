@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from .._cpu import adapt_threads
 from ..flow.affine import inverse_affine
 from ..flow.model import BlockView
 from ..nn.decode import CompiledStep
@@ -135,6 +136,7 @@ def sequential_inverse(inv: BlockInverse, attn_temp: float = 1.0, annealed_guida
     steps = range(inv.start, inv.U)
     step = _CompiledRun(inv) if compiled and len(steps) else None
     for p in tqdm(steps, disable=not progress, desc="sequential", leave=False):
+        adapt_threads()     # the cores other processes leave free (starflow._cpu): a cheap look, once a second at most
         if p >= target:   # the window is full: rebuild the cache from the text and the last C tokens
             target = min(target + W - C, inv.U)
             inv.slide(p, C)
@@ -254,6 +256,7 @@ def _official_chunks(inv: BlockInverse, start: int, target: int, block_size: int
     """Solve input positions [start, target) chunk by chunk; returns target."""
     F, x_full = inv.frame_tokens, inv.x_full
     while start < target:
+        adapt_threads()
         chunk = min(block_size if start <= F else block_size * later_frame_factor, target - start)
         end = start + chunk
         # `exact` leading inputs of the chunk already have final keys in the cache: input `start` is
@@ -299,6 +302,7 @@ def _sliding_window(inv: BlockInverse, start: int, target: int, block_size: int,
     # token that did not
     verify = inv.initialised
     while start < target:
+        adapt_threads()
         size = target - start if verify else (block_size if start <= F else block_size * later_frame_factor)
         verify = False
         end = min(start + size, target)

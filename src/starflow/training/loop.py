@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .._cpu import adapt_threads
 from ..flow.io import clean_atomic_leftovers
 from ..outputs import OutputError, check_writable_dir
 from .config import TrainConfig
@@ -113,6 +114,7 @@ def run(tr: Trainer) -> TrainResult:
     bad_streak = 0                      # steps in a row skipped for a non-finite loss or gradient
     last = tr.done(p)
     while not last:
+        adapt_threads()                 # the cores other processes leave free (_cpu.py); once a second at most
         t0 = time.perf_counter()
         out, applied = tr.train_step(p)
         dt = time.perf_counter() - t0

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .._cpu import pin_threads
 from ..config import ConfigError
 from ..data import BatchSampler
 from ..flow.likelihood import nll_from_terms
@@ -69,8 +70,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, ctx: DistContext):
         self.cfg, self.ctx = cfg, ctx
         o, d = cfg.optim, cfg.data
-        if o.num_threads:
-            torch.set_num_threads(o.num_threads)
+        if o.num_threads:                      # a fixed count; else the loop fits it to the free cores (_cpu.py)
+            pin_threads(o.num_threads)
         if o.batch_size % (o.grad_accum * ctx.world):
             raise ConfigError(f"optim.batch_size {o.batch_size} must divide into grad_accum {o.grad_accum} x "
                               f"{ctx.world} processes")
