@@ -98,8 +98,8 @@ def evaluate_video_pipeline(pipe, tc=None, *, per_prompt: int = 5, i2v_videos: i
     """Score a moving-digits video pipeline (see the module docstring); parts with a count of 0 are skipped.
     tc: the model's TrainConfig (default: the one its export carries). call_kwargs go to every pipeline call
     (guidance, method, denoise...). The sampler is the exact sequential one unless `method` says otherwise (the
-    same fixed point as Jacobi's, and on small models the fastest); long videos always take Jacobi, whose
-    sliding window they need."""
+    same fixed point as Jacobi's, and on small models the fastest), long videos included: it slides the
+    attention window the same way."""
     from .sources import train_config_of
 
     if per_prompt < 1:
@@ -147,7 +147,7 @@ def evaluate_video_pipeline(pipe, tc=None, *, per_prompt: int = 5, i2v_videos: i
         picks = [pairs[(7 * i + 3) % len(pairs)] for i in range(long_videos)]   # spread over digits and directions
         frames = long_factor * T
         t0 = time.perf_counter()
-        gen = pipe([_prompt(pipe, d, r) for d, r in picks], num_frames=frames, **{**kw, "method": "jacobi"}).frames
+        gen = pipe([_prompt(pipe, d, r) for d, r in picks], num_frames=frames, **kw).frames
         gen = gen * 2 - 1
         seconds["long"] = time.perf_counter() - t0
         rd = read(gen)
