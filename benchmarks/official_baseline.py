@@ -87,6 +87,16 @@ def timed(fn, warmup: int, repeats: int) -> tuple[list[float], object]:
 
 
 def main(argv=None) -> int:
+    import torch.distributed as dist
+    had_group = dist.is_available() and dist.is_initialized()
+    try:
+        return _main(argv)
+    finally:   # the one-process group this run started goes with it: a caller (a test, a notebook) keeps none
+        if not had_group and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--code", type=Path, required=True, help="checkout of apple/ml-starflow")
     ap.add_argument("--model", type=Path, required=True, help="model file in the conformance format")

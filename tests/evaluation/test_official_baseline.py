@@ -80,6 +80,8 @@ def test_training_step_with_and_without_autocast(make_model, tmp_path, capsys, m
     args = ["--code", str(tmp_path / "code"), "--model", str(tmp_path / "m.pt"), "--parts", "train",
             "--repeats", "1"]
     assert _load().main(args + ["--autocast"]) == 0
+    # its one-process group goes with it: a later two-process run in this process must not find it
+    assert not torch.distributed.is_initialized()
     res = json.loads(capsys.readouterr().out)
     assert res["train_step_ms"] > 0 and res["train_step_autocast_ms"] > 0
     autocast = sys.modules["transformer_flow"].AUTOCAST

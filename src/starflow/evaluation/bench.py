@@ -29,7 +29,7 @@ from ..sampling.draft import fast_bf16
 from ..sampling.inverse import JacobiStats
 from ..sampling.sample import SamplerOptions, sample
 from .bench_video import VIDEO_PARTS, bench_video, check_video_targets
-from .timing import loadavg as _loadavg, ms as _ms, sync as _sync, timed as _timed
+from .timing import random_inputs, loadavg as _loadavg, ms as _ms, sync as _sync, timed as _timed
 
 __all__ = ["BenchOptions", "IMAGE_PARTS", "VIDEO_PARTS", "bench", "bench_model", "load_bench_model", "check_targets", "DTYPES", "OFFICIAL_CPU"]
 
@@ -116,19 +116,8 @@ def load_bench_model(path: str | Path) -> StarFlow:
 
 
 def _inputs(model: StarFlow, batch: int, seed: int, device, dtype):
-    """Fixed-seed randn images / noise (B, C, H, W) and text embeddings (B, L, txt_dim) for y and y_null."""
-    c = model.config
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, c.channel_size, c.img_size, c.img_size, generator=g)
-    y = y_null = None
-    if c.txt_dim > 0:
-        L = max(c.txt_size, 1)
-        y = torch.randn(batch, L, c.txt_dim, generator=g)
-        y_null = torch.randn(batch, L, c.txt_dim, generator=g)
-    cast = (lambda t: None if t is None else t.to(device=device, dtype=dtype))
-    return cast(x), cast(y), cast(y_null)
-
-
+    """Fixed-seed images / noise (B, C, H, W) and text embeddings for y and y_null (timing.random_inputs)."""
+    return random_inputs(model, batch, seed, device, dtype)
 
 
 def check_targets(res: dict[str, Any], reference: dict[str, float] = OFFICIAL_CPU) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from ..sampling.denoise import in_windows, learned_denoise
 from ..sampling.inverse import JacobiStats
 from ..sampling.options import SamplerOptions
 from ..sampling.sample import sample
-from .timing import seconds, sync, timed
+from .timing import random_inputs, seconds, sync, timed
 
 __all__ = ["VIDEO_PARTS", "bench_video", "check_video_targets", "video_inputs", "DENOISE_SIGMA"]
 
@@ -32,16 +32,7 @@ DENOISE_SIGMA = 0.3
 
 def video_inputs(model: StarFlow, batch: int, frames: int, seed: int, device, dtype):
     """Fixed-seed randn noise (B, T, C, H, W) and text embeddings (B, L, txt_dim) for y and y_null."""
-    c = model.config
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(batch, frames, c.channel_size, c.img_size, c.img_size, generator=g)
-    y = y_null = None
-    if c.txt_dim > 0:
-        L = max(c.txt_size, 1)
-        y = torch.randn(batch, L, c.txt_dim, generator=g)
-        y_null = torch.randn(batch, L, c.txt_dim, generator=g)
-    cast = (lambda t: None if t is None else t.to(device=device, dtype=dtype))
-    return cast(z), cast(y), cast(y_null)
+    return random_inputs(model, batch, seed, device, dtype, frames=frames)
 
 
 def _sampler(model: StarFlow, denoise: bool) -> Callable:

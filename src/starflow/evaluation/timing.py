@@ -46,3 +46,19 @@ def ms(ts: list[float]) -> float:
 
 def seconds(ts: list[float]) -> float:
     return round(statistics.median(ts), 3)
+
+
+def random_inputs(model, batch: int, seed: int, device, dtype, frames: int | None = None):
+    """Fixed-seed randn images / noise (B, C, H, W), or videos (B, frames, C, H, W), and text embeddings
+    (B, L, txt_dim) for y and y_null: the bench's inputs (ours and the official code's get the same)."""
+    c = model.config
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch,) + ((frames,) if frames is not None else ()) + (c.channel_size, c.img_size, c.img_size)
+    x = torch.randn(*shape, generator=g)
+    y = y_null = None
+    if c.txt_dim > 0:
+        L = max(c.txt_size, 1)
+        y = torch.randn(batch, L, c.txt_dim, generator=g)
+        y_null = torch.randn(batch, L, c.txt_dim, generator=g)
+    cast = (lambda t: None if t is None else t.to(device=device, dtype=dtype))
+    return cast(x), cast(y), cast(y_null)
