@@ -13,7 +13,6 @@ import os
 import platform
 import resource
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +28,7 @@ from ..sampling.draft import fast_bf16
 from ..sampling.inverse import JacobiStats
 from ..sampling.sample import SamplerOptions, sample
 from .bench_video import VIDEO_PARTS, bench_video, check_video_targets
-from .timing import random_inputs, loadavg as _loadavg, ms as _ms, sync as _sync, timed as _timed
+from .timing import first_sequential_call, random_inputs, loadavg as _loadavg, ms as _ms, timed as _timed
 
 __all__ = ["BenchOptions", "IMAGE_PARTS", "VIDEO_PARTS", "bench", "bench_model", "load_bench_model", "check_targets", "DTYPES", "OFFICIAL_CPU"]
 
@@ -278,29 +277,15 @@ def _bench_train(base: StarFlow, opt: BenchOptions, device, dtype, res: dict, lo
 
 def _bench_sequential(run, opt: BenchOptions, device, res: dict, log) -> torch.Tensor:
     """Time sequential sampling (compiled steps unless opt says otherwise); returns the exact sample."""
-    eager = opt.sampling.with_(method="sequential", compile=False)
-    compiled = eager.with_(compile=opt.sequential_compile)
-    # the first call compiles (when asked to) and stands in for one warm-up run
-    t0 = time.perf_counter()
-    try:
-        run(compiled)
-    except Exception as e:   # e.g. no C++ compiler for inductor: time the eager steps, say why
-        if not opt.sequential_compile:
-            raise
-        res["sequential_compile_error"] = f"{type(e).__name__}: {e}"[:500]
-        log(f"compiled sequential steps failed ({res['sequential_compile_error']}); timing eager steps")
-        compiled = eager
-        t0 = time.perf_counter()
-        run(compiled)
-    _sync(device)
-    res["sample_sequential_first_s"] = round(time.perf_counter() - t0, 3)
+    compiled = first_sequential_call(run, opt.sampling, opt.sequential_compile, device, res,
+                                     "sample_sequential_first_s", "sequential_compile_error", log)
     ts, seq = _timed(lambda: run(compiled), device, max(opt.warmup - 1, 0), opt.sample_repeats)
     res["sample_sequential_s"] = round(statistics.median(ts), 3)
     res["sample_sequential_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
     res["sequential_compiled"] = compiled.compile
     log(f"sample_sequential_s {res['sample_sequential_s']} (first call {res['sample_sequential_first_s']})")
     if compiled.compile and opt.compare_official:
-        ts, exact = _timed(lambda: run(eager), device, opt.warmup, opt.sample_repeats)
+        ts, exact = _timed(lambda: run(compiled.with_(compile=False)), device, opt.warmup, opt.sample_repeats)
         res["sample_sequential_eager_s"] = round(statistics.median(ts), 3)
         res["sample_sequential_eager_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
         res["sequential_compiled_max_abs_diff"] = round((exact.float() - seq.float()).abs().max().item(), 7)

@@ -11,7 +11,6 @@ cost per frame should not grow with the video.
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any, Callable
 
 import torch
@@ -21,7 +20,7 @@ from ..sampling.denoise import in_windows, learned_denoise
 from ..sampling.inverse import JacobiStats
 from ..sampling.options import SamplerOptions
 from ..sampling.sample import sample
-from .timing import random_inputs, seconds, sync, timed
+from .timing import first_sequential_call, random_inputs, seconds, timed
 
 __all__ = ["VIDEO_PARTS", "bench_video", "check_video_targets", "video_inputs", "DENOISE_SIGMA"]
 
@@ -78,28 +77,15 @@ def bench_video(model: StarFlow, opt, device: torch.device, res: dict[str, Any],
 
 def _sequential(run, opt, so: SamplerOptions, device, inputs, res: dict, log) -> torch.Tensor:
     """Sequential video sampling, compiled steps unless told otherwise (the eager figure too when comparing)."""
-    eager = so.with_(method="sequential", compile=False)
-    compiled = eager.with_(compile=opt.sequential_compile)
-    t0 = time.perf_counter()
-    try:
-        run(compiled, *inputs)           # compiles on the first call: stands in for one warm-up run
-    except Exception as e:               # e.g. no C++ compiler for inductor: time the eager steps, say why
-        if not opt.sequential_compile:
-            raise
-        res["video_sequential_compile_error"] = f"{type(e).__name__}: {e}"[:500]
-        log(f"compiled sequential steps failed ({res['video_sequential_compile_error']}); timing eager steps")
-        compiled = eager
-        t0 = time.perf_counter()
-        run(compiled, *inputs)
-    sync(device)
-    res["video_sequential_first_s"] = round(time.perf_counter() - t0, 3)
+    compiled = first_sequential_call(lambda o: run(o, *inputs), so, opt.sequential_compile, device, res,
+                                     "video_sequential_first_s", "video_sequential_compile_error", log)
     ts, (seq, _) = timed(lambda: run(compiled, *inputs), device, max(opt.warmup - 1, 0), opt.sample_repeats)
     res["video_sequential_s"] = seconds(ts)
     res["video_sequential_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
     res["video_sequential_compiled"] = compiled.compile
     log(f"video_sequential_s {res['video_sequential_s']} (first call {res['video_sequential_first_s']})")
     if compiled.compile and opt.compare_official:
-        ts, (exact, _) = timed(lambda: run(eager, *inputs), device, opt.warmup, opt.sample_repeats)
+        ts, (exact, _) = timed(lambda: run(compiled.with_(compile=False), *inputs), device, opt.warmup, opt.sample_repeats)
         res["video_sequential_eager_s"] = seconds(ts)
         res["video_sequential_eager_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
         res["video_sequential_compiled_max_abs_diff"] = round((exact.float() - seq.float()).abs().max().item(), 7)

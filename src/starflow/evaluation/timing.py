@@ -62,3 +62,26 @@ def random_inputs(model, batch: int, seed: int, device, dtype, frames: int | Non
         y_null = torch.randn(batch, L, c.txt_dim, generator=g)
     cast = (lambda t: None if t is None else t.to(device=device, dtype=dtype))
     return cast(x), cast(y), cast(y_null)
+
+
+def first_sequential_call(run: Callable[[Any], Any], options, compile_steps: bool, device, res: dict,
+                          first_key: str, error_key: str, log: Callable[[str], None]):
+    """The first sequential call: it compiles the token steps when asked (and stands in for one warm-up run).
+    Returns the options to time; when compiling fails (e.g. no C++ compiler for inductor) the eager steps are
+    timed instead and `res[error_key]` says why. Its time goes to `res[first_key]`."""
+    eager = options.with_(method="sequential", compile=False)
+    chosen = eager.with_(compile=compile_steps)
+    t0 = time.perf_counter()
+    try:
+        run(chosen)
+    except Exception as e:
+        if not compile_steps:
+            raise
+        res[error_key] = f"{type(e).__name__}: {e}"[:500]
+        log(f"compiled sequential steps failed ({res[error_key]}); timing eager steps")
+        chosen = eager
+        t0 = time.perf_counter()
+        run(chosen)
+    sync(device)
+    res[first_key] = round(time.perf_counter() - t0, 3)
+    return chosen
