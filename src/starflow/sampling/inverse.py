@@ -137,9 +137,8 @@ def sequential_inverse(inv: BlockInverse, attn_temp: float = 1.0, annealed_guida
     step = _CompiledRun(inv) if compiled and len(steps) else None
     for p in tqdm(steps, disable=not progress, desc="sequential", leave=False):
         adapt_threads()     # the cores other processes leave free (starflow._cpu): a cheap look, once a second at most
-        if p >= target:   # the window is full: rebuild the cache from the text and the last C tokens
-            target = min(target + W - C, inv.U)
-            inv.slide(p, C)
+        if p >= target:
+            target = _slide(inv, p, target, W, C)
             if step is not None:
                 step.sync()
         w = inv.guidance * ((p + 1) / inv.U if annealed_guidance else 1.0)
@@ -163,6 +162,13 @@ def _first_target(inv: BlockInverse, W: int | None) -> int:
     boundaries: input positions [0, target) make x_full[1 .. target], which holds the first W tokens behind a
     SOS embedding, or (no SOS: x_full[0] is the first token) the first W - 1 after it."""
     return inv.U if W is None else min(inv.U, W - 1 + inv.off)
+
+
+def _slide(inv: BlockInverse, at: int, target: int, W: int, C: int) -> int:
+    """The window is full at input position `at`: rebuild the cache from the text and the last C tokens; returns
+    the end of the next window (the same rule for both samplers, so they solve the same equations)."""
+    inv.slide(at, C)
+    return min(target + W - C, inv.U)
 
 
 class _CompiledRun:
@@ -239,8 +245,7 @@ def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1
         start = solve(inv, start, target, block_size, threshold, max_iter, later_frame_factor, stats, bar)
         if target >= U:
             break
-        target = min(target + W - C, U)
-        inv.slide(start, C)   # the window is full: rebuild the cache from the text and the last C tokens
+        target = _slide(inv, start, target, W, C)
     bar.close()
     return inv.result()
 
