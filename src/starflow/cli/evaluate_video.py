@@ -15,7 +15,8 @@ def register(sub) -> None:
                    help="a moving-digits model exported by `starflow train` (its final/ folder)")
     p.add_argument("--per-prompt", type=int, default=5, help="text-to-video videos per prompt, 40 prompts (default 5)")
     p.add_argument("--i2v", type=int, default=40, help="image-to-video: held-out first frames (0: skip; default 40)")
-    p.add_argument("--long", type=int, default=8, help="long videos through the sliding window (0: skip; default 8)")
+    p.add_argument("--long", type=int, default=40, help="long videos through the sliding window, every prompt once "
+                                                       "for 40 (0: skip; default 40)")
     p.add_argument("--long-factor", type=int, default=4, help="long videos: times the trained frames (default 4)")
     p.add_argument("--v2v", type=int, default=40, help="video-to-video edits of held-out videos (0: skip; default 40)")
     p.add_argument("--guidance", type=float, default=None, help="guidance weight (default: the model's)")

@@ -92,7 +92,7 @@ def _to_unit(values: torch.Tensor) -> torch.Tensor:
     return to_unit_range(values, DIGITS_LEVELS)
 
 
-def evaluate_video_pipeline(pipe, tc=None, *, per_prompt: int = 5, i2v_videos: int = 40, long_videos: int = 8,
+def evaluate_video_pipeline(pipe, tc=None, *, per_prompt: int = 5, i2v_videos: int = 40, long_videos: int = 40,
                             long_factor: int = 4, v2v_videos: int = 40, seed: int = 0, batch_size: int | None = None,
                             reader: VideoReader | None = None, progress: bool = False, **call_kwargs) -> VideoReport:
     """Score a moving-digits video pipeline (see the module docstring); parts with a count of 0 are skipped.
@@ -144,7 +144,8 @@ def evaluate_video_pipeline(pipe, tc=None, *, per_prompt: int = 5, i2v_videos: i
         prompts_out["i2v"] = held_prompts[:n]
 
     if long_videos > 0:
-        picks = [pairs[(7 * i + 3) % len(pairs)] for i in range(long_videos)]   # spread over digits and directions
+        # 7 is prime to the 40 prompts: any count is spread over digits and directions, and 40 is every prompt once
+        picks = [pairs[(7 * i + 3) % len(pairs)] for i in range(long_videos)]
         frames = long_factor * T
         t0 = time.perf_counter()
         gen = pipe([_prompt(pipe, d, r) for d, r in picks], num_frames=frames, **kw).frames
