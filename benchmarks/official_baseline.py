@@ -46,9 +46,9 @@ from pathlib import Path
 
 import torch
 
-from starflow.evaluation.bench import _device_name, _inputs, load_bench_model
-from starflow.evaluation.bench_video import DENOISE_SIGMA, video_inputs
-from starflow.evaluation.timing import sync, timed as _timed_on
+from starflow.evaluation.bench import _device_name, load_bench_model
+from starflow.evaluation.bench_video import DENOISE_SIGMA
+from starflow.evaluation.timing import random_inputs, sync, timed as _timed_on
 from starflow.sampling.sample import sample as our_sample
 
 # keys the official training script takes from its command line when a config does not carry them
@@ -150,7 +150,7 @@ def _main(argv=None) -> int:
         return 0
     med = statistics.median
     if "forward" in parts:
-        x, y, _ = _inputs(ours, 8, 0, device, torch.float32)
+        x, y, _ = random_inputs(ours, 8, 0, device, torch.float32)
         model.eval()
 
         def fwd():
@@ -159,7 +159,7 @@ def _main(argv=None) -> int:
         ts, _ = timed(fwd, 1, args.repeats)
         res["forward_ms"] = round(1000 * med(ts), 2)
     if "train" in parts:
-        x, y, _ = _inputs(ours, 8, 0, device, torch.float32)
+        x, y, _ = random_inputs(ours, 8, 0, device, torch.float32)
         model.train()
         params = [p for k, p in model.named_parameters() if not k.startswith("learnable_self_denoiser")]
         opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4, fused=True)
@@ -176,7 +176,7 @@ def _main(argv=None) -> int:
             ts, _ = timed(lambda: step(autocast), 1, args.repeats)
             res[key] = round(1000 * med(ts), 2)
         model.load_state_dict(cfg["state_dict"], strict=True)   # undo the steps before sampling
-    z, y, y_null = _inputs(ours, 4, 1, device, torch.float32)
+    z, y, y_null = random_inputs(ours, 4, 1, device, torch.float32)
     model.eval()
 
     def sample(jacobi: bool):
@@ -256,7 +256,7 @@ def _video(model, ours, parts: set, frames: int, lengths: list[int], repeats: in
     for T in ([frames] if "video_jacobi" in parts else []) + [t for t in lengths if "long_video" in parts]:
         if str(T) in per_frame:
             continue
-        z, y, y_null = video_inputs(ours, 2, T, 2, device, torch.float32)      # starflow bench's seed + 2
+        z, y, y_null = videorandom_inputs(ours, 2, T, 2, device, torch.float32)      # starflow bench's seed + 2
         ts, (x, _) = timed(lambda: run(z, y, y_null), 1, repeats)
         if T == frames and "video_jacobi" in parts:
             res["video_jacobi_s"] = round(med(ts), 3)

@@ -114,11 +114,6 @@ def load_bench_model(path: str | Path) -> StarFlow:
     return load_official(data["config"], data["state_dict"])
 
 
-def _inputs(model: StarFlow, batch: int, seed: int, device, dtype):
-    """Fixed-seed images / noise (B, C, H, W) and text embeddings for y and y_null (timing.random_inputs)."""
-    return random_inputs(model, batch, seed, device, dtype)
-
-
 def check_targets(res: dict[str, Any], reference: dict[str, float] = OFFICIAL_CPU) -> dict[str, Any]:
     """The speed issue's CPU targets against the official figures: train step <= 0.8x, sequential <= 0.5x,
     Jacobi <= 0.5x at no larger error, and Jacobi within 3x of one forward pass of the doubled batch."""
@@ -195,7 +190,7 @@ def _bench_model(model: StarFlow, opt: BenchOptions, log: Callable[[str], None])
     if "train" in opt.parts:
         _bench_train(base, opt, device, dtype, res, log)
 
-    z, y, y_null = _inputs(base, opt.sample_batch, opt.seed + 1, device, dtype)
+    z, y, y_null = random_inputs(base, opt.sample_batch, opt.seed + 1, device, dtype)
 
     def run(o: SamplerOptions, stats=None):
         return sample(infer, z, y, y_null, o, stats=stats)
@@ -232,7 +227,7 @@ def _finish(res: dict[str, Any], opt: BenchOptions, device: torch.device, video:
 
 
 def _bench_forward(infer: StarFlow, base: StarFlow, opt: BenchOptions, device, dtype, res: dict, log) -> None:
-    x, y, _ = _inputs(base, opt.batch, opt.seed, device, dtype)
+    x, y, _ = random_inputs(base, opt.batch, opt.seed, device, dtype)
 
     def fwd():
         with torch.inference_mode():
@@ -249,7 +244,7 @@ def _bench_train(base: StarFlow, opt: BenchOptions, device, dtype, res: dict, lo
     trained = copy.deepcopy(base).train()       # the step changes the weights: keep `base` intact
     if opt.compile:
         _compile_layers(trained)
-    x, y, _ = _inputs(base, opt.batch, opt.seed, device, torch.float32)
+    x, y, _ = random_inputs(base, opt.batch, opt.seed, device, torch.float32)
     # the fused AdamW (one kernel over all parameters) exists for CPU and CUDA
     optim = torch.optim.AdamW(trained.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)
 

@@ -22,16 +22,11 @@ from ..sampling.options import SamplerOptions
 from ..sampling.sample import sample
 from .timing import first_sequential_call, random_inputs, seconds, timed
 
-__all__ = ["VIDEO_PARTS", "bench_video", "check_video_targets", "video_inputs", "DENOISE_SIGMA"]
+__all__ = ["VIDEO_PARTS", "bench_video", "check_video_targets", "DENOISE_SIGMA"]
 
 VIDEO_PARTS = ("video_sequential", "video_jacobi", "long_video")
 # the learnable denoiser's update x - 0.3 pred (sigma - 0) / sigma does not depend on sigma: any level will do
 DENOISE_SIGMA = 0.3
-
-
-def video_inputs(model: StarFlow, batch: int, frames: int, seed: int, device, dtype):
-    """Fixed-seed randn noise (B, T, C, H, W) and text embeddings (B, L, txt_dim) for y and y_null."""
-    return random_inputs(model, batch, seed, device, dtype, frames=frames)
 
 
 def _sampler(model: StarFlow, denoise: bool) -> Callable:
@@ -60,7 +55,7 @@ def bench_video(model: StarFlow, opt, device: torch.device, res: dict[str, Any],
     so = opt.video_sampling
     run = _sampler(model, opt.video_denoise)
     dtype = next(model.parameters()).dtype
-    z, y, y_null = video_inputs(model, opt.video_batch, opt.video_frames, opt.seed + 2, device, dtype)
+    z, y, y_null = random_inputs(model, opt.video_batch, opt.seed + 2, device, dtype, frames=opt.video_frames)
     parts = set(opt.parts or VIDEO_PARTS)
     seq = None
     if "video_sequential" in parts:
@@ -85,7 +80,8 @@ def _sequential(run, opt, so: SamplerOptions, device, inputs, res: dict, log) ->
     res["video_sequential_compiled"] = compiled.compile
     log(f"video_sequential_s {res['video_sequential_s']} (first call {res['video_sequential_first_s']})")
     if compiled.compile and opt.compare_official:
-        ts, (exact, _) = timed(lambda: run(compiled.with_(compile=False), *inputs), device, opt.warmup, opt.sample_repeats)
+        eager = compiled.with_(compile=False)
+        ts, (exact, _) = timed(lambda: run(eager, *inputs), device, opt.warmup, opt.sample_repeats)
         res["video_sequential_eager_s"] = seconds(ts)
         res["video_sequential_eager_s_range"] = [round(min(ts), 3), round(max(ts), 3)]
         res["video_sequential_compiled_max_abs_diff"] = round((exact.float() - seq.float()).abs().max().item(), 7)
@@ -124,7 +120,7 @@ def _long_video(model: StarFlow, run, opt, so: SamplerOptions, device, dtype, re
         if T == opt.video_frames and "video_jacobi_s" in res:    # the same run, already timed
             per_frame[str(T)] = round(res["video_jacobi_s"] / T, 4)
         else:
-            inputs = video_inputs(model, opt.video_batch, T, opt.seed + 2, device, dtype)
+            inputs = random_inputs(model, opt.video_batch, opt.seed + 2, device, dtype, frames=T)
             ts, _ = timed(lambda: run(o, *inputs), device, opt.warmup, opt.sample_repeats)
             per_frame[str(T)] = round(statistics.median(ts) / T, 4)
         log(f"long_video_s_per_frame[{T}] {per_frame[str(T)]}")
