@@ -26,6 +26,8 @@ def test_bench_reports_every_figure(model_file):
                 "peak_rss_mb"):
         assert res[key] > 0, key
     assert res["device"] == "cpu" and res["dtype"] == "fp32" and res["threads"] == 1
+    # the CPU named with torch's vector ISA, so that figures can be told apart per CPU
+    assert torch.backends.cpu.get_cpu_capability() in res["device_name"]
     # the default (bf16 draft, float32 acceptance), float32 only, and the official algorithm: each is
     # measured against the exact (sequential) sample and stays close to it
     assert res["jacobi_draft"] == "bf16" and res["jacobi_draft_trunk_calls"] > 0

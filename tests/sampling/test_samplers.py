@@ -300,3 +300,37 @@ def test_past_the_window_a_video_continues_from_its_last_context_frames(make_mod
     torch.testing.assert_close(win[:, :4], sample(model, z[:, :4], y, y_null, guidance=1.0, **exact))
     cont = sample(model, z[:, 2:], y, y_null, guidance=1.0, method="sequential", prefix=win[:, 2:4])
     torch.testing.assert_close(win[:, 4:], cont[:, 2:], atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["jacobi", "sequential"])
+def test_float32_sampling_packs_the_linear_weights_and_changes_only_rounding(make_model, method, monkeypatch):
+    """On a CPU the sampler multiplies from weights packed once per call (nn.packed); the sample is the
+    one of plain Linear layers up to float rounding, and the layers are plain again afterwards."""
+    import starflow.nn.packed as packed
+    import starflow.sampling.sample as sampler
+    if not packed.packing_available():
+        pytest.skip("this torch build has no oneDNN")
+    model = make_model().float()
+    z, y, y_null = (t.float() for t in _noise(model))
+    counts = []
+    real = sampler.packed_linears
+
+    def counting(module, enabled=True):
+        ctx = real(module, enabled)
+
+        class Spy:
+            def __enter__(self):
+                counts.append(ctx.__enter__())
+                return counts[-1]
+
+            def __exit__(self, *exc):
+                return ctx.__exit__(*exc)
+        return Spy()
+    monkeypatch.setattr(sampler, "packed_linears", counting)
+    opts = dict(method=method, guidance=2.0, jacobi_block_size=4, jacobi_th=0.0, jacobi_max_iter=16)
+    got = sample(model, z, y, y_null, **opts)
+    assert counts and all(n > 0 for n in counts)          # every block's layers were packed
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    monkeypatch.setattr(packed, "packing_available", lambda: False)
+    want = sample(model, z, y, y_null, **opts)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

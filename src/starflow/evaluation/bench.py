@@ -21,7 +21,7 @@ import torch
 
 from .._cpu import pin_threads
 from ..strict import check_types, from_mapping
-from ..flow.likelihood import official_loss
+from ..flow.likelihood import nll, official_loss
 from ..flow.io import load_conformance_file, load_official
 from ..flow.model import StarFlow
 from ..sampling.draft import fast_bf16
@@ -229,9 +229,9 @@ def _finish(res: dict[str, Any], opt: BenchOptions, device: torch.device, video:
 def _bench_forward(infer: StarFlow, base: StarFlow, opt: BenchOptions, device, dtype, res: dict, log) -> None:
     x, y, _ = random_inputs(base, opt.batch, opt.seed, device, dtype)
 
-    def fwd():
+    def fwd():      # the likelihood pass as flow.likelihood.nll runs it (packed Linear weights, nn.packed)
         with torch.inference_mode():
-            return infer(x, y).z
+            return nll(infer, x, y)
     ts, _ = _timed(fwd, device, opt.warmup, opt.repeats)
     res["forward_ms"] = _ms(ts)
     res["forward_ms_range"] = [_ms([min(ts)]), _ms([max(ts)])]
@@ -321,14 +321,24 @@ def _bench_jacobi(run, opt: BenchOptions, device, res: dict, log, seq: torch.Ten
 
 
 def _device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's: model name, family / model numbers (a VM often shows only "AMD EPYC"),
+    torch's vector ISA and the bf16 hardware (AMX tiles, AVX-512 BF16 dot products), which decide what
+    is fast there. The bench JSON keeps it so that figures can be told apart per CPU."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:   # Linux: the CPU model, and whether it has AMX (bf16 matmul tiles)
+    try:   # Linux
         info = Path("/proc/cpuinfo").read_text()
-        name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        return name + (" (AMX)" if " amx_bf16" in info else "")
-    except (OSError, StopIteration):
+        first = dict(line.split(":", 1) for line in info.split("\n\n")[0].splitlines() if ":" in line)
+        first = {k.strip(): v.strip() for k, v in first.items()}
+        name = first["model name"]
+        flags = set(first.get("flags", "").split())
+    except (OSError, KeyError):
         return platform.processor() or platform.machine()
+    if "cpu family" in first and "model" in first:
+        name += f" (family {first['cpu family']} model {first['model']})"
+    extra = [torch.backends.cpu.get_cpu_capability()]
+    extra += [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return f"{name}, {' '.join(extra)}"
 
 
 def bench(path: str | Path, opt: BenchOptions | None = None, log: Callable[[str], None] | None = None

@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from ..nn.packed import packed_linears
 from .model import StarFlow
 
 __all__ = ["nll", "nll_from_terms", "bits_per_dim", "official_loss", "LOG_2PI"]
@@ -19,8 +20,12 @@ def nll_from_terms(loss_z: torch.Tensor, loss_logdet: torch.Tensor, dims: int) -
 
 
 def nll(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """-log p(x | y) in nats for each sample (B,): 0.5|z|^2 + D/2 log 2pi - sum log|det|."""
-    out = model(x, y)
+    """-log p(x | y) in nats for each sample (B,): 0.5|z|^2 + D/2 log 2pi - sum log|det|.
+
+    Without gradients (evaluation) the Linear weights are packed for the pass (nn.packed); with them it is
+    the training forward, unchanged."""
+    with packed_linears(model):
+        out = model(x, y)
     loss_z, loss_logdet = model.loss_terms(out.z, out.logdets)
     return nll_from_terms(loss_z, loss_logdet, x[0].numel()).to(torch.promote_types(loss_z.dtype, x.dtype))
 

@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..flow.model import StarFlow
+from ..nn.packed import packed_linears
 
 __all__ = ["score_denoise", "learned_denoise", "in_windows", "DENOISER_NOISE_CONST"]
 
@@ -66,7 +67,8 @@ def learned_denoise(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, no
         return x
     if next_noise_std > noise_std:
         raise ValueError(f"next_noise_std {next_noise_std} must not exceed noise_std {noise_std}")
-    pred = model.denoise_output(x, y)
+    with packed_linears(model.learnable_self_denoiser or model):    # its Linear weights packed (nn.packed)
+        pred = model.denoise_output(x, y)
     return x - pred * DENOISER_NOISE_CONST * (noise_std - next_noise_std) / noise_std
 
 

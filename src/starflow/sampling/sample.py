@@ -8,6 +8,7 @@ import warnings
 import torch
 
 from ..flow.model import BlockView, StarFlow
+from ..nn.packed import packed_linears
 from ..nn.precision import layers_compute_in, upcast
 from .draft import draft_copy, fast_bf16
 from .inverse import BlockInverse, JacobiStats, jacobi_inverse, sequential_inverse
@@ -43,38 +44,44 @@ def _prefix_inputs(model: StarFlow, z: torch.Tensor, y, prefix: torch.Tensor) ->
 
 
 def _invert_block(view: BlockView, tokens: torch.Tensor, opt: SamplerOptions, prefix: torch.Tensor | None,
-                  window: int | None, stats: JacobiStats | None) -> torch.Tensor:
-    """One block's inverse on its tokens (B', N', C): sequential, or Jacobi (after a low-precision draft)."""
-    inv = BlockInverse(view, tokens, prefix, window)
-    if opt.method == "sequential":
-        return sequential_inverse(inv, opt.attn_temp, opt.annealed_guidance, opt.progress, opt.compile,
-                                  opt.context_length, window)
-    low = draft_copy(view.block, opt.jacobi_draft)
-    if low is not None:
-        # the same inputs for a low-precision copy of the block, solved first
-        draft, ds = BlockInverse(dataclasses.replace(view, block=low), tokens, prefix, window), JacobiStats()
-        # large windows: a low-precision trunk call costs little per token, much per call
-        jacobi_inverse(draft, opt.jacobi_draft_block_size or draft.U, opt.jacobi_th, opt.jacobi_max_iter,
-                       opt.context_length, window, progress=opt.progress, stats=ds, schedule="sliding")
-        inv.start_from(draft)
-        if stats is not None:
-            stats.draft_iterations += ds.iterations
-            stats.draft_tokens += ds.tokens
-    return jacobi_inverse(inv, opt.jacobi_block_size, opt.jacobi_th, opt.jacobi_max_iter, opt.context_length,
-                          window, progress=opt.progress, stats=stats, schedule=opt.jacobi_schedule)
+                  window: int | None, stats: JacobiStats | None, pack: bool) -> torch.Tensor:
+    """One block's inverse on its tokens (B', N', C): sequential, or Jacobi (after a low-precision draft).
+    pack: the Linear layers multiply from weights packed once for the call (nn.packed: the BLAS would re-pack
+    them on each of the sampler's many small trunk calls)."""
+    # the draft is a copy of the plain block: made before its layers are packed
+    low = draft_copy(view.block, opt.jacobi_draft) if opt.method == "jacobi" else None
+    with packed_linears(view.block, pack):
+        inv = BlockInverse(view, tokens, prefix, window)
+        if opt.method == "sequential":
+            return sequential_inverse(inv, opt.attn_temp, opt.annealed_guidance, opt.progress, opt.compile,
+                                      opt.context_length, window)
+        if low is not None:
+            # the same inputs for a low-precision copy of the block, solved first
+            with packed_linears(low, pack):
+                draft, ds = BlockInverse(dataclasses.replace(view, block=low), tokens, prefix, window), JacobiStats()
+                # large windows: a low-precision trunk call costs little per token, much per call
+                jacobi_inverse(draft, opt.jacobi_draft_block_size or draft.U, opt.jacobi_th, opt.jacobi_max_iter,
+                               opt.context_length, window, progress=opt.progress, stats=ds, schedule="sliding")
+            inv.start_from(draft)
+            if stats is not None:
+                stats.draft_iterations += ds.iterations
+                stats.draft_tokens += ds.tokens
+        return jacobi_inverse(inv, opt.jacobi_block_size, opt.jacobi_th, opt.jacobi_max_iter, opt.context_length,
+                              window, progress=opt.progress, stats=stats, schedule=opt.jacobi_schedule)
 
 
-def _compute_precision(model: StarFlow, opt: SamplerOptions):
-    """bf16 / fp16 weights on a CPU without native bf16 matmuls (AVX2, plain AVX-512): each transformer layer
-    computes in float32 (its weights converted one layer at a time, nn.precision.layers_compute_in), several
-    times faster there than emulated bf16 products, at half the memory of a float32 model. Elsewhere, and for
-    compiled sequential steps (a traced graph cannot swap weights in hooks): as stored."""
+def _compute_precision(model: StarFlow, opt: SamplerOptions) -> tuple[contextlib.AbstractContextManager, bool]:
+    """(context, pack). bf16 / fp16 weights on a CPU without native bf16 matmuls (AVX2, plain AVX-512): each
+    transformer layer computes in float32 (its weights converted one layer at a time,
+    nn.precision.layers_compute_in), several times faster there than emulated bf16 products, at half the
+    memory of a float32 model. Otherwise the weights stay as stored and are packed (nn.packed). Compiled
+    sequential steps get neither (a traced graph cannot swap weights in hooks; inductor makes its own kernels)."""
     w = next(model.parameters())
-    compiled = opt.method == "sequential" and opt.compile
-    if (w.dtype in (torch.bfloat16, torch.float16) and w.device.type == "cpu" and not compiled
-            and not fast_bf16(w.device)):
-        return layers_compute_in(model, torch.float32)
-    return contextlib.nullcontext()
+    if opt.method == "sequential" and opt.compile:
+        return contextlib.nullcontext(), False
+    if w.dtype in (torch.bfloat16, torch.float16) and w.device.type == "cpu" and not fast_bf16(w.device):
+        return layers_compute_in(model, torch.float32), False
+    return contextlib.nullcontext(), True
 
 
 @torch.no_grad()
@@ -103,12 +110,13 @@ def sample(model: StarFlow, z: torch.Tensor, y: torch.Tensor | None = None, y_nu
     shape = h.shape
     B, ch = shape[0], shape[-1]
     tokens = upcast(h.reshape(B, -1, ch))
-    with _compute_precision(model, opt):
+    compute, pack = _compute_precision(model, opt)
+    with compute:
         for v in reversed(model.block_views(shape, y, w, y_null=y_null, sampling=True)):
             if v.identity:
                 continue
             pre = prefix_inputs[v.index].reshape(B, -1, ch) if prefix_inputs is not None and not v.local else None
-            out = _invert_block(v, v.to_block(tokens), opt, pre, window if v.deep else None, stats)
+            out = _invert_block(v, v.to_block(tokens), opt, pre, window if v.deep else None, stats, pack)
             tokens = v.from_block(out)
     x = model.unpatchify(tokens.reshape(shape)).to(z.dtype)
     if prefix is not None:

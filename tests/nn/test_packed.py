@@ -1,0 +1,74 @@
+"""packed_linears: Linear layers multiplying from weights packed once (oneDNN), for inference on a CPU."""
+import pytest
+import torch
+
+from starflow.nn.layers import TransformerLayer
+from starflow.nn.packed import packed_linears, packing_available
+
+pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN")
+
+
+def _layers(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.ModuleList([TransformerLayer(48, 24), TransformerLayer(48, 24, bias=False)]).eval()
+
+
+def _run(layers, x):
+    return layers[1](layers[0](x, None), None)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 48), (2, 5, 48), (3, 64, 48)])
+def test_same_numbers_as_the_plain_layers(shape):
+    layers = _layers()
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        want = _run(layers, x)
+        with packed_linears(layers) as n:
+            assert n == 8                                 # qkv, proj and the two MLP layers of each
+            assert all("forward" in m.__dict__ for m in layers.modules() if isinstance(m, torch.nn.Linear))
+            got = _run(layers, x)
+            # non-contiguous input (a transposed view) takes the same product
+            xt = x.transpose(0, 1).contiguous().transpose(0, 1)
+            torch.testing.assert_close(_run(layers, xt), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # restored on exit: the layers are plain Linear modules again
+    assert not any("forward" in m.__dict__ for m in layers.modules())
+
+
+def test_a_no_op_with_gradients_and_restored_after_an_error():
+    layers = _layers()
+    with packed_linears(layers) as n:                     # gradients on: training forward, left alone
+        assert n == 0
+    with pytest.raises(RuntimeError, match="boom"):
+        with torch.no_grad(), packed_linears(layers) as n:
+            assert n == 8
+            raise RuntimeError("boom")
+    assert not any("forward" in m.__dict__ for m in layers.modules())
+
+
+def test_a_call_that_needs_gradients_takes_the_plain_product():
+    lin = torch.nn.Linear(8, 4)
+    with torch.no_grad(), packed_linears(lin):
+        with torch.enable_grad():
+            x = torch.randn(3, 8, requires_grad=True)
+            out = lin(x)
+            out.sum().backward()                          # the packed op has no backward: must not be used
+    torch.testing.assert_close(x.grad, lin.weight.detach().sum(0).expand(3, 8))
+
+
+def test_nested_contexts_and_other_dtypes():
+    lin = torch.nn.Linear(8, 4)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        want = lin(x)
+        with packed_linears(lin) as outer:
+            with packed_linears(lin) as inner:            # already packed: the outer context owns it
+                assert (outer, inner) == (1, 0)
+            assert "forward" in lin.__dict__
+            # an input of another dtype than the packed weight: the layer's own product (and its error)
+            with pytest.raises(RuntimeError):
+                lin(x.double())
+            torch.testing.assert_close(lin(x), want, atol=1e-6, rtol=1e-6)
+        assert "forward" not in lin.__dict__
+        with packed_linears(lin, enabled=False) as n:
+            assert n == 0
