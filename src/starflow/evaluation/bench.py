@@ -115,14 +115,15 @@ def load_bench_model(path: str | Path) -> StarFlow:
 
 
 def check_targets(res: dict[str, Any], reference: dict[str, float] = OFFICIAL_CPU) -> dict[str, Any]:
-    """The speed issue's CPU targets against the official figures: train step <= 0.8x, sequential <= 0.5x,
-    Jacobi <= 0.5x at no larger error, and Jacobi within 3x of one forward pass of the doubled batch."""
+    """The speed issue's CPU targets against the official figures: float32 train step <= 0.9x (the second
+    speed issue's figure; 0.8x before), sequential <= 0.5x, Jacobi <= 0.5x at no larger error, and Jacobi
+    within 3x of one forward pass of the doubled batch."""
     out: dict[str, Any] = {}
 
     def ratio(key):
         return round(res[key] / reference[key], 3) if key in res else None
 
-    for key, limit in (("train_step_ms", 0.8), ("sample_sequential_s", 0.5), ("sample_jacobi_s", 0.5)):
+    for key, limit in (("train_step_ms", 0.9), ("sample_sequential_s", 0.5), ("sample_jacobi_s", 0.5)):
         r = ratio(key)
         if r is not None:
             out[f"{key}_vs_official"] = r
