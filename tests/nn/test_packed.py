@@ -72,3 +72,30 @@ def test_nested_contexts_and_other_dtypes():
         assert "forward" not in lin.__dict__
         with packed_linears(lin, enabled=False) as n:
             assert n == 0
+
+
+def test_threads_sharing_a_model_get_the_same_numbers():
+    import threading
+    layers = _layers()
+    x = torch.randn(2, 7, 48)
+    with torch.no_grad():
+        want = _run(layers, x)
+    out, errors = [], []
+
+    def work():
+        try:
+            with torch.no_grad():
+                for _ in range(20):
+                    with packed_linears(layers):
+                        out.append(_run(layers, x))
+        except Exception as e:      # pragma: no cover - the failure being tested for
+            errors.append(e)
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(out) == 60
+    for got in out:
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not any("forward" in m.__dict__ for m in layers.modules())

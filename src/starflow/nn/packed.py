@@ -15,6 +15,7 @@ only where oneDNN is built in; otherwise it changes nothing. The weights must no
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterator
 
 import torch
@@ -22,6 +23,8 @@ import torch
 __all__ = ["packed_linears", "packing_available"]
 
 _DTYPES = (torch.float32, torch.bfloat16)
+# sampling calls from several threads (a served app) may share a model: swaps and restores take turns
+_LOCK = threading.Lock()
 
 
 def packing_available() -> bool:
@@ -64,11 +67,14 @@ def packed_linears(module: torch.nn.Module, enabled: bool = True) -> Iterator[in
     swapped: list[torch.nn.Linear] = []
     try:
         if enabled and not torch.is_grad_enabled() and packing_available():
-            for layer in module.modules():
-                if _packable(layer):
-                    layer.forward = _PackedForward(layer)
-                    swapped.append(layer)
+            with _LOCK:
+                for layer in module.modules():
+                    if _packable(layer):
+                        layer.forward = _PackedForward(layer)
+                        swapped.append(layer)
         yield len(swapped)
     finally:
-        for layer in swapped:
-            del layer.forward
+        with _LOCK:
+            for layer in swapped:
+                # a context of another thread may use it still: it then takes the plain product (same numbers)
+                layer.__dict__.pop("forward", None)
