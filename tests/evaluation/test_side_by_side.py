@@ -101,3 +101,22 @@ def test_refuses_a_missing_checkout_and_bad_rounds(tmp_path):
     (tmp_path / "transformer_flow.py").write_text("")
     with pytest.raises(SystemExit, match="rounds"):
         _load().main(["--code", str(tmp_path), "--model", str(tmp_path / "m.pt"), "--rounds", "0"])
+
+
+def test_official_baseline_times_the_video_path(make_model, tmp_path, capsys, monkeypatch):
+    """official_baseline.py's video figures (the same stand-in checkout): Jacobi + denoiser at 8 frames, its
+    error against our sequential sample of the same windowed equations, and the long-video cost per frame."""
+    model = make_model(dtype=torch.float32, temporal_causal=1, shallow_block_local=True, local_attn_window=2,
+                       learnable_self_denoiser=True, conditional_denoiser=True)
+    args = _checkout(model, tmp_path, monkeypatch)
+    spec = importlib.util.spec_from_file_location("official_baseline", SCRIPT.with_name("official_baseline.py"))
+    base = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+    assert base.main(args + ["--sample-repeats", "1", "--long-video-frames", "3,8"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["video_frames"] == 8 and res["video_window"] == 2 and res["video_context"] == 1
+    assert res["video_jacobi_s"] > 0 and 0 <= res["video_jacobi_max_abs_err"] < 0.5
+    assert set(res["long_video_s_per_frame"]) == {"3", "8"}
+    calls = sys.modules["transformer_flow"].CALLS
+    assert calls.count("reverse") >= 3 and "denoiser" in calls
+    assert not torch.distributed.is_initialized()
