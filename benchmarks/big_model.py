@@ -82,7 +82,7 @@ def run_sample(path: str, block_size: int, schedule: str, guidance: float, nativ
     import starflow
     from starflow.flow.io import load_official
     from starflow.nn.trunk import Trunk
-    from starflow.sampling.draft import fast_bf16
+    from starflow.sampling.draft import native_bf16
     from starflow.sampling.inverse import JacobiStats
     from starflow.sampling.sample import sample
 
@@ -128,7 +128,7 @@ def run_sample(path: str, block_size: int, schedule: str, guidance: float, nativ
            "peak_above_baseline_over_weights": round((peak - baseline) / weights, 3),
            "load_s": round(load_s, 1), "image_s": round(image_s, 1), "finite": bool(torch.isfinite(x).all()),
            "trunk_calls": stats.iterations, "tokens": stats.tokens, "per_block": dict(calls),
-           "compute": "bf16 products" if fast_bf16(torch.device("cpu")) else "float32 (layers_compute_in)",
+           "compute": "bf16 products" if native_bf16(torch.device("cpu")) else "float32 (layers_compute_in)",
            "sampler": dict(method="jacobi", schedule=schedule, block_size=block_size, threshold=1e-3, max_iter=32,
                            guidance=guidance),
            "threads": torch.get_num_threads(), "torch": torch.__version__, "starflow": starflow.__version__}

@@ -50,7 +50,7 @@ def test_float32_layers_are_left_alone():
 
 def test_bf16_model_samples_in_float32_on_a_cpu_without_native_bf16(make_model, monkeypatch):
     import starflow.sampling.sample as S
-    monkeypatch.setattr(S, "fast_bf16", lambda device: False)
+    monkeypatch.setattr(S, "native_bf16", lambda device: False)
     low = make_model(dtype=torch.float32).to(torch.bfloat16)
     exact = make_model(dtype=torch.float32)
     exact.load_state_dict({k: v.float() for k, v in low.state_dict().items()})
@@ -61,6 +61,6 @@ def test_bf16_model_samples_in_float32_on_a_cpu_without_native_bf16(make_model, 
     assert got.dtype == torch.bfloat16
     # only the bf16 activations between layers and the bf16 KV cache differ from the float32 model
     assert (got.float() - want).abs().max() < 0.1
-    monkeypatch.setattr(S, "fast_bf16", lambda device: True)      # native bf16: computed as stored
+    monkeypatch.setattr(S, "native_bf16", lambda device: True)    # native bf16: computed as stored
     native = S.sample(low, z.bfloat16(), y.bfloat16(), method="sequential")
     assert (native.float() - got.float()).abs().max() > 0

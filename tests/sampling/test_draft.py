@@ -105,3 +105,17 @@ def test_draft_on_cuda_is_accepted_in_float32(make_model):
                  jacobi_block_size=4, jacobi_th=1e-12, jacobi_max_iter=40, stats=stats)
     assert stats.draft_iterations > 0                      # auto drafts on a GPU with bf16
     torch.testing.assert_close(out, seq, atol=1e-4, rtol=1e-4)
+
+
+def test_native_bf16_covers_the_draft_hardware_and_avx512_bf16(monkeypatch):
+    """native_bf16 (compute a bf16 model as stored) is true wherever fast_bf16 (a draft pays) is, and also on
+    CPUs with AVX-512 BF16 only; never on a device without bf16 hardware."""
+    assert isinstance(draft_mod.native_bf16(torch.device("cpu")), bool)
+    assert not draft_mod.native_bf16(torch.device("meta"))
+    monkeypatch.setattr(draft_mod, "fast_bf16", lambda device: True)
+    assert draft_mod.native_bf16(torch.device("cpu"))
+    monkeypatch.setattr(draft_mod, "fast_bf16", lambda device: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert draft_mod.native_bf16(torch.device("cpu"))
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert not draft_mod.native_bf16(torch.device("cpu"))

@@ -28,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--train-autocast", choices=["auto", "bf16", "none"], default="auto",
                    help="float32 runs: also time the training step under bf16 autocast (float32 weights, the "
                         "official training precision) as train_step_autocast_ms; auto (default): where bf16 is "
-                        "native (AMX, CUDA)")
+                        "native (AMX, AVX-512 BF16, CUDA)")
     p.add_argument("--no-official", action="store_true",
                    help="do not also time the baselines (official Jacobi, Jacobi without draft, eager sequential)")
     p.add_argument("--compile", action="store_true",

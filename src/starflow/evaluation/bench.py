@@ -24,7 +24,7 @@ from ..strict import check_types, from_mapping
 from ..flow.likelihood import nll, official_loss
 from ..flow.io import load_conformance_file, load_official
 from ..flow.model import StarFlow
-from ..sampling.draft import fast_bf16
+from ..sampling.draft import native_bf16
 from ..sampling.inverse import JacobiStats
 from ..sampling.sample import SamplerOptions, sample
 from .bench_video import VIDEO_PARTS, bench_video, check_video_targets
@@ -258,7 +258,7 @@ def _bench_train(base: StarFlow, opt: BenchOptions, device, dtype, res: dict, lo
         return loss.detach()
     figures = [("train_step_ms", dtype == torch.bfloat16)]
     if dtype == torch.float32 and (opt.train_autocast == "bf16" or
-                                   (opt.train_autocast == "auto" and fast_bf16(device))):
+                                   (opt.train_autocast == "auto" and native_bf16(device))):
         # the float32 figure alone would under-sell training where bf16 is native, the autocast one alone
         # would hide the float32 speed
         figures.append(("train_step_autocast_ms", True))

@@ -16,7 +16,7 @@ import torch
 
 from ..flow.block import FlowBlock
 
-__all__ = ["DRAFT_DTYPES", "draft_copy", "fast_bf16"]
+__all__ = ["DRAFT_DTYPES", "draft_copy", "fast_bf16", "native_bf16"]
 
 # "auto": bf16 where the hardware multiplies bf16 natively (see fast_bf16), else no draft
 DRAFT_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "auto": torch.bfloat16}
@@ -31,6 +31,23 @@ def fast_bf16(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         probe = getattr(torch.cpu, "_is_amx_tile_supported", None)   # private, hence the guard
+        try:
+            return bool(probe()) if probe is not None else False
+        except RuntimeError:
+            return False
+    return False
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively here at all, i.e. faster than float32 ones: fast_bf16's hardware, or a
+    CPU with AVX-512 BF16 dot products (AMD Zen 4, Intel Cooper Lake). There a bf16 model computes as stored
+    (sampling.sample); the draft still needs fast_bf16. Measured on a 2-core Zen 4: bf16 products at ~1.8x the
+    float32 rate, a bf16 copy of the bench model sampled 2.25x faster in bf16 than with its layers converted to
+    float32, while a bf16 draft did not pay for itself (benchmarks/RESULTS.md)."""
+    if fast_bf16(device):
+        return True
+    if device.type == "cpu":
+        probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)   # private, hence the guard
         try:
             return bool(probe()) if probe is not None else False
         except RuntimeError:

@@ -10,7 +10,7 @@ import torch
 from ..flow.model import BlockView, StarFlow
 from ..nn.packed import packed_linears
 from ..nn.precision import layers_compute_in, upcast
-from .draft import draft_copy, fast_bf16
+from .draft import draft_copy, native_bf16
 from .inverse import BlockInverse, JacobiStats, jacobi_inverse, sequential_inverse
 from .options import SamplerOptions
 
@@ -71,7 +71,7 @@ def _invert_block(view: BlockView, tokens: torch.Tensor, opt: SamplerOptions, pr
 
 
 def _compute_precision(model: StarFlow, opt: SamplerOptions) -> tuple[contextlib.AbstractContextManager, bool]:
-    """(context, pack). bf16 / fp16 weights on a CPU without native bf16 matmuls (AVX2, plain AVX-512): each
+    """(context, pack). bf16 / fp16 weights on a CPU without native bf16 matmuls (AVX2, AVX-512 without BF16): each
     transformer layer computes in float32 (its weights converted one layer at a time,
     nn.precision.layers_compute_in), several times faster there than emulated bf16 products, at half the
     memory of a float32 model. Otherwise the weights stay as stored and are packed (nn.packed). Compiled
@@ -79,7 +79,7 @@ def _compute_precision(model: StarFlow, opt: SamplerOptions) -> tuple[contextlib
     w = next(model.parameters())
     if opt.method == "sequential" and opt.compile:
         return contextlib.nullcontext(), False
-    if w.dtype in (torch.bfloat16, torch.float16) and w.device.type == "cpu" and not fast_bf16(w.device):
+    if w.dtype in (torch.bfloat16, torch.float16) and w.device.type == "cpu" and not native_bf16(w.device):
         return layers_compute_in(model, torch.float32), False
     return contextlib.nullcontext(), True
 
