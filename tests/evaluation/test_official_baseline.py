@@ -1,19 +1,14 @@
 """benchmarks/official_baseline.py: the official Model is built from the config the way the official set-up does."""
-import importlib.util
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "official_baseline.py"
+from .fake_official import load_script, write_checkout
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("official_baseline", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("official_baseline")
 
 
 def test_config_maps_onto_the_official_constructor(make_model):
@@ -37,48 +32,11 @@ def test_needs_an_official_checkout(tmp_path):
         _load().main(["--code", str(tmp_path), "--model", str(tmp_path / "m.pt")])
 
 
-FAKE_CHECKOUT = '''
-import json
-import torch
-from starflow.flow.io import load_official
-from starflow.flow.model import StarFlow
-
-CONFIG = json.loads({config!r})
-AUTOCAST = []   # whether each forward ran under CPU autocast
-
-
-class _Official(StarFlow):
-    """Stands in for the official Model: its call and loss signatures, our numbers."""
-
-    def forward(self, x, y):
-        AUTOCAST.append(torch.is_autocast_enabled("cpu"))
-        out = super().forward(x, y)
-        return out.z, None, out.block_outputs, out.logdets
-
-    def get_loss(self, z, logdets):
-        lz, ll = self.loss_terms(z, logdets)
-        return {{"loss": (lz + ll).mean()}}
-
-
-def Model(**kw):
-    m = load_official(CONFIG)
-    m.__class__ = _Official
-    return m
-'''
-
-
 def test_training_step_with_and_without_autocast(make_model, tmp_path, capsys, monkeypatch):
     import json
     import sys
     model = make_model(dtype=torch.float32, img_size=4, txt_size=3, txt_dim=5)
-    cfg = model.config.to_dict()
-    (tmp_path / "code").mkdir()
-    (tmp_path / "code" / "transformer_flow.py").write_text(FAKE_CHECKOUT.format(config=json.dumps(cfg)))
-    torch.save({"config": cfg, "state_dict": model.state_dict()}, tmp_path / "m.pt")
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.delitem(sys.modules, "transformer_flow", raising=False)
-    args = ["--code", str(tmp_path / "code"), "--model", str(tmp_path / "m.pt"), "--parts", "train",
-            "--repeats", "1"]
+    args = write_checkout(model, tmp_path, monkeypatch) + ["--parts", "train", "--repeats", "1"]
     assert _load().main(args + ["--autocast"]) == 0
     # its one-process group goes with it: a later two-process run in this process must not find it
     assert not torch.distributed.is_initialized()
@@ -91,22 +49,15 @@ def test_training_step_with_and_without_autocast(make_model, tmp_path, capsys, m
     assert "train_step_autocast_ms" not in json.loads(capsys.readouterr().out)
 
 
-def _fake_checkout(make_model, tmp_path):
-    import json
+def _fake_checkout(make_model, tmp_path, monkeypatch):
     model = make_model(dtype=torch.float32, img_size=4, txt_size=3, txt_dim=5)
-    cfg = model.config.to_dict()
-    (tmp_path / "code").mkdir()
-    (tmp_path / "code" / "transformer_flow.py").write_text(FAKE_CHECKOUT.format(config=json.dumps(cfg)))
-    torch.save({"config": cfg, "state_dict": model.state_dict()}, tmp_path / "m.pt")
-    return ["--code", str(tmp_path / "code"), "--model", str(tmp_path / "m.pt"), "--repeats", "1"]
+    return write_checkout(model, tmp_path, monkeypatch) + ["--repeats", "1"]
 
 
 def test_bf16_runs_every_part_under_autocast(make_model, tmp_path, capsys, monkeypatch):
     import json
     import sys
-    args = _fake_checkout(make_model, tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.delitem(sys.modules, "transformer_flow", raising=False)
+    args = _fake_checkout(make_model, tmp_path, monkeypatch)
     assert _load().main(args + ["--parts", "forward,train", "--dtype", "bf16", "--autocast"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["dtype"] == "bf16" and res["precision"] == "bf16 autocast" and res["device"] == "cpu"
@@ -120,10 +71,7 @@ def test_bf16_runs_every_part_under_autocast(make_model, tmp_path, capsys, monke
 @pytest.mark.gpu
 def test_on_cuda(make_model, tmp_path, capsys, monkeypatch):
     import json
-    import sys
-    args = _fake_checkout(make_model, tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.delitem(sys.modules, "transformer_flow", raising=False)
+    args = _fake_checkout(make_model, tmp_path, monkeypatch)
     assert _load().main(args + ["--parts", "forward,train", "--device", "cuda"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["device"] == "cuda" and res["forward_ms"] > 0 and res["train_step_ms"] > 0

@@ -1,69 +1,19 @@
 """benchmarks/side_by_side.py: ours and the official code timed in alternation, the ratio per round."""
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "side_by_side.py"
-
-# stands in for the official transformer_flow: its call signatures (likelihood, loss, reverse sampling with
-# [y; y_null], the denoiser call), our numbers
-FAKE = '''
-import json
-import torch
-from starflow.flow.io import load_official
-from starflow.flow.model import StarFlow
-from starflow.sampling.sample import sample
-
-CONFIG = json.loads({config!r})
-CALLS = []
-
-
-class _Official(StarFlow):
-    def forward(self, x, y, reverse=False, denoiser=False, guidance=0.0, jacobi=0, jacobi_th=1e-3,
-                jacobi_block_size=16, jacobi_max_iter=32, context_length=None, **kw):
-        CALLS.append("reverse" if reverse else "denoiser" if denoiser else "forward")
-        if denoiser:
-            return self.denoise_output(x, y)
-        if reverse:
-            yc, yn = y.chunk(2)
-            window = self.config.local_attn_window if x.dim() == 5 else None
-            return sample(self, x, yc, yn, method="jacobi" if jacobi else "sequential", guidance=guidance,
-                          jacobi_th=jacobi_th, jacobi_block_size=jacobi_block_size, jacobi_max_iter=jacobi_max_iter,
-                          attn_window=window, context_length=context_length)
-        out = super().forward(x, y)
-        return out.z, None, out.block_outputs, out.logdets
-
-    def get_loss(self, z, logdets):
-        lz, ll = self.loss_terms(z, logdets)
-        return {{"loss": (lz + ll).mean()}}
-
-
-def Model(**kw):
-    m = load_official(CONFIG)
-    m.__class__ = _Official
-    return m
-'''
+from .fake_official import load_script, write_checkout
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("side_by_side", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("side_by_side")
 
 
 def _checkout(model, tmp_path, monkeypatch):
-    cfg = model.config.to_dict()
-    (tmp_path / "code").mkdir()
-    (tmp_path / "code" / "transformer_flow.py").write_text(FAKE.format(config=json.dumps(cfg)))
-    torch.save({"config": cfg, "state_dict": model.state_dict()}, tmp_path / "m.pt")
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.delitem(sys.modules, "transformer_flow", raising=False)
-    return ["--code", str(tmp_path / "code"), "--model", str(tmp_path / "m.pt"), "--threads", "1"]
+    return write_checkout(model, tmp_path, monkeypatch) + ["--threads", "1"]
 
 
 def test_image_figures_alternate_and_report_the_median_ratio(make_model, tmp_path, capsys, monkeypatch):
@@ -109,9 +59,7 @@ def test_official_baseline_times_the_video_path(make_model, tmp_path, capsys, mo
     model = make_model(dtype=torch.float32, temporal_causal=1, shallow_block_local=True, local_attn_window=2,
                        learnable_self_denoiser=True, conditional_denoiser=True)
     args = _checkout(model, tmp_path, monkeypatch)
-    spec = importlib.util.spec_from_file_location("official_baseline", SCRIPT.with_name("official_baseline.py"))
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
+    base = load_script("official_baseline")
     assert base.main(args + ["--sample-repeats", "1", "--long-video-frames", "3,8"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["video_frames"] == 8 and res["video_window"] == 2 and res["video_context"] == 1

@@ -23,19 +23,25 @@ DRAFT_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloa
 
 
 def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls run natively here: a CUDA GPU with bf16 support, or a CPU with AMX tiles.
+    """Whether bf16 matmuls run several times faster than float32 here, enough for a bf16 draft to pay: a CUDA GPU
+    with bf16 support, or a CPU with AMX tiles.
 
-    Elsewhere (AVX2 / plain AVX-512 CPUs) bf16 is emulated and a bf16 draft would cost more than it saves.
+    Elsewhere a draft costs more than it saves: AVX2 emulates bf16, and AVX-512 BF16 (native_bf16) is ~1.8x.
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        probe = getattr(torch.cpu, "_is_amx_tile_supported", None)   # private, hence the guard
-        try:
-            return bool(probe()) if probe is not None else False
-        except RuntimeError:
-            return False
+        return _cpu_has("_is_amx_tile_supported")
     return False
+
+
+def _cpu_has(probe_name: str) -> bool:
+    """torch.cpu's probe of a CPU feature; private functions, hence the guards."""
+    probe = getattr(torch.cpu, probe_name, None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -46,13 +52,7 @@ def native_bf16(device: torch.device) -> bool:
     float32, while a bf16 draft did not pay for itself (benchmarks/RESULTS.md)."""
     if fast_bf16(device):
         return True
-    if device.type == "cpu":
-        probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)   # private, hence the guard
-        try:
-            return bool(probe()) if probe is not None else False
-        except RuntimeError:
-            return False
-    return False
+    return device.type == "cpu" and _cpu_has("_is_avx512_bf16_supported")
 
 
 def draft_copy(block: FlowBlock, draft: str) -> FlowBlock | None:
