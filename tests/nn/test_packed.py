@@ -99,3 +99,23 @@ def test_threads_sharing_a_model_get_the_same_numbers():
     for got in out:
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert not any("forward" in m.__dict__ for m in layers.modules())
+
+
+def test_weights_it_cannot_pack_keep_their_own_product(monkeypatch):
+    import starflow.nn.packed as packed
+    layers = _layers()
+    x = torch.randn(2, 3, 48)
+    with torch.no_grad():
+        want = _run(layers, x)
+
+        def refuse(w, hint):
+            raise RuntimeError("oneDNN refuses")
+        monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+        with packed_linears(layers) as n:
+            assert n == 0
+            torch.testing.assert_close(_run(layers, x), want)
+        # a weight that is not a plain strided tensor (a sharded one, say) is not touched either
+        lin = torch.nn.Linear(4, 4)
+        assert packed._packable(lin)
+        lin.weight = torch.nn.Parameter(lin.weight.detach().to_sparse(), requires_grad=False)
+        assert not packed._packable(lin)

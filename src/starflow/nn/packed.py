@@ -54,8 +54,10 @@ class _PackedForward:
 
 def _packable(layer: torch.nn.Module) -> bool:
     w = getattr(layer, "weight", None)
+    # plain strided CPU tensors only: a sharded (DTensor) or otherwise wrapped weight keeps its own product
     return (type(layer) is torch.nn.Linear and "forward" not in layer.__dict__ and w is not None
-            and w.device.type == "cpu" and w.dtype in _DTYPES and w.dim() == 2 and w.numel() > 0)
+            and type(w.data) is torch.Tensor and w.layout == torch.strided and w.device.type == "cpu"
+            and w.dtype in _DTYPES and w.dim() == 2 and w.numel() > 0)
 
 
 @contextlib.contextmanager
@@ -70,7 +72,10 @@ def packed_linears(module: torch.nn.Module, enabled: bool = True) -> Iterator[in
             with _LOCK:
                 for layer in module.modules():
                     if _packable(layer):
-                        layer.forward = _PackedForward(layer)
+                        try:
+                            layer.forward = _PackedForward(layer)
+                        except RuntimeError:       # a weight oneDNN will not pack: the plain product serves
+                            continue
                         swapped.append(layer)
         yield len(swapped)
     finally:

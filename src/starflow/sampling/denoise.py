@@ -67,7 +67,8 @@ def learned_denoise(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, no
         return x
     if next_noise_std > noise_std:
         raise ValueError(f"next_noise_std {next_noise_std} must not exceed noise_std {noise_std}")
-    with packed_linears(model.learnable_self_denoiser or model):    # its Linear weights packed (nn.packed)
+    d = model.learnable_self_denoiser
+    with packed_linears(d if d is not None else model):    # its Linear weights packed (nn.packed)
         pred = model.denoise_output(x, y)
     return x - pred * DENOISER_NOISE_CONST * (noise_std - next_noise_std) / noise_std
 
