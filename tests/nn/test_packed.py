@@ -119,3 +119,16 @@ def test_weights_it_cannot_pack_keep_their_own_product(monkeypatch):
         assert packed._packable(lin)
         lin.weight = torch.nn.Parameter(lin.weight.detach().to_sparse(), requires_grad=False)
         assert not packed._packable(lin)
+
+
+def test_nothing_is_packed_above_the_memory_budget():
+    """The packed copies sit beside the weights: a block of a big model is left as it is (peak memory)."""
+    import starflow.nn.packed as packed
+    layers = _layers()
+    nbytes = sum(m.weight.numel() * 4 for m in layers.modules() if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        with packed_linears(layers, max_bytes=nbytes) as n:
+            assert n == 8
+        with packed_linears(layers, max_bytes=nbytes - 1) as n:
+            assert n == 0 and not any("forward" in m.__dict__ for m in layers.modules())
+    assert packed.PACK_BUDGET_BYTES >= 64 * 2**20     # the bench and demo models (tens of MB) are packed

@@ -23,6 +23,10 @@ import torch
 __all__ = ["packed_linears", "packing_available"]
 
 _DTYPES = (torch.float32, torch.bfloat16)
+# The packed copies live beside the weights while the context is open. Above this many bytes of weights under
+# one context (a block of a multi-billion-parameter model), that copy would cost more memory than the re-packing
+# costs time, and big models are held to a peak of ~1.2x their weights (benchmarks/big_model.py): none is made.
+PACK_BUDGET_BYTES = 512 * 2**20
 # sampling calls from several threads (a served app) may share a model: swaps and restores take turns
 _LOCK = threading.Lock()
 
@@ -61,22 +65,26 @@ def _packable(layer: torch.nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def packed_linears(module: torch.nn.Module, enabled: bool = True) -> Iterator[int]:
+def packed_linears(module: torch.nn.Module, enabled: bool = True, max_bytes: int | None = None) -> Iterator[int]:
     """Pack the weights of `module`'s CPU Linear layers for the duration of the context (yields how many).
 
     Gradients must be off inside (torch.no_grad / inference_mode): a call that needs them falls back to
-    the plain product. Layers already packed by an enclosing context are left to it."""
+    the plain product. Layers already packed by an enclosing context are left to it. Nothing is packed when
+    the layers hold more than `max_bytes` (default PACK_BUDGET_BYTES) of weights: the copies would double them."""
     swapped: list[torch.nn.Linear] = []
+    budget = PACK_BUDGET_BYTES if max_bytes is None else max_bytes
     try:
         if enabled and not torch.is_grad_enabled() and packing_available():
             with _LOCK:
-                for layer in module.modules():
-                    if _packable(layer):
-                        try:
-                            layer.forward = _PackedForward(layer)
-                        except RuntimeError:       # a weight oneDNN will not pack: the plain product serves
-                            continue
-                        swapped.append(layer)
+                layers = [m for m in module.modules() if _packable(m)]
+                if sum(m.weight.numel() * m.weight.element_size() for m in layers) > budget:
+                    layers = []
+                for layer in layers:
+                    try:
+                        layer.forward = _PackedForward(layer)
+                    except RuntimeError:       # a weight oneDNN will not pack: the plain product serves
+                        continue
+                    swapped.append(layer)
         yield len(swapped)
     finally:
         with _LOCK:
