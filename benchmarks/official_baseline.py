@@ -56,6 +56,16 @@ _DEFAULTS = dict(use_pretrained_lm=None, use_mm_attn=0, noise_embed_denoiser=0, 
                  gradient_checkpoint_mlp=None, top_block_channels=None)
 
 
+def reverse_kwargs(jacobi: bool, context_length: int | None = None) -> dict:
+    """The official Model's reverse-call settings of the bench protocol: guidance 2.0; Jacobi at threshold 1e-3,
+    blocks of 16, at most 32 iterations; or its sequential sampler at temperature 1 without annealing."""
+    kw = dict(guidance=2.0, guide_top=None, verbose=False, return_sequence=False, jacobi=int(jacobi),
+              context_length=context_length)
+    kw.update(dict(jacobi_th=1e-3, jacobi_block_size=16, jacobi_max_iter=32) if jacobi else
+              dict(attn_temp=1.0, annealed_guidance=False))
+    return kw
+
+
 def build_official(tf, cfg: dict) -> torch.nn.Module:
     """tf.Model from an official config dict (the generic branch of the official model set-up)."""
     get = (lambda k: cfg[k] if k in cfg else _DEFAULTS[k])
@@ -180,10 +190,7 @@ def _main(argv=None) -> int:
     model.eval()
 
     def sample(jacobi: bool):
-        kw = dict(guidance=2.0, guide_top=None, verbose=False, return_sequence=False, jacobi=int(jacobi),
-                  context_length=None)
-        kw.update(dict(jacobi_th=1e-3, jacobi_block_size=16, jacobi_max_iter=32) if jacobi else
-                  dict(attn_temp=1.0, annealed_guidance=False))
+        kw = reverse_kwargs(jacobi)
         with torch.no_grad(), amp():
             return model(z, torch.cat([y, y_null]), reverse=True, **kw)
     seq = None
@@ -245,8 +252,7 @@ def _video(model, ours, parts: set, frames: int, lengths: list[int], repeats: in
     model.eval()
 
     def run(z, y, y_null):
-        kw = dict(guidance=2.0, guide_top=None, verbose=False, return_sequence=False, jacobi=1, jacobi_th=1e-3,
-                  jacobi_block_size=16, jacobi_max_iter=32, context_length=context)
+        kw = reverse_kwargs(True, context)
         with torch.no_grad(), amp(), contextlib.redirect_stdout(sys.stderr):   # it prints when it re-encodes context
             x = model(z, torch.cat([y, y_null]), reverse=True, **kw)
             return x, _official_denoise(model, x, y, window, c.denoiser_window)

@@ -46,7 +46,7 @@ def _baseline():
     return mod
 
 
-def _image_pairs(ours, official, parts) -> dict:
+def _image_pairs(ours, official, base, parts) -> dict:
     """figure -> (our callable, the official callable), on the same inputs."""
     pairs = {}
     if "forward" in parts:
@@ -63,7 +63,7 @@ def _image_pairs(ours, official, parts) -> dict:
     if "train" in parts:
         xt, yt, _ = random_inputs(ours, 8, 0, "cpu", torch.float32)
         # copies: the steps change the weights, and the samplers below use the loaded ones
-        mine, theirs = _copy_train(ours), _copy_train(official)
+        mine, theirs = copy.deepcopy(ours).train(), copy.deepcopy(official).train()
         o1 = torch.optim.AdamW(mine.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)
         p2 = [p for k, p in theirs.named_parameters() if not k.startswith("learnable_self_denoiser")]
         o2 = torch.optim.AdamW(p2, lr=1e-4, weight_decay=1e-4, fused=True)
@@ -83,12 +83,8 @@ def _image_pairs(ours, official, parts) -> dict:
     so = BenchOptions().sampling
 
     def official_sample(jacobi: bool):
-        kw = dict(guidance=2.0, guide_top=None, verbose=False, return_sequence=False, jacobi=int(jacobi),
-                  context_length=None)
-        kw.update(dict(jacobi_th=1e-3, jacobi_block_size=16, jacobi_max_iter=32) if jacobi else
-                  dict(attn_temp=1.0, annealed_guidance=False))
         with torch.no_grad():
-            return official(z, torch.cat([y, y_null]), reverse=True, **kw)
+            return official(z, torch.cat([y, y_null]), reverse=True, **base.reverse_kwargs(jacobi))
     if "sequential" in parts:
         pairs["sample_sequential_s"] = (lambda: sample(ours, z, y, y_null, so.with_(method="sequential", compile=True)),
                                         lambda: official_sample(False))
@@ -96,10 +92,6 @@ def _image_pairs(ours, official, parts) -> dict:
         pairs["sample_jacobi_s"] = (lambda: sample(ours, z, y, y_null, so.with_(jacobi_draft="none")),
                                     lambda: official_sample(True))
     return pairs
-
-
-def _copy_train(model):
-    return copy.deepcopy(model).train()
 
 
 def _video_pairs(ours, official, base) -> dict:
@@ -110,8 +102,7 @@ def _video_pairs(ours, official, base) -> dict:
     so = BenchOptions().video_sampling.with_(jacobi_draft="none")
 
     def off():
-        kw = dict(guidance=2.0, guide_top=None, verbose=False, return_sequence=False, jacobi=1, jacobi_th=1e-3,
-                  jacobi_block_size=16, jacobi_max_iter=32, context_length=window - 1 if window else None)
+        kw = base.reverse_kwargs(True, window - 1 if window else None)
         with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):   # it prints when it re-encodes context
             x = official(z, torch.cat([y, y_null]), reverse=True, **kw)
             return base._official_denoise(official, x, y, window, c.denoiser_window)
@@ -150,7 +141,8 @@ def main(argv=None) -> int:
            "threads": torch.get_num_threads(), "rounds": args.rounds, "process_group": base._process_group(
                torch.device("cpu")), "loadavg_1m_start": base._loadavg()}
     parts = set(args.parts.split(",")) if args.parts else set(IMAGE_PARTS)
-    pairs = _video_pairs(ours, official, base) if ours.config.is_video_model else _image_pairs(ours, official, parts)
+    pairs = (_video_pairs(ours, official, base) if ours.config.is_video_model
+             else _image_pairs(ours, official, base, parts))
     for name, (mine, theirs) in pairs.items():
         mine(), theirs()                                        # warm-up (compiles our sequential steps)
         scale = 1000 if name.endswith("_ms") else 1
