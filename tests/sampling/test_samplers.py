@@ -218,6 +218,35 @@ def test_windowed_jacobi_equals_the_uncached_reference(make_model, rope):
     assert (full - ref).abs().max() > 1e-3
 
 
+
+@pytest.mark.parametrize("method", ["jacobi", "sequential"])
+def test_sliding_keeps_the_text_entries_and_encodes_the_text_once(make_model, method, monkeypatch):
+    """A slide rewinds the cache to the text instead of re-encoding the text (its keys would be the same): the
+    text goes through the trunk once per inverse, however often the window slides, and the video is the one
+    the uncached reference makes (the reference re-reads the text in every call)."""
+    from starflow.sampling.inverse import BlockInverse, jacobi_inverse, sequential_inverse
+
+    model = make_model(temporal_causal=1, shallow_block_local=True)
+    z, y, _ = _noise(model, B=2, T=5)
+    tokens = model.patchify(z).reshape(2, -1, model.config.token_channels)
+    view = model.block_views(model.patchify(z).shape, y, sampling=True)[-1]
+    ref = _windowed_reference(view, tokens, window=2, context=1)
+    text_calls, slides, run = [], [], type(view.block).run
+
+    def spy(self, x, text=None, **kw):
+        if text is not None:
+            text_calls.append(text.shape)
+        return run(self, x, text, **kw)
+    monkeypatch.setattr(type(view.block), "run", spy)
+    monkeypatch.setattr(BlockInverse, "slide", lambda self, *a, _s=BlockInverse.slide: (slides.append(a), _s(self, *a)))
+    inv = BlockInverse(view, tokens, window_frames=2)
+    if method == "jacobi":
+        got = jacobi_inverse(inv, block_size=4, threshold=0.0, max_iter=64, context_frames=1, window_frames=2)
+    else:
+        got = sequential_inverse(inv, context_frames=1, window_frames=2)
+    torch.testing.assert_close(got, ref, atol=1e-10, rtol=0)
+    assert len(slides) == 3 and len(text_calls) == 1
+
 @pytest.mark.parametrize("rope", [True, False])
 def test_windowed_sequential_equals_the_uncached_reference(make_model, rope):
     """The sequential sampler slides the same window: it solves the equations Jacobi solves, token by token."""

@@ -62,6 +62,7 @@ class BlockInverse:
         p = block.proj_in.weight
         self.cache: KVCache = block.new_cache(zp.size(0), length, p.device, p.dtype)
         self.prime_text()
+        self.n_txt = self.cache.pos                                     # cache entries holding the text
         self.start = 0
         self.initialised = False                                        # x_full holds a draft (start_from)
         if prefix is not None:
@@ -91,9 +92,10 @@ class BlockInverse:
 
     def slide(self, start: int, context: int) -> None:
         """Restart the cache from the text and the `context` tokens before input position `start`, re-encoded
-        as a fresh sequence (the official long-video sampler): attention then sees at most the window."""
-        self.cache.reset()
-        self.prime_text()
+        as a fresh sequence (the official long-video sampler): attention then sees at most the window.
+        The text's entries are kept, not re-encoded as the official sampler does: text comes first and attends
+        only to itself, so a second priming would write the very same keys and values at the very same places."""
+        self.cache.rewind(self.cache.pos - self.n_txt)
         inp = self.block.input_sequence(self.x_full[:, start + 1 - context:start + 1])[:, :-1]
         self.shift = start - inp.size(1)
         self.run(inp, start - inp.size(1))
