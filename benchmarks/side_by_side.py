@@ -12,7 +12,9 @@ each side's median time:
 The protocol is `starflow bench`'s (same model file, seeds, batches, guidance 2.0, Jacobi threshold 1e-3,
 blocks of 16, max 32 iterations; float32; our Jacobi with its default sliding schedule and no draft, our
 sequential sampler with compiled steps as `starflow bench` times it). A video model gets `video_jacobi`:
-8 latent frames, batch 2, the sliding window past `local_attn_window`, and each side's learnable denoiser.
+8 latent frames, batch 2, the sliding window past `local_attn_window`, and each side's learnable denoiser; and the
+same at 16 and 32 frames (`--long-video-frames`), from which each side's cost per frame and its flatness (max / min
+over the lengths) come, all lengths of both sides timed in the same rounds.
 The official code is imported from the checkout (nothing of it is copied here), built and loaded strictly
 by official_baseline.py's functions.
 """
@@ -25,14 +27,13 @@ import importlib.util
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from starflow.evaluation.bench import BenchOptions, _device_name, load_bench_model
 from starflow.evaluation.bench_video import _sampler
-from starflow.evaluation.timing import random_inputs
+from starflow.evaluation.timing import interleaved, random_inputs
 from starflow.flow.likelihood import nll, official_loss
 from starflow.sampling.sample import sample
 
@@ -94,25 +95,32 @@ def _image_pairs(ours, official, base, parts) -> dict:
     return pairs
 
 
-def _video_pairs(ours, official, base) -> dict:
+def _video_pairs(ours, official, base, lengths: list[int]) -> dict:
+    """video_jacobi_s at 8 frames, and long_video_s[T] (the whole video) at each longer length."""
     c = ours.config
     window = c.local_attn_window
-    z, y, y_null = random_inputs(ours, 2, 2, "cpu", torch.float32, frames=8)
     run = _sampler(ours, True)
     so = BenchOptions().video_sampling.with_(jacobi_draft="none")
+    kw = base.reverse_kwargs(True, window - 1 if window else None)
 
-    def off():
-        kw = base.reverse_kwargs(True, window - 1 if window else None)
-        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):   # it prints when it re-encodes context
-            x = official(z, torch.cat([y, y_null]), reverse=True, **kw)
-            return base._official_denoise(official, x, y, window, c.denoiser_window)
-    return {"video_jacobi_s": (lambda: run(so, z, y, y_null), off)}
+    def pair(T: int):
+        z, y, y_null = random_inputs(ours, 2, 2, "cpu", torch.float32, frames=T)
+
+        def off():
+            with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):   # it prints when it re-encodes context
+                x = official(z, torch.cat([y, y_null]), reverse=True, **kw)
+                return base._official_denoise(official, x, y, window, c.denoiser_window)
+        return (lambda: run(so, z, y, y_null)), off
+    return {"video_jacobi_s": pair(8), **{f"long_video_s[{T}]": pair(T) for T in lengths if T != 8}}
 
 
-def _seconds(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def _per_frame(res: dict, lengths: list[int]) -> None:
+    """Each side's long-video cost per frame (8 frames: video_jacobi_s) and its flatness, max / min."""
+    for side in ("ours", "official"):
+        per = {str(T): round(res["video_jacobi_s" if T == 8 else f"long_video_s[{T}]"][side] / T, 4)
+               for T in sorted({8, *lengths})}
+        res[f"long_video_s_per_frame_{side}"] = per
+        res[f"long_video_flatness_{side}"] = round(max(per.values()) / min(per.values()), 3)
 
 
 def main(argv=None) -> int:
@@ -122,6 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--parts", default=None, help=f"image models: comma-separated subset of {','.join(IMAGE_PARTS)}")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--long-video-frames", default="16,32", help="video models: the longer videos timed beside the "
+                    "8-frame one (their cost per frame gives each side's long-video flatness); '' for none")
     args = ap.parse_args(argv)
     if not (args.code / "transformer_flow.py").is_file():
         raise SystemExit(f"{args.code}: no transformer_flow.py (give a checkout of apple/ml-starflow)")
@@ -141,20 +151,23 @@ def main(argv=None) -> int:
            "threads": torch.get_num_threads(), "rounds": args.rounds, "process_group": base._process_group(
                torch.device("cpu")), "loadavg_1m_start": base._loadavg()}
     parts = set(args.parts.split(",")) if args.parts else set(IMAGE_PARTS)
-    pairs = (_video_pairs(ours, official, base) if ours.config.is_video_model
-             else _image_pairs(ours, official, base, parts))
-    for name, (mine, theirs) in pairs.items():
-        mine(), theirs()                                        # warm-up (compiles our sequential steps)
+    video = ours.config.is_video_model
+    lengths = [int(t) for t in args.long_video_frames.split(",") if t.strip()] if video else []
+    pairs = _video_pairs(ours, official, base, lengths) if video else _image_pairs(ours, official, base, parts)
+    # every figure of both sides in one group of rounds: one warm-up each (it compiles our sequential steps),
+    # then in turns, so that each pair is timed back to back and each side's figures at the same hour
+    fns = {(name, side): fn for name, (mine, theirs) in pairs.items() for side, fn in (("ours", mine),
+                                                                                         ("official", theirs))}
+    times = interleaved(fns, torch.device("cpu"), 1, args.rounds)
+    for name in pairs:
         scale = 1000 if name.endswith("_ms") else 1
-        t_ours, t_off = [], []
-        for r in range(args.rounds):
-            order = [(mine, t_ours), (theirs, t_off)]
-            for fn, times in (order if r % 2 == 0 else order[::-1]):
-                times.append(_seconds(fn) * scale)
+        t_ours, t_off = [t * scale for t in times[name, "ours"]], [t * scale for t in times[name, "official"]]
         ratios = [a / b for a, b in zip(t_ours, t_off)]
         res[name] = {"ours": round(statistics.median(t_ours), 3), "official": round(statistics.median(t_off), 3),
                      "ratio": round(statistics.median(ratios), 3), "ratios": [round(q, 3) for q in ratios]}
         print(f"{name}: {res[name]}", file=sys.stderr)
+    if video:
+        _per_frame(res, lengths)
     res["loadavg_1m_end"] = base._loadavg()
     with contextlib.suppress(Exception):
         torch.distributed.destroy_process_group()

@@ -157,7 +157,8 @@ def test_video_model_figures(video_model_file):
     assert res["video_sequential_compiled"] and res["video_sequential_compiled_max_abs_diff"] < 1e-3
     assert res["video_jacobi_over_sequential"] == round(res["video_jacobi_s"] / res["video_sequential_s"], 3)
     per_frame = res["long_video_s_per_frame"]
-    assert set(per_frame) == {"3", "5"} and per_frame["3"] == round(res["video_jacobi_s"] / 3, 4)
+    # every length timed anew, the lengths taking turns (timing.interleaved): the flatness is a ratio of them
+    assert set(per_frame) == {"3", "5"} and min(per_frame.values()) > 0
     assert res["long_video_flatness"] == round(max(per_frame.values()) / min(per_frame.values()), 3)
     t = res["targets"]
     assert {"video_jacobi_over_sequential_ok", "long_video_flat_ok", "all_ok"} <= set(t)

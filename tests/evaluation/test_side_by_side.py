@@ -37,12 +37,28 @@ def test_video_model_times_jacobi_with_the_denoiser(make_model, tmp_path, capsys
     model = make_model(dtype=torch.float32, temporal_causal=1, shallow_block_local=True, local_attn_window=2,
                        learnable_self_denoiser=True, conditional_denoiser=True)
     args = _checkout(model, tmp_path, monkeypatch)
-    assert _load().main(args + ["--rounds", "1"]) == 0
+    assert _load().main(args + ["--rounds", "1", "--long-video-frames", ""]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert list(k for k in res if isinstance(res[k], dict)) == ["video_jacobi_s"]
+    assert list(k for k in res if isinstance(res[k], dict) and "ratios" in res[k]) == ["video_jacobi_s"]
     assert res["video_jacobi_s"]["ours"] > 0 and len(res["video_jacobi_s"]["ratios"]) == 1
     calls = sys.modules["transformer_flow"].CALLS
     assert calls.count("reverse") == 2 and calls.count("denoiser") >= 2
+
+
+def test_video_model_times_long_videos_in_the_same_rounds(make_model, tmp_path, capsys, monkeypatch):
+    model = make_model(dtype=torch.float32, temporal_causal=1, shallow_block_local=True, local_attn_window=2,
+                       learnable_self_denoiser=True, conditional_denoiser=True)
+    args = _checkout(model, tmp_path, monkeypatch)
+    assert _load().main(args + ["--rounds", "2", "--long-video-frames", "3,8"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {"video_jacobi_s", "long_video_s[3]"} <= set(res) and "long_video_s[8]" not in res
+    for side in ("ours", "official"):
+        per = res[f"long_video_s_per_frame_{side}"]
+        assert set(per) == {"3", "8"}
+        assert per["3"] == round(res["long_video_s[3]"][side] / 3, 4) and per["8"] == round(res["video_jacobi_s"][side] / 8, 4)
+        assert res[f"long_video_flatness_{side}"] == round(max(per.values()) / min(per.values()), 3)
+    # warm-up + 2 rounds, two lengths
+    assert sys.modules["transformer_flow"].CALLS.count("reverse") == 6
 
 
 def test_refuses_a_missing_checkout_and_bad_rounds(tmp_path):

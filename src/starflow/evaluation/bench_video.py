@@ -20,7 +20,7 @@ from ..sampling.denoise import in_windows, learned_denoise
 from ..sampling.inverse import JacobiStats
 from ..sampling.options import SamplerOptions
 from ..sampling.sample import sample
-from .timing import first_sequential_call, random_inputs, seconds, timed
+from .timing import first_sequential_call, interleaved, random_inputs, seconds, timed
 
 __all__ = ["VIDEO_PARTS", "bench_video", "check_video_targets", "DENOISE_SIGMA"]
 
@@ -113,17 +113,15 @@ def _jacobi(run, opt, so: SamplerOptions, device, inputs, seq: torch.Tensor, res
 
 
 def _long_video(model: StarFlow, run, opt, so: SamplerOptions, device, dtype, res: dict, log) -> None:
-    """Jacobi (as configured) at each length of opt.long_video_frames, per latent frame."""
+    """Jacobi (as configured) at each length of opt.long_video_frames, per latent frame. The lengths take turns
+    (timing.interleaved): the flatness is a ratio of them, which a drifting host would otherwise move."""
     o = so.with_(method="jacobi", compile=False)
-    per_frame: dict[str, float] = {}
-    for T in opt.long_video_frames:
-        if T == opt.video_frames and "video_jacobi_s" in res:    # the same run, already timed
-            per_frame[str(T)] = round(res["video_jacobi_s"] / T, 4)
-        else:
-            inputs = random_inputs(model, opt.video_batch, opt.seed + 2, device, dtype, frames=T)
-            ts, _ = timed(lambda: run(o, *inputs), device, opt.warmup, opt.sample_repeats)
-            per_frame[str(T)] = round(statistics.median(ts) / T, 4)
-        log(f"long_video_s_per_frame[{T}] {per_frame[str(T)]}")
+    inputs = {T: random_inputs(model, opt.video_batch, opt.seed + 2, device, dtype, frames=T)
+              for T in opt.long_video_frames}
+    times = interleaved({T: (lambda T=T: run(o, *inputs[T])) for T in inputs}, device, opt.warmup, opt.sample_repeats)
+    per_frame = {str(T): round(statistics.median(ts) / T, 4) for T, ts in times.items()}
+    for T, v in per_frame.items():
+        log(f"long_video_s_per_frame[{T}] {v}")
     res["long_video_s_per_frame"] = per_frame
     if per_frame:
         v = list(per_frame.values())

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["sync", "timed", "loadavg", "ms", "seconds"]
+__all__ = ["sync", "timed", "interleaved", "loadavg", "ms", "seconds"]
 
 
 def sync(device: torch.device) -> None:
@@ -29,6 +29,27 @@ def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
         sync(device)
         times.append(time.perf_counter() - t0)
     return times, out
+
+
+def interleaved(fns: dict[Any, Callable[[], Any]], device: torch.device, warmup: int, repeats: int
+                ) -> dict[Any, list[float]]:
+    """Time several functions in turns: each round runs every one once, the order reversed every other round.
+    For figures read as ratios of each other (ours / official, long video / short video): a shared CPU's speed
+    drifts by 20-40% within minutes (benchmarks/RESULTS.md), and timing one after the other would put the drift
+    into the ratio. Returns each key's durations (s), one per round."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times: dict[Any, list[float]] = {k: [] for k in fns}
+    keys = list(fns)
+    for r in range(repeats):
+        for k in (keys if r % 2 == 0 else keys[::-1]):
+            t0 = time.perf_counter()
+            fns[k]()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return times
 
 
 def loadavg() -> float | None:
