@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .causal_attention import blocked_causal_attention, use_blocked_causal
 from .kv_cache import KVCache
 from .precision import upcast
 from .rope import apply_rotary, apply_rotary_cis
@@ -103,8 +104,11 @@ class Attention(torch.nn.Module):
             if L > 1:
                 attn_mask = causal_mask(L, prefix, x.device)
         gqa = self.num_kv_heads != self.num_heads
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                             scale=self.scale / temp, enable_gqa=gqa)
+        if is_causal and use_blocked_causal(q, k):     # short float32 sequences on a CPU (nn.causal_attention)
+            out = blocked_causal_attention(q, k, v, self.scale / temp)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                                 scale=self.scale / temp, enable_gqa=gqa)
         out = self.proj(out.transpose(1, 2).reshape(B, L, self.q_size))
         return self.post_norm(out) if self.post_norm is not None else out
 
