@@ -26,11 +26,24 @@ def test_only_short_float32_cpu_sequences_without_grouped_heads_take_it(monkeypa
     q = torch.zeros(2, 4, 64, 8)
     assert use_blocked_causal(q, q)
     assert not use_blocked_causal(q.double(), q.double())           # float64 checks keep the reference kernel
-    assert not use_blocked_causal(q.bfloat16(), q.bfloat16())       # bf16: SDPA's float32 softmax
+    assert use_blocked_causal(q.bfloat16(), q.bfloat16())           # autocast: computed in float32
     assert not use_blocked_causal(q, q[:, :2])                      # grouped key / value heads
     assert not use_blocked_causal(q[:, :, :1], q[:, :, :1])         # one token: nothing to block
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel([SDPBackend.MATH]):
+        assert not use_blocked_causal(q, q)                         # a pinned kernel is the one that runs
+    assert use_blocked_causal(q, q)
     monkeypatch.setattr(ca, "MAX_SCORE_BYTES", 2 * 4 * 64 * 64 * 4 - 1)
     assert not use_blocked_causal(q, q)                             # the score matrix would be too large
+
+
+def test_bf16_inputs_are_attended_in_float32_and_returned_in_bf16():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 40, 8, generator=g).bfloat16() for _ in range(3))
+    out = blocked_causal_attention(q, k, v, 0.5)
+    assert out.dtype == torch.bfloat16
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, scale=0.5)
+    torch.testing.assert_close(out.float(), ref, atol=1e-6, rtol=2 ** -8)   # one rounding to bf16, at the end
 
 
 def test_a_training_forward_takes_the_blocked_path_and_matches_sdpa(monkeypatch):

@@ -9,7 +9,8 @@ are the same softmax(q k^T * scale) v up to float rounding (~1e-7).
 
 The price is memory: autograd keeps each block's probabilities (about half of batch x heads x L x L floats)
 for the backward, where flash keeps O(L). So only calls whose full score matrix stays under
-`MAX_SCORE_BYTES` take this path; longer sequences, other dtypes, GPUs and compiled graphs keep SDPA.
+`MAX_SCORE_BYTES` take this path; longer sequences, float64, GPUs, compiled graphs and code that pins SDPA's
+kernels (`torch.nn.attention.sdpa_kernel`) keep SDPA.
 """
 from __future__ import annotations
 
@@ -21,17 +22,28 @@ __all__ = ["blocked_causal_attention", "use_blocked_causal", "MAX_SCORE_BYTES", 
 
 MAX_SCORE_BYTES = 32 * 2**20     # batch x heads x L x L float32 scores of one call
 QUERY_BLOCK = 128                # rows per block of queries (2-4 blocks measured alike at 272 tokens)
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def use_blocked_causal(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether causal attention of q, k (B, H, L, d) should take `blocked_causal_attention`."""
     B, H, L, _ = q.shape
-    return (q.device.type == "cpu" and q.dtype == torch.float32 and k.shape[1] == H and k.shape[2] == L
-            and 1 < L and B * H * L * L * 4 <= MAX_SCORE_BYTES and not torch.compiler.is_compiling())
+    return (q.device.type == "cpu" and q.dtype in _DTYPES and k.shape[1] == H and k.shape[2] == L
+            and 1 < L and B * H * L * L * 4 <= MAX_SCORE_BYTES and not torch.compiler.is_compiling() and _sdpa_unpinned())
+
+
+def _sdpa_unpinned() -> bool:
+    """False inside `torch.nn.attention.sdpa_kernel(...)` limiting SDPA to some kernels: who pins a kernel gets it."""
+    b = torch.backends.cuda
+    return b.flash_sdp_enabled() and b.math_sdp_enabled() and b.mem_efficient_sdp_enabled()
 
 
 def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale + causal mask) v for q, k, v (B, H, L, d) -> (B, H, L, d)."""
+    """softmax(q k^T * scale + causal mask) v for q, k, v (B, H, L, d) -> (B, H, L, d), computed in float32
+    (bf16 / fp16 inputs, e.g. under autocast, are upcast: more precise than SDPA's bf16 kernel, which rounds
+    the probabilities to bf16, and still faster on a CPU) and returned in q's dtype."""
+    dtype = q.dtype
+    q, k, v = q.float(), k.float(), v.float()
     B, H, L, d = q.shape
     q3 = (q * scale).reshape(B * H, L, d)       # the scale on q: L x d products instead of L x L
     k3, v3 = k.reshape(B * H, L, d), v.reshape(B * H, L, d)
@@ -45,4 +57,4 @@ def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         mask = torch.zeros(e - i, e, dtype=q.dtype, device=q.device).masked_fill_(~allowed, -math.inf)
         scores = torch.baddbmm(mask, q3[:, i:e], k3[:, :e].transpose(1, 2))   # (BH, e - i, e)
         outs.append(torch.bmm(scores.softmax(-1), v3[:, :e]))
-    return torch.cat(outs, 1).view(B, H, L, d)
+    return torch.cat(outs, 1).view(B, H, L, d).to(dtype)
