@@ -10,8 +10,8 @@ each side's median time:
         [--rounds 5] [--parts forward,train,sequential,jacobi] > side_by_side.json
 
 The protocol is `starflow bench`'s (same model file, seeds, batches, guidance 2.0, Jacobi threshold 1e-3,
-blocks of 16, max 32 iterations; float32; our Jacobi with its default sliding schedule and no draft, our
-sequential sampler with compiled steps as `starflow bench` times it). A video model gets `video_jacobi`:
+blocks of 16, max 32 iterations; float32, and the training step under bf16 autocast too where bf16 is native;
+our Jacobi with its default sliding schedule and no draft, our sequential sampler with compiled steps as `starflow bench` times it). A video model gets `video_jacobi`:
 8 latent frames, batch 2, the sliding window past `local_attn_window`, and each side's learnable denoiser; and the
 same at 16 and 32 frames (`--long-video-frames`), from which each side's cost per frame and its flatness (max / min
 over the lengths) come, all lengths of both sides timed in the same rounds.
@@ -35,6 +35,7 @@ from starflow.evaluation.bench import BenchOptions, _device_name, load_bench_mod
 from starflow.evaluation.bench_video import _sampler
 from starflow.evaluation.timing import interleaved, random_inputs
 from starflow.flow.likelihood import nll, official_loss
+from starflow.sampling.draft import native_bf16
 from starflow.sampling.sample import sample
 
 IMAGE_PARTS = ("forward", "train", "sequential", "jacobi")
@@ -69,17 +70,26 @@ def _image_pairs(ours, official, base, parts) -> dict:
         p2 = [p for k, p in theirs.named_parameters() if not k.startswith("learnable_self_denoiser")]
         o2 = torch.optim.AdamW(p2, lr=1e-4, weight_decay=1e-4, fused=True)
 
-        def our_step():
-            official_loss(mine, xt, yt)["loss"].backward()
-            o1.step()
-            o1.zero_grad(set_to_none=True)
+        def steps(autocast: bool):
+            def our_step():
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    loss = official_loss(mine, xt, yt)["loss"]
+                loss.backward()
+                o1.step()
+                o1.zero_grad(set_to_none=True)
 
-        def off_step():
-            z, _, _, logdets = theirs(xt, yt)
-            theirs.get_loss(z, logdets)["loss"].backward()
-            o2.step()
-            o2.zero_grad(set_to_none=True)
-        pairs["train_step_ms"] = (our_step, off_step)
+            def off_step():    # as the official train.py: the forward and the loss under autocast
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    z, _, _, logdets = theirs(xt, yt)
+                    loss = theirs.get_loss(z, logdets)["loss"]
+                loss.backward()
+                o2.step()
+                o2.zero_grad(set_to_none=True)
+            return our_step, off_step
+        pairs["train_step_ms"] = steps(False)
+        if native_bf16(torch.device("cpu")):
+            # where bf16 is native a user trains under bf16 autocast (the speed issue's precision to compare at)
+            pairs["train_step_autocast_ms"] = steps(True)
     z, y, y_null = random_inputs(ours, 4, 1, "cpu", torch.float32)
     so = BenchOptions().sampling
 

@@ -19,7 +19,9 @@ def _checkout(model, tmp_path, monkeypatch):
 def test_image_figures_alternate_and_report_the_median_ratio(make_model, tmp_path, capsys, monkeypatch):
     model = make_model(dtype=torch.float32, img_size=4, txt_size=3, txt_dim=5)
     args = _checkout(model, tmp_path, monkeypatch)
-    assert _load().main(args + ["--rounds", "3", "--parts", "forward,train,jacobi"]) == 0
+    script = _load()
+    monkeypatch.setattr(script, "native_bf16", lambda device: False)     # float32 steps only
+    assert script.main(args + ["--rounds", "3", "--parts", "forward,train,jacobi"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res) >= {"forward_ms", "train_step_ms", "sample_jacobi_s", "device_name", "loadavg_1m_end"}
     assert "sample_sequential_s" not in res
@@ -31,6 +33,19 @@ def test_image_figures_alternate_and_report_the_median_ratio(make_model, tmp_pat
     calls = sys.modules["transformer_flow"].CALLS
     assert calls.count("reverse") == 4 and calls.count("forward") == 8
     assert not torch.distributed.is_initialized()
+
+
+def test_where_bf16_is_native_the_training_step_is_timed_under_autocast_too(make_model, tmp_path, capsys,
+                                                                           monkeypatch):
+    model = make_model(dtype=torch.float32, img_size=4, txt_size=3, txt_dim=5)
+    args = _checkout(model, tmp_path, monkeypatch)
+    script = _load()
+    monkeypatch.setattr(script, "native_bf16", lambda device: True)
+    assert script.main(args + ["--rounds", "2", "--parts", "train"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["train_step_autocast_ms"]["official"] > 0 and len(res["train_step_autocast_ms"]["ratios"]) == 2
+    autocast = sys.modules["transformer_flow"].AUTOCAST
+    assert autocast.count(True) == 3 and autocast.count(False) == 3     # warm-up + 2 rounds of each step
 
 
 def test_video_model_times_jacobi_with_the_denoiser(make_model, tmp_path, capsys, monkeypatch):
