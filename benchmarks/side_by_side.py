@@ -97,8 +97,12 @@ def _image_pairs(ours, official, base, parts) -> dict:
         with torch.no_grad():
             return official(z, torch.cat([y, y_null]), reverse=True, **base.reverse_kwargs(jacobi))
     if "sequential" in parts:
+        # our two sequential modes: compiled one-token graphs, and eager steps with packed weights (the faster
+        # of the two depends on the CPU: benchmarks/RESULTS.md)
         pairs["sample_sequential_s"] = (lambda: sample(ours, z, y, y_null, so.with_(method="sequential", compile=True)),
                                         lambda: official_sample(False))
+        pairs["sample_sequential_eager_s"] = (lambda: sample(ours, z, y, y_null, so.with_(method="sequential")),
+                                              lambda: official_sample(False))
     if "jacobi" in parts:
         pairs["sample_jacobi_s"] = (lambda: sample(ours, z, y, y_null, so.with_(jacobi_draft="none")),
                                     lambda: official_sample(True))

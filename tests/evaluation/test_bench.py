@@ -130,6 +130,13 @@ def test_check_targets():
     # the training step's limit is 0.9x the official step (824 ms in the figures)
     assert check_targets(dict(res, train_step_ms=0.89 * 824))["train_step_ms_ok"]
     assert not check_targets(dict(res, train_step_ms=0.91 * 824))["train_step_ms_ok"]
+    # sequential: the faster of our two modes (3.6 s official: 0.5x is 1.8 s)
+    slow_compiled = dict(res, sample_sequential_s=2.0, sample_sequential_eager_s=1.75)
+    t = check_targets(slow_compiled)
+    assert t["sample_sequential_s_ok"] and t["sample_sequential_mode"] == "eager"
+    assert t["sample_sequential_s_vs_official"] == round(1.75 / 3.6, 3)
+    t = check_targets(dict(res, sample_sequential_eager_s=2.0))
+    assert t["sample_sequential_mode"] == "compiled" and t["sample_sequential_s_vs_official"] == round(1.7 / 3.6, 3)
 
 
 @pytest.fixture

@@ -116,8 +116,8 @@ def load_bench_model(path: str | Path) -> StarFlow:
 
 def check_targets(res: dict[str, Any], reference: dict[str, float] = OFFICIAL_CPU) -> dict[str, Any]:
     """The speed issue's CPU targets against the official figures: float32 train step <= 0.9x (the second
-    speed issue's figure; 0.8x before), sequential <= 0.5x, Jacobi <= 0.5x at no larger error, and Jacobi
-    within 3x of one forward pass of the doubled batch."""
+    speed issue's figure; 0.8x before), sequential <= 0.5x (our faster sequential mode), Jacobi <= 0.5x at no
+    larger error, and Jacobi within 3x of one forward pass of the doubled batch."""
     out: dict[str, Any] = {}
 
     def ratio(key):
@@ -125,6 +125,12 @@ def check_targets(res: dict[str, Any], reference: dict[str, float] = OFFICIAL_CP
 
     for key, limit in (("train_step_ms", 0.9), ("sample_sequential_s", 0.5), ("sample_jacobi_s", 0.5)):
         r = ratio(key)
+        if key == "sample_sequential_s" and "sample_sequential_eager_s" in res and r is not None:
+            # our sequential sampler in its faster mode on this machine: compiled graphs, or eager steps with
+            # packed weights (which is faster depends on the CPU; both figures stay in the results)
+            eager = round(res["sample_sequential_eager_s"] / reference[key], 3)
+            out["sample_sequential_mode"] = "eager" if eager < r else "compiled"
+            r = min(r, eager)
         if r is not None:
             out[f"{key}_vs_official"] = r
             out[f"{key}_ok"] = r <= limit
