@@ -6,8 +6,8 @@ route of `starflow generate --official-config ... --dtype bf16`), and sample one
 with guidance and Jacobi. Reported: peak resident memory against the weights, the time for the image, and two
 floors for that time:
 - memory bandwidth: every trunk call reads its block's weights once (measured read bandwidth);
-- arithmetic: the token positions the trunk calls evaluated, 2 FLOPs per weight per row, at the float32 GEMM
-  rate of this CPU for the shape of the calls (measured).
+- arithmetic: the token positions the trunk calls evaluated, 2 FLOPs per weight per row, at the GEMM rate of this
+  CPU for the shape of the calls in the precision the products ran in (measured: bf16 where native, else float32).
 On a CPU without native bf16 matrix products the layers compute in float32, one layer's weights converted at a
 time (starflow.nn.precision.layers_compute_in, what `sample` does there); `--native-bf16-call` also times one
 deep-block trunk call with the bf16 products as stored, for comparison.
@@ -52,9 +52,12 @@ def _rss() -> int:
 
 
 def probe(rows: int, width: int) -> dict:
-    """This CPU: read bandwidth (sum over 1 GiB), and the float32 GEMM rate of a (rows x width) @ (width x 4 width)
-    product with the weight in memory (not in cache), as the trunk's MLP has it."""
+    """This CPU: read bandwidth (sum over 1 GiB), and the GEMM rate of a (rows x width) @ (width x 4 width) product
+    with the weight in memory (not in cache), as the trunk's MLP has it: in float32, and in bf16 where the CPU
+    multiplies bf16 natively (the model then computes as stored)."""
     import torch
+
+    from starflow.sampling.draft import native_bf16
 
     a = torch.ones(2 ** 28)                             # 1 GiB, touched
     ts = []
@@ -64,16 +67,20 @@ def probe(rows: int, width: int) -> dict:
         ts.append(time.perf_counter() - t)
     bandwidth = a.numel() * 4 / min(ts)
     del a
-    ws = [torch.randn(4 * width, width) for _ in range(4)]     # 4 x 151 MB at width 3072: larger than the caches
-    x = torch.randn(rows, width)
-    ts = []
-    for i in range(12):
-        t = time.perf_counter()
-        torch.nn.functional.linear(x, ws[i % 4])
-        ts.append(time.perf_counter() - t)
+    out = {"read_bandwidth_gb_s": round(bandwidth / 1e9, 2), "gemm_rows": rows}
     flops = 2 * rows * width * 4 * width
-    return {"read_bandwidth_gb_s": round(bandwidth / 1e9, 2), "gemm_rows": rows,
-            "gemm_fp32_gflop_s": round(flops / sorted(ts[2:])[len(ts[2:]) // 2] / 1e9, 1)}
+    for dtype in [torch.float32] + ([torch.bfloat16] if native_bf16(torch.device("cpu")) else []):
+        ws = [torch.randn(4 * width, width).to(dtype) for _ in range(4)]   # 4 x 151 MB at width 3072 (float32)
+        x = torch.randn(rows, width).to(dtype)
+        ts = []
+        for i in range(12):
+            t = time.perf_counter()
+            torch.nn.functional.linear(x, ws[i % 4])
+            ts.append(time.perf_counter() - t)
+        name = "fp32" if dtype == torch.float32 else "bf16"
+        out[f"gemm_{name}_gflop_s"] = round(flops / sorted(ts[2:])[len(ts[2:]) // 2] / 1e9, 1)
+        del ws
+    return out
 
 
 def run_sample(path: str, block_size: int, schedule: str, guidance: float, native_call: bool, shape: str) -> dict:
@@ -155,7 +162,8 @@ def run_sample(path: str, block_size: int, schedule: str, guidance: float, nativ
 def floors(res: dict, probe_res: dict) -> dict:
     """The time two limits allow: reading each called block's weights once per call, and the GEMM FLOPs."""
     bw = probe_res["read_bandwidth_gb_s"] * 1e9
-    rate = probe_res["gemm_fp32_gflop_s"] * 1e9
+    # the products the sample ran: bf16 as stored where native, else float32 (layers_compute_in)
+    rate = probe_res["gemm_bf16_gflop_s" if res["compute"] == "bf16 products" else "gemm_fp32_gflop_s"] * 1e9
     blocks = {k: v for k, v in res["per_block"].items() if k.startswith("block")}
     read = sum(v["calls"] * v["bytes"] for v in blocks.values()) / bw
     flops = sum(2 * v["params"] * v["row_tokens"] for v in blocks.values())
