@@ -1,4 +1,4 @@
-"""Causal self-attention of a short float32 sequence on a CPU, as a few batched matrix products.
+"""Causal self-attention of a short sequence on a CPU, as a few batched float32 matrix products.
 
 Why: SDPA's CPU flash kernel is made for long sequences. For the few hundred tokens of a small flow's
 trunk (the bench model: batch 8, 4 heads, 272 tokens, head 64) it spends ~3x the arithmetic's time, forward
@@ -28,8 +28,8 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def use_blocked_causal(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether causal attention of q, k (B, H, L, d) should take `blocked_causal_attention`."""
     B, H, L, _ = q.shape
-    return (q.device.type == "cpu" and q.dtype in _DTYPES and k.shape[1] == H and k.shape[2] == L
-            and 1 < L and B * H * L * L * 4 <= MAX_SCORE_BYTES and not torch.compiler.is_compiling() and _sdpa_unpinned())
+    return (q.device.type == "cpu" and q.dtype in _DTYPES and k.shape[1] == H and k.shape[2] == L and 1 < L
+            and B * H * L * L * 4 <= MAX_SCORE_BYTES and not torch.compiler.is_compiling() and _sdpa_unpinned())
 
 
 def _sdpa_unpinned() -> bool:

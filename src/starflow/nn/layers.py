@@ -104,7 +104,7 @@ class Attention(torch.nn.Module):
             if L > 1:
                 attn_mask = causal_mask(L, prefix, x.device)
         gqa = self.num_kv_heads != self.num_heads
-        if is_causal and use_blocked_causal(q, k):     # short float32 sequences on a CPU (nn.causal_attention)
+        if is_causal and use_blocked_causal(q, k):     # short sequences on a CPU (nn.causal_attention)
             out = blocked_causal_attention(q, k, v, self.scale / temp)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
