@@ -317,6 +317,34 @@ def test_windowed_denoising_equals_the_official_loop(T, window, denoiser_window)
     assert len(calls) <= official and calls[-1] >= 1
 
 
+
+def test_denoising_a_video_in_windows_packs_the_denoiser_once(make_model, monkeypatch):
+    """Around the windows' loop the denoiser's weights are packed once, not once a window, and the
+    result is the one each window packing its own gives (up to the order of sums: the same here)."""
+    import starflow.nn.packed as packed
+    from starflow.sampling.denoise import denoiser_packed, in_windows
+
+    if not packed.packing_available():
+        pytest.skip("this torch build has no oneDNN packed linear ops")
+    model = make_model(dtype=torch.float32, learnable_self_denoiser=True, conditional_denoiser=True,
+                       temporal_causal=1, shallow_block_local=True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, model.config.channel_size, model.config.img_size, model.config.img_size, generator=g)
+    y = torch.randn(2, model.config.txt_size, model.config.txt_dim, generator=g)
+    made = []
+    real = packed._PackedForward.__init__
+    monkeypatch.setattr(packed._PackedForward, "__init__", lambda self, layer: (made.append(layer), real(self, layer))[1])
+    step = (lambda chunk: learned_denoise(model, chunk, y, 0.3))
+    with torch.no_grad():
+        each = in_windows(step, x, 2)                      # 5 windows, each packing for itself
+        per_window = len(made)
+        made.clear()
+        with denoiser_packed(model):
+            once = in_windows(step, x, 2)
+    n_linear = sum(type(m) is torch.nn.Linear for m in model.learnable_self_denoiser.modules())
+    assert per_window == 5 * n_linear and len(made) == n_linear
+    torch.testing.assert_close(once, each, atol=0, rtol=0)
+
 @pytest.mark.parametrize("sos", [True, False])
 def test_past_the_window_a_video_continues_from_its_last_context_frames(make_model, sos):
     """After the window slides, the new frames are what the model makes from the last `context_length` frames

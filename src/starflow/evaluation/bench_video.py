@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from ..flow.model import StarFlow
-from ..sampling.denoise import in_windows, learned_denoise
+from ..sampling.denoise import denoiser_packed, in_windows, learned_denoise
 from ..sampling.inverse import JacobiStats
 from ..sampling.options import SamplerOptions
 from ..sampling.sample import sample
@@ -41,8 +41,9 @@ def _sampler(model: StarFlow, denoise: bool) -> Callable:
         x = sample(model, z, y, y_null, o, stats=stats)
         if not use_denoiser:
             return x, x
-        return x, in_windows(lambda chunk: learned_denoise(model, chunk, y, DENOISE_SIGMA), x,
-                             window or x.size(1), c.denoiser_window)
+        with denoiser_packed(model):
+            return x, in_windows(lambda chunk: learned_denoise(model, chunk, y, DENOISE_SIGMA), x,
+                                 window or x.size(1), c.denoiser_window)
     return run
 
 

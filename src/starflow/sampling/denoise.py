@@ -9,7 +9,7 @@ import torch
 from ..flow.model import StarFlow
 from ..nn.packed import packed_linears
 
-__all__ = ["score_denoise", "learned_denoise", "in_windows", "DENOISER_NOISE_CONST"]
+__all__ = ["score_denoise", "learned_denoise", "denoiser_packed", "in_windows", "DENOISER_NOISE_CONST"]
 
 DENOISER_NOISE_CONST = 0.3  # official constant: the denoiser predicts noise in units of 0.3
 
@@ -67,10 +67,16 @@ def learned_denoise(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, no
         return x
     if next_noise_std > noise_std:
         raise ValueError(f"next_noise_std {next_noise_std} must not exceed noise_std {noise_std}")
-    d = model.learnable_self_denoiser
-    with packed_linears(d if d is not None else model):    # its Linear weights packed (nn.packed)
+    with denoiser_packed(model):    # its Linear weights packed (nn.packed), unless a caller holds them packed
         pred = model.denoise_output(x, y)
     return x - pred * DENOISER_NOISE_CONST * (noise_std - next_noise_std) / noise_std
+
+
+def denoiser_packed(model: StarFlow):
+    """The learnable denoiser's Linear weights packed (nn.packed) for a `with` block: around a loop of
+    `learned_denoise` calls (a video's windows) they are packed once, not once a window."""
+    d = model.learnable_self_denoiser
+    return packed_linears(d if d is not None else model)
 
 
 def in_windows(fn, x: torch.Tensor, window: int | None, denoiser_window: int | None = None) -> torch.Tensor:
