@@ -48,12 +48,16 @@ def test_where_bf16_is_native_the_training_step_is_timed_under_autocast_too(make
     assert autocast.count(True) == 3 and autocast.count(False) == 3     # warm-up + 2 rounds of each step
 
 
-def test_video_model_times_jacobi_with_the_denoiser(make_model, tmp_path, capsys, monkeypatch):
+def _video_run(make_model, tmp_path, capsys, monkeypatch, *options: str) -> dict:
     model = make_model(dtype=torch.float32, temporal_causal=1, shallow_block_local=True, local_attn_window=2,
                        learnable_self_denoiser=True, conditional_denoiser=True)
     args = _checkout(model, tmp_path, monkeypatch)
-    assert _load().main(args + ["--rounds", "1", "--long-video-frames", ""]) == 0
-    res = json.loads(capsys.readouterr().out)
+    assert _load().main(args + list(options)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_video_model_times_jacobi_with_the_denoiser(make_model, tmp_path, capsys, monkeypatch):
+    res = _video_run(make_model, tmp_path, capsys, monkeypatch, "--rounds", "1", "--long-video-frames", "")
     assert list(k for k in res if isinstance(res[k], dict) and "ratios" in res[k]) == ["video_jacobi_s"]
     assert res["video_jacobi_s"]["ours"] > 0 and len(res["video_jacobi_s"]["ratios"]) == 1
     calls = sys.modules["transformer_flow"].CALLS
@@ -61,11 +65,7 @@ def test_video_model_times_jacobi_with_the_denoiser(make_model, tmp_path, capsys
 
 
 def test_video_model_times_long_videos_in_the_same_rounds(make_model, tmp_path, capsys, monkeypatch):
-    model = make_model(dtype=torch.float32, temporal_causal=1, shallow_block_local=True, local_attn_window=2,
-                       learnable_self_denoiser=True, conditional_denoiser=True)
-    args = _checkout(model, tmp_path, monkeypatch)
-    assert _load().main(args + ["--rounds", "2", "--long-video-frames", "3,8"]) == 0
-    res = json.loads(capsys.readouterr().out)
+    res = _video_run(make_model, tmp_path, capsys, monkeypatch, "--rounds", "2", "--long-video-frames", "3,8")
     assert {"video_jacobi_s", "long_video_s[3]"} <= set(res) and "long_video_s[8]" not in res
     for side in ("ours", "official"):
         per = res[f"long_video_s_per_frame_{side}"]
