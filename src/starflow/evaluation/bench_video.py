@@ -41,7 +41,7 @@ def _sampler(model: StarFlow, denoise: bool) -> Callable:
         x = sample(model, z, y, y_null, o, stats=stats)
         if not use_denoiser:
             return x, x
-        with denoiser_packed(model):
+        with torch.no_grad(), denoiser_packed(model):     # packing needs gradients off (nn.packed)
             return x, in_windows(lambda chunk: learned_denoise(model, chunk, y, DENOISE_SIGMA), x,
                                  window or x.size(1), c.denoiser_window)
     return run
