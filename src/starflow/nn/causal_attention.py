@@ -18,11 +18,23 @@ import math
 
 import torch
 
-__all__ = ["blocked_causal_attention", "use_blocked_causal", "MAX_SCORE_BYTES", "QUERY_BLOCK"]
+__all__ = ["blocked_causal_attention", "use_blocked_causal", "causal_mask", "additive_causal_mask", "MAX_SCORE_BYTES",
+           "QUERY_BLOCK"]
 
 MAX_SCORE_BYTES = 32 * 2**20     # batch x heads x L x L float32 scores of one call
 QUERY_BLOCK = 128                # rows per block of queries (2-4 blocks measured alike at 272 tokens)
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def causal_mask(L: int, prefix: int, device=None) -> torch.Tensor:
+    """Bool mask (L, prefix + L) for L queries that follow `prefix` cached keys: query i sees keys <= prefix + i."""
+    return torch.ones(L, prefix + L, dtype=torch.bool, device=device).tril(diagonal=prefix)
+
+
+def additive_causal_mask(L: int, prefix: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The same as 0 / -inf to add to the scores (what SDPA would make of the bool mask on every call)."""
+    allowed = causal_mask(L, prefix, device)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, -math.inf)
 
 
 def use_blocked_causal(q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -52,9 +64,8 @@ def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     outs = []
     for i in range(0, L, size):
         e = min(i + size, L)
-        # queries i..e-1 see keys 0..e-1; within the block's last columns, query i + a sees keys <= i + a
-        allowed = torch.ones(e - i, e, dtype=torch.bool, device=q.device).tril(diagonal=i)
-        mask = torch.zeros(e - i, e, dtype=q.dtype, device=q.device).masked_fill_(~allowed, -math.inf)
+        # queries i..e-1 follow keys 0..i-1: query i + a sees keys <= i + a
+        mask = additive_causal_mask(e - i, i, q.device, q.dtype)
         scores = torch.baddbmm(mask, q3[:, i:e], k3[:, :e].transpose(1, 2))   # (BH, e - i, e)
         outs.append(torch.bmm(scores.softmax(-1), v3[:, :e]))
     return torch.cat(outs, 1).view(B, H, L, d).to(dtype)

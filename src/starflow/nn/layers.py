@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .causal_attention import blocked_causal_attention, use_blocked_causal
+from .causal_attention import blocked_causal_attention, causal_mask, use_blocked_causal
 from .kv_cache import KVCache
 from .precision import upcast
 from .rope import apply_rotary, apply_rotary_cis
@@ -111,11 +111,6 @@ class Attention(torch.nn.Module):
                                                  scale=self.scale / temp, enable_gqa=gqa)
         out = self.proj(out.transpose(1, 2).reshape(B, L, self.q_size))
         return self.post_norm(out) if self.post_norm is not None else out
-
-
-def causal_mask(L: int, prefix: int, device=None) -> torch.Tensor:
-    """Bool mask (L, prefix + L) for L queries that follow `prefix` cached keys: query i sees keys <= prefix + i."""
-    return torch.ones(L, prefix + L, dtype=torch.bool, device=device).tril(diagonal=prefix)
 
 
 class MLP(torch.nn.Module):

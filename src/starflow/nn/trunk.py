@@ -5,13 +5,13 @@ Jacobi samplers, cache priming and the denoiser all go through it.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from .causal_attention import additive_causal_mask
 from .kv_cache import KVCache
-from .layers import RMSNorm, TransformerLayer, causal_mask
+from .layers import RMSNorm, TransformerLayer
 from .rope import rotary_cis
 
 __all__ = ["Trunk"]
@@ -91,9 +91,8 @@ class Trunk(torch.nn.Module):
             # queries after cached keys: one explicit mask for all layers (SDPA's is_causal aligns top-left),
             # additive (0 / -inf) as SDPA would turn a boolean one in every layer; float32 for bf16 / fp16 models, as
             # their layers may compute in float32 (nn.precision.layers_compute_in) and SDPA takes it for any query
-            allowed = causal_mask(L, start, h.device)
             mdt = h.dtype if h.dtype == torch.float64 else torch.float32
-            attn_mask = torch.zeros(allowed.shape, dtype=mdt, device=h.device).masked_fill_(~allowed, -math.inf)
+            attn_mask = additive_causal_mask(L, start, h.device, mdt)
         kw = dict(cache=cache, causal=causal, attn_mask=attn_mask, temp=attn_temp)
         ckpt = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.attn_blocks):
