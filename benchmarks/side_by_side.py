@@ -11,7 +11,7 @@ each side's median time:
 
 The protocol is `starflow bench`'s (same model file, seeds, batches, guidance 2.0, Jacobi threshold 1e-3,
 blocks of 16, max 32 iterations; float32, and the training step under bf16 autocast too where bf16 is native;
-our Jacobi with its default sliding schedule and no draft, our sequential sampler both with compiled steps and
+our Jacobi with its default sliding schedule and no draft (and with the bf16 draft where bf16 is native), our sequential sampler both with compiled steps and
 eager, as `starflow bench` times it). A video model gets `video_jacobi`: 8 latent frames, batch 2, the sliding
 window past `local_attn_window`, and each side's learnable denoiser; and the same at 16 and 32 frames
 (`--long-video-frames`), from which each side's cost per frame and its flatness (max / min over the lengths) come,
@@ -107,6 +107,10 @@ def _image_pairs(ours, official, base, parts) -> dict:
     if "jacobi" in parts:
         pairs["sample_jacobi_s"] = (lambda: sample(ours, z, y, y_null, so.with_(jacobi_draft="none")),
                                     lambda: official_sample(True))
+        if native_bf16(torch.device("cpu")):
+            # where bf16 is native our default Jacobi starts from a bf16 draft (float32 acceptance): what a user gets
+            pairs["sample_jacobi_draft_s"] = (lambda: sample(ours, z, y, y_null, so.with_(jacobi_draft="bf16")),
+                                              lambda: official_sample(True))
     return pairs
 
 

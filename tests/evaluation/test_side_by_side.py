@@ -48,6 +48,21 @@ def test_where_bf16_is_native_the_training_step_is_timed_under_autocast_too(make
     assert autocast.count(True) == 3 and autocast.count(False) == 3     # warm-up + 2 rounds of each step
 
 
+def test_where_bf16_is_native_jacobi_is_timed_with_the_draft_too(make_model, tmp_path, capsys, monkeypatch):
+    model = make_model(dtype=torch.float32, img_size=4, txt_size=3, txt_dim=5)
+    args = _checkout(model, tmp_path, monkeypatch)
+    script = _load()
+    drafts = []
+    real = script.sample
+    monkeypatch.setattr(script, "sample", lambda *a: drafts.append(a[-1].jacobi_draft) or real(*a))
+    monkeypatch.setattr(script, "native_bf16", lambda device: True)
+    assert script.main(args + ["--rounds", "2", "--parts", "jacobi"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert len(res["sample_jacobi_draft_s"]["ratios"]) == 2 and len(res["sample_jacobi_s"]["ratios"]) == 2
+    assert drafts.count("bf16") == 3 and drafts.count("none") == 3      # warm-up + 2 rounds of each
+    assert sys.modules["transformer_flow"].CALLS.count("reverse") == 6
+
+
 def _video_run(make_model, tmp_path, capsys, monkeypatch, *options: str) -> dict:
     model = make_model(dtype=torch.float32, temporal_causal=1, shallow_block_local=True, local_attn_window=2,
                        learnable_self_denoiser=True, conditional_denoiser=True)

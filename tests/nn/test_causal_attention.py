@@ -23,6 +23,7 @@ def test_blocked_causal_attention_equals_sdpa_values_and_gradients(L):
 
 
 def test_only_short_float32_cpu_sequences_without_grouped_heads_take_it(monkeypatch):
+    monkeypatch.setattr(ca, "intel_mkl", lambda: False)             # the AMD rule (next test: Intel's)
     q = torch.zeros(2, 4, 64, 8)
     assert use_blocked_causal(q, q)
     assert not use_blocked_causal(q.double(), q.double())           # float64 checks keep the reference kernel
@@ -35,6 +36,18 @@ def test_only_short_float32_cpu_sequences_without_grouped_heads_take_it(monkeypa
     assert use_blocked_causal(q, q)
     monkeypatch.setattr(ca, "MAX_SCORE_BYTES", 2 * 4 * 64 * 64 * 4 - 1)
     assert not use_blocked_causal(q, q)                             # the score matrix would be too large
+
+
+def test_on_an_intel_cpu_only_reduced_precision_training_takes_it(monkeypatch):
+    monkeypatch.setattr(ca, "intel_mkl", lambda: True)              # SDPA's flash is faster there otherwise
+    q = torch.zeros(2, 4, 64, 8)
+    assert not use_blocked_causal(q, q)
+    assert not use_blocked_causal(q.requires_grad_(), q)             # float32 training: flash
+    assert not use_blocked_causal(q.detach().bfloat16(), q.bfloat16())      # bf16 inference: flash
+    qb = q.detach().bfloat16().requires_grad_()
+    assert use_blocked_causal(qb, qb)                                # autocast training: blocked
+    with torch.no_grad():
+        assert not use_blocked_causal(qb, qb)
 
 
 def test_bf16_inputs_are_attended_in_float32_and_returned_in_bf16():
@@ -50,6 +63,7 @@ def test_a_training_forward_takes_the_blocked_path_and_matches_sdpa(monkeypatch)
     from starflow.nn.layers import Attention
     import starflow.nn.layers as layers
 
+    monkeypatch.setattr(ca, "intel_mkl", lambda: False)
     torch.manual_seed(0)
     attn = Attention(32, 8, "layer_norm", None, None, False, False, True, False)
     x = torch.randn(2, 10, 32, requires_grad=True)

@@ -56,6 +56,23 @@ def test_a_call_that_needs_gradients_takes_the_plain_product():
     torch.testing.assert_close(x.grad, lin.weight.detach().sum(0).expand(3, 8))
 
 
+@pytest.mark.parametrize("intel", [True, False])
+def test_on_an_intel_cpu_a_few_float32_rows_take_the_blas_product(monkeypatch, intel):
+    import starflow.nn.packed as packed
+
+    monkeypatch.setattr(packed, "intel_mkl", lambda: intel)
+    lin = torch.nn.Linear(8, 4)
+    blas_rows = []
+    real = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, *a: blas_rows.append(x.shape[:-1]) or real(x, *a))
+    x_small, x_big = torch.randn(2, 3, 8), torch.randn(4, packed.MKL_SMALL_ROWS, 8)
+    with torch.no_grad(), packed_linears(lin):
+        small, big = lin(x_small), lin(x_big)
+    assert blas_rows == ([(2, 3)] if intel else [])        # 6 rows: MKL's own product on an Intel CPU
+    torch.testing.assert_close(small, real(x_small, lin.weight, lin.bias))
+    torch.testing.assert_close(big, real(x_big, lin.weight, lin.bias))
+
+
 def test_nested_contexts_and_other_dtypes():
     lin = torch.nn.Linear(8, 4)
     x = torch.randn(2, 8)

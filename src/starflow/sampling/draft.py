@@ -15,6 +15,7 @@ import copy
 import torch
 
 from ..flow.block import FlowBlock
+from ..nn.hardware import cpu_has
 
 __all__ = ["DRAFT_DTYPES", "draft_copy", "fast_bf16", "native_bf16"]
 
@@ -31,17 +32,8 @@ def fast_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return _cpu_has("_is_amx_tile_supported")
+        return cpu_has("_is_amx_tile_supported")
     return False
-
-
-def _cpu_has(probe_name: str) -> bool:
-    """torch.cpu's probe of a CPU feature; private functions, hence the guards."""
-    probe = getattr(torch.cpu, probe_name, None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except RuntimeError:
-        return False
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -52,7 +44,7 @@ def native_bf16(device: torch.device) -> bool:
     float32, while a bf16 draft did not pay for itself (benchmarks/RESULTS.md)."""
     if fast_bf16(device):
         return True
-    return device.type == "cpu" and _cpu_has("_is_avx512_bf16_supported")
+    return device.type == "cpu" and cpu_has("_is_avx512_bf16_supported")
 
 
 def draft_copy(block: FlowBlock, draft: str) -> FlowBlock | None:
