@@ -73,6 +73,19 @@ def test_on_an_intel_cpu_a_few_float32_rows_take_the_blas_product(monkeypatch, i
     torch.testing.assert_close(big, real(x_big, lin.weight, lin.bias))
 
 
+@pytest.mark.parametrize("intel", [True, False])
+def test_a_single_pass_packs_float32_weights_only_where_mkl_would_repack(monkeypatch, intel):
+    import starflow.nn.packed as packed
+
+    monkeypatch.setattr(packed, "intel_mkl", lambda: intel)
+    layers = _layers()
+    with torch.no_grad():
+        with packed_linears(layers, single_pass=True) as n:
+            assert n == (0 if intel else 8)
+        with packed_linears(layers.bfloat16(), single_pass=True) as n:
+            assert n == 8                                 # bf16: oneDNN's packed product is faster everywhere
+
+
 def test_nested_contexts_and_other_dtypes():
     lin = torch.nn.Linear(8, 4)
     x = torch.randn(2, 8)

@@ -24,7 +24,7 @@ def nll(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None = None) -> torc
 
     Without gradients (evaluation) the Linear weights are packed for the pass (nn.packed); with them it is
     the training forward, unchanged."""
-    with packed_linears(model):
+    with packed_linears(model, single_pass=True):
         out = model(x, y)
     loss_z, loss_logdet = model.loss_terms(out.z, out.logdets)
     return nll_from_terms(loss_z, loss_logdet, x[0].numel()).to(torch.promote_types(loss_z.dtype, x.dtype))
