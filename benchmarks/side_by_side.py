@@ -122,15 +122,19 @@ def _video_pairs(ours, official, base, lengths: list[int]) -> dict:
     so = BenchOptions().video_sampling.with_(jacobi_draft="none")
     kw = base.reverse_kwargs(True, window - 1 if window else None)
 
-    def pair(T: int):
+    def pair(T: int, options=so):
         z, y, y_null = random_inputs(ours, 2, 2, "cpu", torch.float32, frames=T)
 
         def off():
             with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):   # it prints when it re-encodes context
                 x = official(z, torch.cat([y, y_null]), reverse=True, **kw)
                 return base._official_denoise(official, x, y, window, c.denoiser_window)
-        return (lambda: run(so, z, y, y_null)), off
-    return {"video_jacobi_s": pair(8), **{f"long_video_s[{T}]": pair(T) for T in lengths if T != 8}}
+        return (lambda: run(options, z, y, y_null)), off
+    pairs = {"video_jacobi_s": pair(8), **{f"long_video_s[{T}]": pair(T) for T in lengths if T != 8}}
+    if native_bf16(torch.device("cpu")):
+        # our default where bf16 is native: a bf16 draft, float32 acceptance (8 frames)
+        pairs["video_jacobi_draft_s"] = pair(8, so.with_(jacobi_draft="bf16"))
+    return pairs
 
 
 def _per_frame(res: dict, lengths: list[int]) -> None:

@@ -67,7 +67,9 @@ def _video_run(make_model, tmp_path, capsys, monkeypatch, *options: str) -> dict
     model = make_model(dtype=torch.float32, temporal_causal=1, shallow_block_local=True, local_attn_window=2,
                        learnable_self_denoiser=True, conditional_denoiser=True)
     args = _checkout(model, tmp_path, monkeypatch)
-    assert _load().main(args + list(options)) == 0
+    script = _load()
+    monkeypatch.setattr(script, "native_bf16", lambda device: False)     # no draft figure (its own test)
+    assert script.main(args + list(options)) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -77,6 +79,25 @@ def test_video_model_times_jacobi_with_the_denoiser(make_model, tmp_path, capsys
     assert res["video_jacobi_s"]["ours"] > 0 and len(res["video_jacobi_s"]["ratios"]) == 1
     calls = sys.modules["transformer_flow"].CALLS
     assert calls.count("reverse") == 2 and calls.count("denoiser") >= 2
+
+
+def test_where_bf16_is_native_the_video_is_timed_with_the_draft_too(make_model, tmp_path, capsys, monkeypatch):
+    script = _load()
+    monkeypatch.setattr(script, "native_bf16", lambda device: True)
+    drafts = []
+    real = script._sampler
+
+    def sampler(model, denoise):
+        run = real(model, denoise)
+        return lambda o, *a: drafts.append(o.jacobi_draft) or run(o, *a)
+    monkeypatch.setattr(script, "_sampler", sampler)
+    model = make_model(dtype=torch.float32, temporal_causal=1, shallow_block_local=True, local_attn_window=2,
+                       learnable_self_denoiser=True, conditional_denoiser=True)
+    args = _checkout(model, tmp_path, monkeypatch)
+    assert script.main(args + ["--rounds", "1", "--long-video-frames", ""]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["video_jacobi_draft_s"]["official"] > 0 and len(res["video_jacobi_draft_s"]["ratios"]) == 1
+    assert drafts.count("bf16") == 2 and drafts.count("none") == 2    # warm-up + 1 round of each
 
 
 def test_video_model_times_long_videos_in_the_same_rounds(make_model, tmp_path, capsys, monkeypatch):
