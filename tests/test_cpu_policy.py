@@ -53,6 +53,17 @@ def test_threads_follow_the_free_cores(monkeypatch, threads):
     assert g.tick() == 1 and g.others == pytest.approx(2.0)
 
 
+def test_the_first_look_after_import_comes_sooner(monkeypatch, threads):
+    proc = FakeProc(monkeypatch)
+    g = _governor(monkeypatch, proc)
+    proc.run(0.05, others_cores=1.0, own_cores=1.0)           # too soon even for the first look
+    assert g.tick() == 2
+    proc.run(0.1, others_cores=1.0, own_cores=1.0)            # a program's setup: fitted before its first step
+    assert g.tick() == 1
+    proc.run(0.2, others_cores=0.0, own_cores=2.0)            # from then on, the usual interval
+    assert g.tick() == 1
+
+
 def test_a_count_set_by_someone_else_stands(monkeypatch, threads):
     proc = FakeProc(monkeypatch)
     g = _governor(monkeypatch, proc)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .._cpu import pin_threads
+from .._cpu import adapt_threads, pin_threads
 from ..config import ConfigError
 from ..data import BatchSampler
 from ..flow.likelihood import nll_from_terms
@@ -72,6 +72,9 @@ class Trainer:
         o, d = cfg.optim, cfg.data
         if o.num_threads:                      # a fixed count; else the loop fits it to the free cores (_cpu.py)
             pin_threads(o.num_threads)
+        # the setup below (encoder, text of the dataset, the precision probe) is seconds of work too: fitted to the
+        # free cores from here on, not only from the first step (on a busy 2-core host it took 2x as long unfitted)
+        adapt_threads()
         if o.batch_size % (o.grad_accum * ctx.world):
             raise ConfigError(f"optim.batch_size {o.batch_size} must divide into grad_accum {o.grad_accum} x "
                               f"{ctx.world} processes")
@@ -99,6 +102,7 @@ class Trainer:
         self.transform = build_transform(d, self.train_set)
         self.pipe = InputPipeline(d, cfg.seed, self.cond, self.ae, dev, ctx.rank, ctx.world, self.transform)
         # probe before wrapping: the plain model, no collectives inside
+        adapt_threads()
         self.autocast, self.precision_reason = self._choose_precision()
         self.wrapped = wrap_model(self.module, ctx, find_unused=self.has_denoiser)
         named = list(self.module.named_parameters())  # after wrapping: FSDP's sharded parameters
