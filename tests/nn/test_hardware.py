@@ -7,10 +7,10 @@ from starflow.nn import hardware
 
 @pytest.fixture
 def fresh(monkeypatch):
-    hardware.cpu_vendor.cache_clear()
+    hardware.cpu_info.cache_clear()
     hardware.intel_mkl.cache_clear()
     yield
-    hardware.cpu_vendor.cache_clear()
+    hardware.cpu_info.cache_clear()
     hardware.intel_mkl.cache_clear()
 
 
@@ -31,7 +31,6 @@ def test_without_cpuinfo_the_processor_string_or_nothing(fresh, monkeypatch):
     monkeypatch.setattr(hardware.Path, "read_text", missing)
     monkeypatch.setattr(hardware.platform, "processor", lambda: "Intel64 Family 6 Model 143, GenuineIntel")
     assert hardware.cpu_vendor() == "GenuineIntel"
-    hardware.cpu_vendor.cache_clear()
     monkeypatch.setattr(hardware.platform, "processor", lambda: "arm")
     assert hardware.cpu_vendor() == ""
 

@@ -317,7 +317,6 @@ def test_windowed_denoising_equals_the_official_loop(T, window, denoiser_window)
     assert len(calls) <= official and calls[-1] >= 1
 
 
-
 def test_denoising_a_video_in_windows_packs_the_denoiser_once(make_model, monkeypatch):
     """Around the windows' loop the denoiser's weights are packed once, not once a window, and the
     result is the one each window packing its own gives (up to the order of sums: the same here)."""
@@ -344,6 +343,7 @@ def test_denoising_a_video_in_windows_packs_the_denoiser_once(make_model, monkey
     n_linear = sum(type(m) is torch.nn.Linear for m in model.learnable_self_denoiser.modules())
     assert per_window == 5 * n_linear and len(made) == n_linear
     torch.testing.assert_close(once, each, atol=0, rtol=0)
+
 
 @pytest.mark.parametrize("sos", [True, False])
 def test_past_the_window_a_video_continues_from_its_last_context_frames(make_model, sos):

@@ -24,6 +24,7 @@ from ..strict import check_types, from_mapping
 from ..flow.likelihood import nll, official_loss
 from ..flow.io import load_conformance_file, load_official
 from ..flow.model import StarFlow
+from ..nn.hardware import cpu_info
 from ..sampling.draft import native_bf16
 from ..sampling.inverse import JacobiStats
 from ..sampling.sample import SamplerOptions, sample
@@ -333,14 +334,11 @@ def _device_name(device: torch.device) -> str:
     is fast there. The bench JSON keeps it so that figures can be told apart per CPU."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:   # Linux
-        info = Path("/proc/cpuinfo").read_text()
-        first = dict(line.split(":", 1) for line in info.split("\n\n")[0].splitlines() if ":" in line)
-        first = {k.strip(): v.strip() for k, v in first.items()}
-        name = first["model name"]
-        flags = set(first.get("flags", "").split())
-    except (OSError, KeyError):
+    first = cpu_info()           # Linux; elsewhere {}
+    if "model name" not in first:
         return platform.processor() or platform.machine()
+    name = first["model name"]
+    flags = set(first.get("flags", "").split())
     if "cpu family" in first and "model" in first:
         name += f" (family {first['cpu family']} model {first['model']})"
     extra = [torch.backends.cpu.get_cpu_capability()]

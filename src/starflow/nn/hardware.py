@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["cpu_has", "cpu_vendor", "intel_mkl"]
+__all__ = ["cpu_has", "cpu_info", "cpu_vendor", "intel_mkl"]
 
 
 def cpu_has(probe_name: str) -> bool:
@@ -28,15 +28,22 @@ def cpu_has(probe_name: str) -> bool:
 
 
 @functools.cache
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("vendor_id", "model name", "cpu family", "model", "flags",
+    ...); {} where there is no such file (not Linux)."""
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
+
+
 def cpu_vendor() -> str:
     """"GenuineIntel", "AuthenticAMD", ... where the OS says (Linux: /proc/cpuinfo; Windows: the processor
     string); "" where it does not (then nothing vendor-specific is assumed)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    vendor = cpu_info().get("vendor_id")
+    if vendor:
+        return vendor
     proc = platform.processor()
     return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in proc), "")
 

@@ -5,7 +5,6 @@ Jacobi samplers, cache priming and the denoiser all go through it.
 """
 from __future__ import annotations
 
-
 import torch
 from torch.utils.checkpoint import checkpoint
 
