@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from starflow.nn.layers import TransformerLayer
-from starflow.nn.packed import packed_linears, packing_available
+from starflow.nn import packed
+from starflow.nn.packed import linear_then, packed_linears, packing_available
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN")
 
@@ -162,3 +163,69 @@ def test_nothing_is_packed_above_the_memory_budget():
         with packed_linears(layers, max_bytes=nbytes - 1) as n:
             assert n == 0 and not any("forward" in m.__dict__ for m in layers.modules())
     assert packed.PACK_BUDGET_BYTES >= 64 * 2**20     # the bench and demo models (tens of MB) are packed
+
+
+def _plain_then(layer, x, post, other, approximate):
+    y = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    if post == "gelu":
+        return torch.nn.functional.gelu(y, approximate=approximate)
+    return other + y if post == "add" else y * other
+
+
+@pytest.mark.parametrize("post,approximate", [("gelu", "none"), ("gelu", "tanh"), ("add", "none"), ("mul", "none")])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_linear_then_fuses_the_step_into_a_packed_product(monkeypatch, post, approximate, bias, rows):
+    monkeypatch.setattr(packed, "intel_mkl", lambda: False)     # every row count takes the packed product
+    torch.manual_seed(1)
+    layer = torch.nn.Linear(40, 24, bias=bias).eval()
+    x = torch.randn(2, rows, 40) * 3
+    other = torch.randn(2, rows, 24) if post != "gelu" else None
+    want = _plain_then(layer, x, post, other, approximate)
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    with torch.no_grad(), packed_linears(layer):
+        monkeypatch.setattr(packed.torch.ops.mkldnn, "_linear_pointwise", _Counting(real, calls), raising=False)
+        got = linear_then(layer, x, post, other, approximate)
+    assert calls == [post if post != "gelu" else "gelu"]           # one oneDNN call did the product and the step
+    if approximate == "tanh":    # oneDNN's tanh GELU: within an ulp or so of torch's
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    else:                        # erf GELU, + and *: the same float32 bits
+        assert torch.equal(got, want)
+    # bf16: the GELU reads the float32 product before rounding, so close rather than equal
+    lb = torch.nn.Linear(40, 24, bias=bias).eval().to(torch.bfloat16)
+    xb, ob = x.to(torch.bfloat16), None if other is None else other.to(torch.bfloat16)
+    with torch.no_grad(), packed_linears(lb):
+        gb = linear_then(lb, xb, post, ob, approximate)
+    torch.testing.assert_close(gb.float(), _plain_then(lb, xb, post, ob, approximate).float(), rtol=2e-2, atol=2e-2)
+
+
+class _Counting:
+    def __init__(self, real, calls):
+        self.real, self.calls = real, calls
+
+    def __call__(self, x, w, b, attr, *args):
+        self.calls.append(attr)
+        return self.real(x, w, b, attr, *args)
+
+    def binary(self, x, other, w, b, attr):
+        self.calls.append(attr)
+        return self.real.binary(x, other, w, b, attr)
+
+
+def test_linear_then_without_packing_runs_the_steps_and_keeps_gradients():
+    torch.manual_seed(2)
+    layer = torch.nn.Linear(8, 6)
+    x = torch.randn(3, 8, requires_grad=True)
+    other = torch.randn(3, 6)
+    y = linear_then(layer, x, "add", other)
+    assert torch.equal(y, other + layer(x))
+    y.sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+    with torch.no_grad(), packed_linears(layer):     # packed, but an operand of another shape: the steps
+        odd = torch.randn(1, 6)
+        assert torch.equal(linear_then(layer, x.detach(), "add", odd), odd + layer(x.detach()))
+    with pytest.raises(ValueError, match="post must be one of"):
+        linear_then(layer, x, "relu")
+    with pytest.raises(ValueError, match="needs the other operand"):
+        linear_then(layer, x, "add")

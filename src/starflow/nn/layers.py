@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from .causal_attention import blocked_causal_attention, causal_mask, use_blocked_causal
 from .kv_cache import KVCache
+from .packed import linear_then
 from .precision import upcast
 from .rope import apply_rotary, apply_rotary_cis
 
@@ -54,8 +55,10 @@ class Attention(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...] | None, *,
                 cache: KVCache | None = None, layer: int = 0, causal: bool = True,
-                attn_mask: torch.Tensor | None = None, temp: float = 1.0) -> torch.Tensor:
-        """x (B, L, D) -> (B, L, D).
+                attn_mask: torch.Tensor | None = None, temp: float = 1.0,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, D) -> (B, L, D), plus `residual` when given (one oneDNN call with the output projection where
+        its weight is packed: nn.packed.linear_then).
 
         rope: (cos, sin) tables (L, head_dim) for this call's positions, optionally with a third entry,
         their complex form (L, 1, head_dim/2) from `rotary_cis` (the trunk makes it once for all layers;
@@ -109,8 +112,7 @@ class Attention(torch.nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                                  scale=self.scale / temp, enable_gqa=gqa)
-        out = self.proj(out.transpose(1, 2).reshape(B, L, self.q_size))
-        return self.post_norm(out) if self.post_norm is not None else out
+        return _project(self.proj, out.transpose(1, 2).reshape(B, L, self.q_size), self.post_norm, residual)
 
 
 class MLP(torch.nn.Module):
@@ -128,13 +130,17 @@ class MLP(torch.nn.Module):
             self.main = torch.nn.Sequential(torch.nn.Linear(channels, hidden, bias=bias), torch.nn.GELU(),
                                             torch.nn.Linear(hidden, channels, bias=bias))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, D) -> (B, L, D), plus `residual` when given. The activation and the residual addition run
+        inside the products where the weights are packed (nn.packed.linear_then), in steps otherwise."""
         x = self.norm(x)
         if self.swiglu:
-            x = self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+            x = linear_then(self.up_proj, x, "mul", linear_then(self.gate_proj, x, "gelu", approximate="tanh"))
+            down = self.down_proj
         else:  # main = (Linear, GELU, Linear), a Sequential for the official parameter names
-            x = self.main(x)
-        return self.post_norm(x) if self.post_norm is not None else x
+            up, act, down = self.main
+            x = linear_then(up, x, "gelu", approximate=act.approximate)
+        return _project(down, x, self.post_norm, residual)
 
 
 class TransformerLayer(torch.nn.Module):
@@ -149,5 +155,16 @@ class TransformerLayer(torch.nn.Module):
         self.mlp = MLP(channels, expansion, swiglu, norm_type, post_norm, bias)
 
     def forward(self, x, rope, **attn_kwargs):
-        x = x + self.attention(x, rope, **attn_kwargs)
-        return x + self.mlp(x)
+        x = self.attention(x, rope, residual=x, **attn_kwargs)
+        return self.mlp(x, residual=x)
+
+
+def _project(linear: torch.nn.Linear, x: torch.Tensor, post_norm: torch.nn.Module | None,
+             residual: torch.Tensor | None) -> torch.Tensor:
+    """A sublayer's output projection, its optional post-norm, and the residual addition (residual + out)."""
+    if post_norm is None and residual is not None:
+        return linear_then(linear, x, "add", residual)
+    out = linear(x)
+    if post_norm is not None:
+        out = post_norm(out)
+    return out if residual is None else residual + out
