@@ -391,3 +391,58 @@ def test_float32_sampling_packs_the_linear_weights_and_changes_only_rounding(mak
     monkeypatch.setattr(packed, "packing_available", lambda: False)
     want = sample(model, z, y, y_null, **opts)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sos", [True, False])
+@pytest.mark.parametrize("hf_style_rope", [False, True])
+@torch.no_grad()
+def test_a_kept_slide_matches_the_reencoded_one_in_positions_and_first_layer(make_model, sos, hf_style_rope):
+    """A draft's slide (reencode=False) moves the context's cached entries instead of re-encoding them: the same
+    cache length, shift and positions as the re-encoding, and since a first layer's keys and values depend only on
+    the token and its position, the same first-layer entries (keys turned to their new rows); deeper layers keep
+    what the context saw before (older frames), which is what makes it a draft's approximation."""
+    from starflow.sampling.inverse import BlockInverse
+
+    model = make_model(temporal_causal=1, shallow_block_local=True, sos=sos, hf_style_rope=hf_style_rope)
+    z, y, _ = _noise(model, B=2, T=5)
+    tokens = model.patchify(z).reshape(2, -1, model.config.token_channels)
+    view = model.block_views(model.patchify(z).shape, y, sampling=True)[-1]
+    kept, fresh = (BlockInverse(view, tokens, window_frames=3) for _ in range(2))
+    F = kept.frame_tokens
+    target = 3 * F - 1 + kept.off                  # the end of the first window (sampling.inverse._first_target)
+    for s in (kept, fresh):
+        s.run(s.x_full[:, :target], 0)             # any tokens will do: fill the first window's cache
+    run_calls = []
+    real = kept.run
+    kept.run = lambda *a, **k: (run_calls.append(a[0].shape), real(*a, **k))[1]
+    kept.slide(target, 2 * F, reencode=False)
+    fresh.slide(target, 2 * F)
+    assert run_calls == []                         # no trunk call: the entries moved
+    assert (kept.shift, kept.cache.pos) == (fresh.shift, fresh.cache.pos)
+    n = kept.cache.pos
+    # keys: turned with the float32 RoPE tables (cos^2 + sin^2 is 1 only to ~1e-7 there)
+    torch.testing.assert_close(kept.cache.k[0][:, :, :n], fresh.cache.k[0][:, :, :n], atol=1e-6, rtol=0)
+    torch.testing.assert_close(kept.cache.v[0][:, :, :n], fresh.cache.v[0][:, :, :n], atol=1e-12, rtol=0)
+    # deeper: the context's tokens had attended to the frame the window dropped
+    assert (kept.cache.k[1][:, :, :n] - fresh.cache.k[1][:, :, :n]).abs().max() > 1e-3
+    # a second slide from the kept state again lands where the re-encoding does
+    for s in (kept, fresh):
+        s.run(s.x_full[:, target:target + F], target)
+    kept.slide(target + F, 2 * F, reencode=False)
+    fresh.slide(target + F, 2 * F)
+    assert (kept.shift, kept.cache.pos) == (fresh.shift, fresh.cache.pos)
+    torch.testing.assert_close(kept.cache.k[0][:, :, :n], fresh.cache.k[0][:, :, :n], atol=2e-6, rtol=0)
+
+
+def test_kv_cache_move_handles_overlapping_ranges():
+    from starflow.nn.kv_cache import KVCache
+
+    c = KVCache(2, 1, 1, 10, 2)
+    for i in range(2):
+        c.k[i][:] = torch.arange(10.).view(1, 1, 10, 1) + 100 * i
+        c.v[i][:] = -c.k[i]
+    c.move(3, 1, 5, turn_keys=lambda k: k + 0.5)
+    for i in range(2):
+        assert c.k[i][0, 0, 1:6, 0].tolist() == [x + 100 * i + 0.5 for x in (3, 4, 5, 6, 7)]
+        assert c.v[i][0, 0, 1:6, 0].tolist() == [-(x + 100 * i) for x in (3, 4, 5, 6, 7)]
+        assert c.k[i][0, 0, 0, 0] == 100 * i                      # outside the target range: untouched

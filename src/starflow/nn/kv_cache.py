@@ -41,6 +41,14 @@ class KVCache:
     def rewind(self, n: int) -> None:
         self.pos = max(0, self.pos - n)
 
+    def move(self, src: int, dst: int, count: int, turn_keys=None) -> None:
+        """Copy the entries [src, src + count) of every layer to [dst, dst + count) (the ranges may overlap),
+        passing the keys through `turn_keys` (e.g. a RoPE rotation to their new positions) when given."""
+        for k, v in zip(self.k, self.v):
+            ks = k[:, :, src:src + count]
+            k[:, :, dst:dst + count] = turn_keys(ks) if turn_keys is not None else ks.clone()
+            v[:, :, dst:dst + count] = v[:, :, src:src + count].clone()
+
     def reset(self) -> None:
         self.pos = 0
 

@@ -19,6 +19,7 @@ from ..flow.model import BlockView
 from ..nn.decode import CompiledStep
 from ..nn.kv_cache import KVCache
 from ..nn.precision import upcast
+from ..nn.rope import apply_rotary
 from .options import JACOBI_SCHEDULES
 
 __all__ = ["BlockInverse", "sequential_inverse", "jacobi_inverse", "JacobiStats", "JACOBI_SCHEDULES"]
@@ -90,15 +91,44 @@ class BlockInverse:
         pe = self.pos[q:q + inp.size(1)] if self.pos is not None else None
         return self.block.run(inp, None, rope=self.rope, cache=self.cache, pos_embed=pe, attn_temp=attn_temp)
 
-    def slide(self, start: int, context: int) -> None:
+    def slide(self, start: int, context: int, reencode: bool = True) -> None:
         """Restart the cache from the text and the `context` tokens before input position `start`, re-encoded
         as a fresh sequence (the official long-video sampler): attention then sees at most the window.
         The text's entries are kept, not re-encoded as the official sampler does: text comes first and attends
-        only to itself, so a second priming would write the very same keys and values at the very same places."""
-        self.cache.rewind(self.cache.pos - self.n_txt)
-        inp = self.block.input_sequence(self.x_full[:, start + 1 - context:start + 1])[:, :-1]
-        self.shift = start - inp.size(1)
-        self.run(inp, start - inp.size(1))
+        only to itself, so a second priming would write the very same keys and values at the very same places.
+
+        reencode=False (a draft's slides, sampling.draft): the context's keys and values already in the cache
+        move to the window's start instead, each key turned to its new position, so positions and tokens are
+        those of the re-encoding while a context token's deeper layers keep what they had seen before the slide
+        (older frames). Re-encoding costs a trunk call over the whole context; a draft only sets where the
+        full-precision solve starts, and that solve re-encodes. Learned positions sit in the hidden states, not
+        in the keys: such blocks re-encode."""
+        if reencode or self.pos is not None:
+            self.cache.rewind(self.cache.pos - self.n_txt)
+            inp = self.block.input_sequence(self.x_full[:, start + 1 - context:start + 1])[:, :-1]
+            self.shift = start - inp.size(1)
+            self.run(inp, start - inp.size(1))
+            return
+        n = context - 1 + self.off          # the re-encoded context's length (with SOS: the SOS, then C - 1 tokens)
+        first, shift = start - context + 1, start - n
+        src, dst = self.n_txt + first - self.shift, self.n_txt + first - shift
+        if first < self.shift + self.off or src + (start - first) > self.cache.pos:
+            raise RuntimeError("a kept slide needs the cache to hold the context's entries")
+        self.cache.move(src, dst, start - first, self._turn(src, dst, start - first))
+        # with SOS, cache entry n_txt holds the SOS at position 0 already: every window writes it there
+        self.shift = shift
+        self.cache.pos = self.n_txt + n
+
+    def _turn(self, src: int, dst: int, count: int):
+        """Keys stored at cache rows [src, src + count) -> the same keys at rows [dst, dst + count) (RoPE: the
+        rotation by the difference of the rows' angles); None without RoPE."""
+        if self.rope is None:
+            return None
+        cos, sin = (t.float() for t in self.rope[:2])
+        co, so, cn, sn = cos[src:src + count], sin[src:src + count], cos[dst:dst + count], sin[dst:dst + count]
+        dc, ds = cn * co + sn * so, sn * co - cn * so             # cos and sin of (new angle - old angle)
+        hf = self.block.attn_blocks[0].attention.hf_style_rope
+        return lambda k: apply_rotary(k.float(), dc, ds, hf_style=hf).to(k.dtype)
 
     def solve(self, raw: torch.Tensor, p: int, guidance: float) -> torch.Tensor:
         """New values of x_full[p + 1 : p + 1 + len] from the head output at positions [p, p + len)."""
@@ -166,10 +196,10 @@ def _first_target(inv: BlockInverse, W: int | None) -> int:
     return inv.U if W is None else min(inv.U, W - 1 + inv.off)
 
 
-def _slide(inv: BlockInverse, at: int, target: int, W: int, C: int) -> int:
+def _slide(inv: BlockInverse, at: int, target: int, W: int, C: int, reencode: bool = True) -> int:
     """The window is full at input position `at`: rebuild the cache from the text and the last C tokens; returns
     the end of the next window (the same rule for both samplers, so they solve the same equations)."""
-    inv.slide(at, C)
+    inv.slide(at, C, reencode)
     return min(target + W - C, inv.U)
 
 
@@ -214,8 +244,8 @@ def _agree_min(n: int, device) -> int:
 
 def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1e-3, max_iter: int = 32,
                    context_frames: int | None = None, window_frames: int | None = None, later_frame_factor: int = 4,
-                   progress: bool = False, stats: JacobiStats | None = None, schedule: str = "official"
-                   ) -> torch.Tensor:
+                   progress: bool = False, stats: JacobiStats | None = None, schedule: str = "official",
+                   reencode: bool = True) -> torch.Tensor:
     """Block-wise Jacobi fixed-point iteration.
 
     schedule "official" (the default, the official sampler's schedule): chunks of `block_size` tokens
@@ -231,7 +261,8 @@ def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1
     chunk, and the error bound holds per token rather than on average over a chunk.
 
     With `window_frames`, attention sees at most that many frames: when the window is full the cache
-    is rebuilt from the text and the last `context_frames` frames, and decoding goes on.
+    is rebuilt from the text and the last `context_frames` frames, and decoding goes on; `reencode=False`
+    (drafts) keeps the context's entries instead (BlockInverse.slide).
     """
     if block_size < 1 or max_iter < 1:
         raise ValueError("jacobi block size and max iterations must be >= 1")
@@ -247,7 +278,7 @@ def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1
         start = solve(inv, start, target, block_size, threshold, max_iter, later_frame_factor, stats, bar)
         if target >= U:
             break
-        target = _slide(inv, start, target, W, C)
+        target = _slide(inv, start, target, W, C, reencode)
     bar.close()
     return inv.result()
 
