@@ -446,3 +446,34 @@ def test_kv_cache_move_handles_overlapping_ranges():
         assert c.k[i][0, 0, 1:6, 0].tolist() == [x + 100 * i + 0.5 for x in (3, 4, 5, 6, 7)]
         assert c.v[i][0, 0, 1:6, 0].tolist() == [-(x + 100 * i) for x in (3, 4, 5, 6, 7)]
         assert c.k[i][0, 0, 0, 0] == 100 * i                      # outside the target range: untouched
+
+
+@torch.no_grad()
+def test_a_video_token_starts_from_the_previous_frames_map_applied_to_its_own_noise(make_model):
+    from starflow.flow.affine import inverse_affine
+    from starflow.sampling.inverse import BlockInverse, jacobi_inverse
+
+    model = make_model(temporal_causal=1, shallow_block_local=True)
+    z, y, _ = _noise(model, B=2, T=3)
+    tokens = model.patchify(z).reshape(2, -1, model.config.token_channels)
+    view = model.block_views(model.patchify(z).shape, y, sampling=True)[-1]
+    inv = BlockInverse(view, tokens)
+    F = inv.frame_tokens
+    q = torch.arange(F + 1, 2 * F + 1)                       # the second frame
+    assert torch.equal(inv.previous_frame_guess(q), inv.x_full[:, q - F])      # no map known yet: the value
+    raw = inv.run(inv.x_full[:, :F], 0)                      # the first frame's maps
+    inv.solve(raw, 0, inv.guidance)
+    scale, shift = view.block.params(raw, inv.guidance)
+    want = inverse_affine(inv.zp[:, q - inv.off], scale, shift)
+    assert torch.equal(inv.previous_frame_guess(q), want)
+    # fewer trunk calls than starting from the previous frame's values, for the same solution
+    calls = {}
+    for name, guess in (("map", BlockInverse.previous_frame_guess), ("value", lambda self, q: self.x_full[:, q - F])):
+        stats = JacobiStats()
+        inv = BlockInverse(view, tokens)
+        inv.previous_frame_guess = guess.__get__(inv)
+        out = jacobi_inverse(inv, block_size=4, threshold=1e-12, max_iter=64, stats=stats, schedule="sliding")
+        calls[name], calls[name + "_out"] = stats.iterations, out
+    # both stop within the threshold (a relative squared change of 1e-12: ~1e-6 relative)
+    torch.testing.assert_close(calls["map_out"], calls["value_out"], atol=1e-5, rtol=0)
+    assert calls["map"] < calls["value"], calls
