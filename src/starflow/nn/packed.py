@@ -58,7 +58,8 @@ class _PackedForward:
 
     def packs(self, x: torch.Tensor) -> bool:
         """Whether a call on x multiplies from the packed weight (else the layer's own product)."""
-        return not (x.dtype != self.weight.dtype or x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad)
+        return not (x.dtype != self.weight.dtype or x.device.type != "cpu"
+                    or (torch.is_grad_enabled() and x.requires_grad)
                     or (self.small_rows_to_blas and x.numel() < MKL_SMALL_ROWS * x.shape[-1]))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
