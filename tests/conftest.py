@@ -52,6 +52,20 @@ def make_model():
 
 
 @pytest.fixture
+def packed_layers(monkeypatch) -> list:
+    """The Linear layers starflow.nn.packed packs during a test, in order (a spy on each packing)."""
+    from starflow.nn import packed
+
+    made, real = [], packed._PackedForward.__init__
+
+    def spy(self, layer):
+        made.append(layer)
+        real(self, layer)
+    monkeypatch.setattr(packed._PackedForward, "__init__", spy)
+    return made
+
+
+@pytest.fixture
 def conformance_dir() -> Path:
     return Path(os.environ.get("STARFLOW_CONFORMANCE_DIR", ASSETS / "conformance"))
 

@@ -236,7 +236,7 @@ def test_video_bench_on_cuda(video_model_file):
     assert res["bf16"]["dtype"] == "bf16"
 
 
-def test_the_video_bench_packs_the_denoiser_once_for_all_windows(make_model, monkeypatch):
+def test_the_video_bench_packs_the_denoiser_once_for_all_windows(make_model, packed_layers):
     import starflow.nn.packed as packed
     from starflow.evaluation.bench_video import _sampler
     from starflow.evaluation.timing import random_inputs
@@ -245,9 +245,7 @@ def test_the_video_bench_packs_the_denoiser_once_for_all_windows(make_model, mon
         pytest.skip("this torch build has no oneDNN packed linear ops")
     model = make_model(dtype=torch.float32, temporal_causal=1, shallow_block_local=True, local_attn_window=2,
                        learnable_self_denoiser=True, conditional_denoiser=True)
-    made = []
-    real = packed._PackedForward.__init__
-    monkeypatch.setattr(packed._PackedForward, "__init__", lambda self, layer: (made.append(layer), real(self, layer))[1])
+    made = packed_layers
     z, y, y_null = random_inputs(model, 2, 0, "cpu", torch.float32, frames=5)       # 4 denoiser windows of 2 frames
     _sampler(model, True)(BenchOptions().video_sampling.with_(jacobi_draft="none"), z, y, y_null)
     denoiser = set(model.learnable_self_denoiser.modules())

@@ -317,7 +317,7 @@ def test_windowed_denoising_equals_the_official_loop(T, window, denoiser_window)
     assert len(calls) <= official and calls[-1] >= 1
 
 
-def test_denoising_a_video_in_windows_packs_the_denoiser_once(make_model, monkeypatch):
+def test_denoising_a_video_in_windows_packs_the_denoiser_once(make_model, packed_layers):
     """Around the windows' loop the denoiser's weights are packed once, not once a window, and the
     result is the one each window packing its own gives (up to the order of sums: the same here)."""
     import starflow.nn.packed as packed
@@ -330,9 +330,7 @@ def test_denoising_a_video_in_windows_packs_the_denoiser_once(make_model, monkey
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 6, model.config.channel_size, model.config.img_size, model.config.img_size, generator=g)
     y = torch.randn(2, model.config.txt_size, model.config.txt_dim, generator=g)
-    made = []
-    real = packed._PackedForward.__init__
-    monkeypatch.setattr(packed._PackedForward, "__init__", lambda self, layer: (made.append(layer), real(self, layer))[1])
+    made = packed_layers
     step = (lambda chunk: learned_denoise(model, chunk, y, 0.3))
     with torch.no_grad():
         each = in_windows(step, x, 2)                      # 5 windows, each packing for itself
