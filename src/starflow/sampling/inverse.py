@@ -288,7 +288,8 @@ def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1
     official rule applied to one token: its mean squared change over the batch and channels, over the
     window's mean square) fell below `threshold`, or that has been iterated `max_iter` times, and new
     tokens enter at its end. No token is iterated once settled, none waits for the slowest of its
-    chunk, and the error bound holds per token rather than on average over a chunk.
+    chunk, and the error bound holds per token rather than on average over a chunk. A video token
+    enters from the previous frame's map applied to its own noise (BlockInverse.previous_frame_guess).
 
     With `window_frames`, attention sees at most that many frames: when the window is full the cache
     is rebuilt from the text and the last `context_frames` frames, and decoding goes on; `reencode=False`
