@@ -12,8 +12,9 @@ each side's median time:
 The protocol is `starflow bench`'s (same model file, seeds, batches, guidance 2.0, Jacobi threshold 1e-3,
 blocks of 16, max 32 iterations; float32, and the training step under bf16 autocast too where bf16 is native;
 our Jacobi with its default sliding schedule and no draft (and with the bf16 draft where bf16 is native), our
-sequential sampler both with compiled steps and eager, as `starflow bench` times it). A video model gets `video_jacobi`: 8 latent frames, batch 2, the sliding
-window past `local_attn_window`, and each side's learnable denoiser; and the same at 16 and 32 frames
+sequential sampler both with compiled steps and eager, as `starflow bench` times it). A video model gets
+`video_jacobi`: 8 latent frames, batch 2, the sliding window past `local_attn_window`, and each side's learnable
+denoiser (with the bf16 draft too where bf16 is native: `video_jacobi_draft_s`); and the same at 16 and 32 frames
 (`--long-video-frames`), from which each side's cost per frame and its flatness (max / min over the lengths) come,
 all lengths of both sides timed in the same rounds.
 The official code is imported from the checkout (nothing of it is copied here), built and loaded strictly

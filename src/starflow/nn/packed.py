@@ -85,19 +85,17 @@ def linear_then(layer: torch.nn.Linear, x: torch.Tensor, post: str, other: torch
     fused GELU reads the float32 product before rounding: closer to exact, not equal to the plain steps."""
     if post not in POST_OPS:
         raise ValueError(f"post must be one of {POST_OPS}, not {post!r}")
+    if post != "gelu" and other is None:
+        raise ValueError(f"post {post!r} needs the other operand")
     fwd = layer.forward
     if isinstance(fwd, _PackedForward) and fwd.packs(x) and (
             other is None or (other.dtype == x.dtype and other.shape == x.shape[:-1] + (layer.out_features,))):
         if post == "gelu":
             return torch.ops.mkldnn._linear_pointwise(x, fwd.weight, fwd.bias, "gelu", [], approximate)
-        if other is None:
-            raise ValueError(f"post {post!r} needs the other operand")
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, fwd.weight, fwd.bias, post)
     y = layer(x)
     if post == "gelu":
         return torch.nn.functional.gelu(y, approximate=approximate)
-    if other is None:
-        raise ValueError(f"post {post!r} needs the other operand")
     return other + y if post == "add" else y * other
 
 

@@ -157,7 +157,7 @@ class BlockInverse:
         carries over, the value would not (bench video model, 8 frames: 29 -> 23 draft trunk calls, 56 -> 49 float32
         ones without a draft, the same error)."""
         prev = q - self.frame_tokens
-        guess = self.x_full[:, prev].clone()
+        guess = self.x_full[:, prev]                 # a copy: indexing by a tensor gathers
         if self.maps is not None:
             known = self.mapped[prev]
             if bool(known.any()):
