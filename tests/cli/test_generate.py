@@ -45,7 +45,7 @@ def test_generate_video_gif_and_mp4(video_dir, tmp_path):
     Image.fromarray(np.full((4, 4), 200, np.uint8), "L").save(first)
     mp4 = tmp_path / "v.mp4"
     assert run("generate-video", "4", "5", "--model", video_dir, "--out", mp4, "--frames", "5", "--fps", "10",
-               "--image", first, "--jacobi-draft", "bf16", "--no-progress") == 0
+               "--image", first, "--jacobi-draft", "bf16", "--jacobi-draft-th", "0.005", "--no-progress") == 0
     import av
     with av.open(str(mp4)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
@@ -150,3 +150,13 @@ def test_video_to_video_too_many_frames(video_dir, tmp_path, capsys):
     assert run("generate-video", "4", "--model", video_dir, "--video", long, "--out", tmp_path / "o.gif") == 2
     assert "at most the trained length" in capsys.readouterr().err
     assert not (tmp_path / "o.gif").exists()
+
+
+def test_sampler_flags_reach_the_pipeline_call():
+    from starflow.cli.generate import _call_kwargs
+    from starflow.cli.main import build_parser
+    args = build_parser().parse_args(["generate-video", "4", "--model", "m", "--jacobi-draft", "bf16",
+                                      "--jacobi-draft-th", "0.005", "--jacobi-th", "0.002"])
+    kw = _call_kwargs(args)
+    assert (kw["jacobi_draft"], kw["jacobi_draft_th"], kw["jacobi_th"]) == ("bf16", 0.005, 0.002)
+    assert "jacobi_block_size" not in kw          # unset flags leave the pipeline's defaults

@@ -88,9 +88,11 @@ def test_cli_prints_json(model_file, capsys, tmp_path):
     assert res["forward_ms"] > 0 and res["sample_sequential_s"] > 0 and "sample_jacobi_s" not in res
     assert res["sequential_compiled"] is False and "sample_sequential_eager_s" not in res
     assert main(["bench", "--model", str(model_file), "--json", "--sample-repeats", "1", "--warmup", "0",
-                 "--threads", "1", "--parts", "jacobi", "--jacobi-draft", "none", "--no-official"]) == 0
+                 "--threads", "1", "--parts", "jacobi", "--jacobi-draft", "none", "--jacobi-draft-th", "0.004",
+                 "--no-official"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["jacobi_draft"] == res["options"]["sampling"]["jacobi_draft"] == "none" and "sample_jacobi_fp32_s" not in res
+    assert res["options"]["sampling"]["jacobi_draft_th"] == 0.004
     # targets against official figures measured just before (benchmarks/official_baseline.py's JSON)
     ref = tmp_path / "official.json"
     ref.write_text(json.dumps({"impl": "official", "sample_jacobi_s": 1000.0, "jacobi_max_abs_err": 0.3}))

@@ -65,16 +65,58 @@ def test_good_draft_is_verified_in_one_pass_per_block(make_model):
     model = make_model()
     z, y, y_null = _noise(model)
     seq = sample(model, z, y, y_null, method="sequential", guidance=2.0)
-    plain, drafted = JacobiStats(), JacobiStats()
+    plain, tight, drafted = JacobiStats(), JacobiStats(), JacobiStats()
     opts = dict(method="jacobi", guidance=2.0, jacobi_schedule="sliding", jacobi_block_size=4, jacobi_th=1e-3)
     ref = sample(model, z, y, y_null, stats=plain, **opts)
-    out = sample(model, z, y, y_null, jacobi_draft="bf16", stats=drafted, **opts)
-    # every token settled in the one float64 pass over the draft: one trunk call of 16 tokens per block
-    assert (drafted.iterations, drafted.tokens) == (3, 3 * 16)
-    assert drafted.iterations < plain.iterations
+    # a draft solved down to the sampler's own threshold: every token settles in the one float64 pass over it,
+    # one trunk call of 16 tokens per block
+    out = sample(model, z, y, y_null, jacobi_draft="bf16", jacobi_draft_th=1e-3, stats=tight, **opts)
+    assert (tight.iterations, tight.tokens) == (3, 3 * 16)
+    assert tight.iterations < plain.iterations
     # as accurate as plain Jacobi at this threshold: both stop somewhere within the tolerance, at different
     # points (over six seeds the verified draft's error was 0.3-2.6x plain Jacobi's, lower on average)
     assert (out - seq).abs().max() <= 2 * (ref - seq).abs().max()
+    # the default draft stops at 10x the threshold: fewer low-precision calls, and the check still settles
+    # within a second pass per block (each over the rest of the block, not windows of 4)
+    assert SamplerOptions(jacobi_th=1e-3).draft_th == pytest.approx(1e-2)
+    out = sample(model, z, y, y_null, jacobi_draft="bf16", stats=drafted, **opts)
+    assert drafted.draft_iterations < tight.draft_iterations
+    assert drafted.iterations <= 2 * 3 and drafted.tokens <= 2 * 3 * 16
+    assert (out - seq).abs().max() <= 2 * (ref - seq).abs().max()
+
+
+def test_over_a_draft_every_window_reaches_the_end(make_model, monkeypatch):
+    """Drafted tokens after one that fails the check are drafted too, not guesses: each further pass runs from the
+    first unsettled token to the end of the block, whatever the block size (without a draft: windows of it)."""
+    from starflow.sampling.inverse import BlockInverse, jacobi_inverse
+    model = make_model()
+    z, y, _ = _noise(model)
+    h = model.patchify(z)
+    view = model.block_views(h.shape, y, sampling=True)[-1]
+    tokens = view.to_block(h.reshape(z.size(0), -1, h.size(-1)))
+    exact = BlockInverse(view, tokens)
+    jacobi_inverse(exact, block_size=4, threshold=0.0, max_iter=64)
+    calls = []
+    monkeypatch.setattr(BlockInverse, "run", lambda self, inp, p, *a, _r=BlockInverse.run: (
+        calls.append((p, inp.size(1))), _r(self, inp, p, *a))[1])
+    inv = BlockInverse(view, tokens)
+    inv.start_from(exact)
+    inv.x_full[:, 7] += 0.5      # one drafted token off: the first pass settles x_full[1..6], sets x_full[7] right
+    out = jacobi_inverse(inv, block_size=4, threshold=1e-20, max_iter=64, schedule="sliding")
+    assert len(calls) > 2 and calls[1][0] == 7    # ... and the next starts from input 7
+    assert all(p + n == inv.U for p, n in calls)
+    torch.testing.assert_close(out, exact.result(), atol=1e-9, rtol=0)
+    calls.clear()
+    jacobi_inverse(BlockInverse(view, tokens), block_size=4, threshold=1e-12, max_iter=64, schedule="sliding")
+    assert max(n for _, n in calls) == 4
+
+
+def test_draft_threshold_option_is_checked():
+    assert SamplerOptions(jacobi_th=2e-3, jacobi_draft_th=5e-3).draft_th == 5e-3
+    assert SamplerOptions(jacobi_th=2e-3).draft_th == pytest.approx(2e-2)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="jacobi_draft_th"):
+            SamplerOptions(jacobi_draft_th=bad)
 
 
 def test_draft_with_video_prefix_and_attention_window(make_model):

@@ -25,6 +25,8 @@ def register(sub) -> None:
                         "float32 rule; auto (default): bf16 where the hardware has native bf16 (AMX, CUDA); none")
     p.add_argument("--jacobi-draft-block-size", type=int, default=0,
                    help="window of the draft's Jacobi solve (default 0: the whole sequence)")
+    p.add_argument("--jacobi-draft-th", type=float, default=None,
+                   help="threshold that stops the draft's Jacobi solve (default: 10x the sampler's 1e-3)")
     p.add_argument("--train-autocast", choices=["auto", "bf16", "none"], default="auto",
                    help="float32 runs: also time the training step under bf16 autocast (float32 weights, the "
                         "official training precision) as train_step_autocast_ms; auto (default): where bf16 is "
@@ -59,7 +61,7 @@ def run(args) -> int:
         if not isinstance(reference, dict):
             raise ValueError(f"--reference {args.reference}: expected a JSON object of figures")
     jacobi = dict(jacobi_schedule=args.jacobi_schedule, jacobi_draft=args.jacobi_draft,
-                  jacobi_draft_block_size=args.jacobi_draft_block_size)
+                  jacobi_draft_block_size=args.jacobi_draft_block_size, jacobi_draft_th=args.jacobi_draft_th)
     sampling = BenchOptions().sampling.with_(**jacobi)
     video_sampling = BenchOptions().video_sampling.with_(**jacobi)
     try:

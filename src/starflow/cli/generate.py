@@ -113,6 +113,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jacobi-draft", choices=["auto", "bf16", "none"], default=None,
                    help="bf16: solve each flow block in bfloat16 first, then accept every token by the full-precision "
                         "rule (faster on CPUs with AMX and on GPUs; same accuracy); auto: bf16 where that holds")
+    p.add_argument("--jacobi-draft-th", type=float, default=None,
+                   help="threshold that stops the draft's own solve (default: 10x --jacobi-th; the full-precision "
+                        "check after it accepts each token by --jacobi-th)")
     p.add_argument("--denoise", choices=["score", "learned", "none"], default=None)
     p.add_argument("--height", type=positive_int, default=None, help="pixels")
     p.add_argument("--width", type=positive_int, default=None, help="pixels")
@@ -179,7 +182,8 @@ def _call_kwargs(args) -> dict:
     """The pipeline call's arguments; the sampler settings under their SamplerOptions names (None: the
     pipeline's default)."""
     sampling = dict(guidance=args.guidance, method=args.method, jacobi_block_size=args.jacobi_block_size,
-                    jacobi_th=args.jacobi_th, jacobi_max_iter=args.jacobi_max_iter, jacobi_draft=args.jacobi_draft)
+                    jacobi_th=args.jacobi_th, jacobi_max_iter=args.jacobi_max_iter, jacobi_draft=args.jacobi_draft,
+                    jacobi_draft_th=args.jacobi_draft_th)
     return dict(negative_prompt=args.negative_prompt, denoise=args.denoise, height=args.height, width=args.width,
                 aspect_ratio=args.aspect_ratio, seed=args.seed, batch_size=args.batch_size,
                 progress=not args.no_progress, **{k: v for k, v in sampling.items() if v is not None})

@@ -61,7 +61,7 @@ def _invert_block(view: BlockView, tokens: torch.Tensor, opt: SamplerOptions, pr
                 draft, ds = BlockInverse(dataclasses.replace(view, block=low), tokens, prefix, window), JacobiStats()
                 # large windows: a low-precision trunk call costs little per token, much per call
                 # (its window slides keep the context's entries: BlockInverse.slide)
-                jacobi_inverse(draft, opt.jacobi_draft_block_size or draft.U, opt.jacobi_th, opt.jacobi_max_iter,
+                jacobi_inverse(draft, opt.jacobi_draft_block_size or draft.U, opt.draft_th, opt.jacobi_max_iter,
                                opt.context_length, window, progress=opt.progress, stats=ds, schedule="sliding",
                                reencode=False)
             inv.start_from(draft)
