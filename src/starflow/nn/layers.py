@@ -56,7 +56,7 @@ class Attention(torch.nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...] | None, *,
                 cache: KVCache | None = None, layer: int = 0, causal: bool = True,
                 attn_mask: torch.Tensor | None = None, temp: float = 1.0,
-                residual: torch.Tensor | None = None) -> torch.Tensor:
+                residual: torch.Tensor | None = None, keep: int | None = None) -> torch.Tensor | None:
         """x (B, L, D) -> (B, L, D), plus `residual` when given (one oneDNN call with the output projection where
         its weight is packed: nn.packed.linear_then).
 
@@ -64,6 +64,8 @@ class Attention(torch.nn.Module):
         their complex form (L, 1, head_dim/2) from `rotary_cis` (the trunk makes it once for all layers;
         without it the pairwise real form gives the same numbers).
         attn_mask: bool (True = attend) or additive float mask (L, S); it replaces the causal rule.
+        keep: only the last `keep` positions' outputs are wanted, (B, keep, D) (every position's key and value
+        still enter the cache); keep=0 only writes the cache and returns None.
         """
         B, L, _ = x.shape                                                  # (B, L, D)
         H, Hk, d = self.num_heads, self.num_kv_heads, self.head_dim
@@ -100,6 +102,16 @@ class Attention(torch.nn.Module):
             if ct != dt:
                 k, v = k.to(dt), v.to(dt)
         is_causal = causal and attn_mask is None
+        if keep is not None and keep < L:
+            if keep == 0:
+                return None
+            # the last `keep` queries: the rows of the mask they use, or (causal) the keys before and up to each
+            q, L = q[:, :, L - keep:], keep
+            residual = residual[:, -keep:] if residual is not None else None
+            if attn_mask is not None:
+                attn_mask = attn_mask[..., -keep:, :]
+            elif is_causal:
+                is_causal, attn_mask = False, causal_mask(keep, k.size(2) - keep, x.device)
         if is_causal and prefix > 0:
             # queries sit at the end of the key sequence: SDPA's is_causal aligns top-left, so mask explicitly
             # (Trunk.run builds this mask once per call and passes it in)
@@ -154,9 +166,10 @@ class TransformerLayer(torch.nn.Module):
                                    hf_style_rope)
         self.mlp = MLP(channels, expansion, swiglu, norm_type, post_norm, bias)
 
-    def forward(self, x, rope, **attn_kwargs):
-        x = self.attention(x, rope, residual=x, **attn_kwargs)
-        return self.mlp(x, residual=x)
+    def forward(self, x, rope, keep: int | None = None, **attn_kwargs):
+        """keep: only the last `keep` positions' outputs (Attention.forward); 0: write the cache, return None."""
+        x = self.attention(x, rope, residual=x, keep=keep, **attn_kwargs)
+        return None if x is None else self.mlp(x, residual=x)
 
 
 def _project(linear: torch.nn.Linear, x: torch.Tensor, post_norm: torch.nn.Module | None,

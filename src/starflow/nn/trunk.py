@@ -52,14 +52,17 @@ class Trunk(torch.nn.Module):
     def run(self, x: torch.Tensor | None, text: torch.Tensor | None = None, *,
             rope: tuple[torch.Tensor, torch.Tensor] | None = None, cache: KVCache | None = None,
             pos_embed: torch.Tensor | None = None, causal: bool = True, attn_mask: torch.Tensor | None = None,
-            attn_temp: float = 1.0) -> torch.Tensor | None:
+            attn_temp: float = 1.0, outputs: int | None = None) -> torch.Tensor | None:
         """Run [text; x] through the layers and return the head's output for the x tokens.
 
         x: (B, L, C_in) input tokens, or None to only push text into `cache`.
         text: (B, Lt, txt_dim) raw text embeddings (ignored by an unconditioned trunk).
         rope: full (cos, sin) tables; rows [start, start + Lt + L) are used, start = cache.pos (or 0).
         pos_embed: (L, D) learned positions added to the x tokens.
-        Returns (B, L, C_out) in float32 precision of the head, or None when x is None.
+        outputs: only the last `outputs` x tokens' outputs are wanted (None: all): the last layer computes its
+        queries, MLP and head for those alone, and for none with 0 (a cache being filled: only its keys and
+        values are read later). The other tokens' keys and values enter `cache` as usual.
+        Returns (B, outputs or L, C_out) in float32 precision of the head, or None when x is None or outputs is 0.
         """
         w = self.proj_in.weight
         parts = []
@@ -94,16 +97,22 @@ class Trunk(torch.nn.Module):
             attn_mask = additive_causal_mask(L, start, h.device, mdt)
         kw = dict(cache=cache, causal=causal, attn_mask=attn_mask, temp=attn_temp)
         ckpt = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
-        for i, layer in enumerate(self.attn_blocks):
-            if ckpt:
-                h = checkpoint(layer, h, tables, use_reentrant=False, layer=i, **kw)
-            else:
-                h = layer(h, tables, layer=i, **kw)
-        if cache is not None:
-            cache.advance(h.size(1))
         if x is None:
+            outputs = 0
+        elif outputs is not None:
+            outputs = max(0, min(outputs, x.size(1)))
+        last = len(self.attn_blocks) - 1
+        for i, layer in enumerate(self.attn_blocks):
+            keep = outputs if i == last else None
+            if ckpt:
+                h = checkpoint(layer, h, tables, use_reentrant=False, layer=i, keep=keep, **kw)
+            else:
+                h = layer(h, tables, layer=i, keep=keep, **kw)
+        if cache is not None:
+            cache.advance(L)
+        if outputs == 0:
             return None
-        h = h[:, n_txt:]
+        h = h[:, n_txt:] if outputs is None else h[:, h.size(1) - outputs:]
         if self.use_final_norm:
             h = self.final_norm(h)
         h = self.proj_out(h)

@@ -86,11 +86,12 @@ class BlockInverse:
         if self.text is not None:
             self.block.run(None, self.text, rope=self.rope, cache=self.cache)
 
-    def run(self, inp: torch.Tensor, p: int, attn_temp: float = 1.0) -> torch.Tensor:
-        """Trunk on inputs standing at positions [p, p + len) -> raw head output."""
+    def run(self, inp: torch.Tensor, p: int, attn_temp: float = 1.0, outputs: int | None = None) -> torch.Tensor | None:
+        """Trunk on inputs standing at positions [p, p + len) -> raw head output (of the last `outputs`: Trunk.run)."""
         q = p - self.shift
         pe = self.pos[q:q + inp.size(1)] if self.pos is not None else None
-        return self.block.run(inp, None, rope=self.rope, cache=self.cache, pos_embed=pe, attn_temp=attn_temp)
+        return self.block.run(inp, None, rope=self.rope, cache=self.cache, pos_embed=pe, attn_temp=attn_temp,
+                              outputs=outputs)
 
     def slide(self, start: int, context: int, reencode: bool = True) -> None:
         """Restart the cache from the text and the `context` tokens before input position `start`, re-encoded
@@ -108,7 +109,7 @@ class BlockInverse:
             self.cache.rewind(self.cache.pos - self.n_txt)
             inp = self.block.input_sequence(self.x_full[:, start + 1 - context:start + 1])[:, :-1]
             self.shift = start - inp.size(1)
-            self.run(inp, start - inp.size(1))
+            self.run(inp, start - inp.size(1), outputs=0)      # only the context's keys and values are read
             return
         n = context - 1 + self.off          # the re-encoded context's length (with SOS: the SOS, then C - 1 tokens)
         first, shift = start - context + 1, start - n
