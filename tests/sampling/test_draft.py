@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -31,6 +33,13 @@ def test_draft_copy_is_made_per_call_and_follows_the_weights(make_model):
     before = dict(block.__dict__)
     low = draft_copy(block, "bf16")
     assert low.proj_in.weight.dtype == torch.bfloat16 and not low.proj_in.weight.requires_grad
+    # every tensor as the block's own converted (the copy is made from converted tensors), none shared
+    want = copy.deepcopy(block).to(torch.bfloat16).state_dict()
+    got = low.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert all(isinstance(p, torch.nn.Parameter) for p in low.parameters())
+    assert {p.data_ptr() for p in low.parameters()}.isdisjoint(p.data_ptr() for p in block.parameters())
+    assert all(p.dtype == torch.float64 for p in block.parameters())
     assert block.__dict__.keys() == before.keys()                # nothing hidden on the block
     with torch.no_grad():
         block.proj_in.weight.add_(1.0)                           # e.g. an optimiser step
