@@ -39,6 +39,7 @@ class Trunk(torch.nn.Module):
         self.use_final_norm = final_norm
         self.soft_clip = soft_clip
         self.head_dim = head_dim
+        self.hf_style_rope = hf_style_rope      # how its layers pair a head's channels for RoPE (nn.rope)
         self.num_kv_heads = self.attn_blocks[0].attention.num_kv_heads if num_layers else 0
         self.gradient_checkpointing = False
 

@@ -129,7 +129,7 @@ class BlockInverse:
         cos, sin = (t.float() for t in self.rope[:2])
         co, so, cn, sn = cos[src:src + count], sin[src:src + count], cos[dst:dst + count], sin[dst:dst + count]
         dc, ds = cn * co + sn * so, sn * co - cn * so             # cos and sin of (new angle - old angle)
-        hf = self.block.attn_blocks[0].attention.hf_style_rope
+        hf = self.block.hf_style_rope
         return lambda k: apply_rotary(k.float(), dc, ds, hf_style=hf).to(k.dtype)
 
     def solve(self, raw: torch.Tensor, p: int, guidance: float) -> torch.Tensor:
