@@ -6,6 +6,11 @@ from starflow.nn.kv_cache import KVCache
 from starflow.nn.trunk import Trunk
 
 
+def _inputs(seed, B, L):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, L, 3, generator=g, dtype=torch.float64), torch.randn(B, 2, 4, generator=g, dtype=torch.float64)
+
+
 def _trunk(**kw):
     torch.manual_seed(0)
     t = Trunk(3, 5, 16, 2, 8, txt_dim=4, **kw).double().eval()
@@ -19,8 +24,7 @@ def _trunk(**kw):
 @pytest.mark.parametrize("qk_norm", [False, True])
 def test_last_outputs_equal_the_full_run(outputs, qk_norm):
     t = _trunk(qk_norm=qk_norm)
-    g = torch.Generator().manual_seed(1)
-    x, text = torch.randn(2, 9, 3, generator=g, dtype=torch.float64), torch.randn(2, 2, 4, generator=g, dtype=torch.float64)
+    x, text = _inputs(1, 2, 9)
     full = t.run(x, text)
     torch.testing.assert_close(t.run(x, text, outputs=outputs), full[:, 9 - outputs:], atol=1e-12, rtol=0)
     # after cached keys (a window continuing): the same, and the cache holds the same entries
@@ -37,8 +41,7 @@ def test_last_outputs_equal_the_full_run(outputs, qk_norm):
 
 def test_no_outputs_fills_the_cache_with_the_same_entries():
     t = _trunk()
-    g = torch.Generator().manual_seed(2)
-    x, text = torch.randn(2, 6, 3, generator=g, dtype=torch.float64), torch.randn(2, 2, 4, generator=g, dtype=torch.float64)
+    x, text = _inputs(2, 2, 6)
     full, none = (KVCache(2, 2, 2, 8, 8, dtype=torch.float64) for _ in range(2))
     t.run(x, text, cache=full)
     assert t.run(x, text, cache=none, outputs=0) is None and none.pos == full.pos == 8
@@ -48,9 +51,8 @@ def test_no_outputs_fills_the_cache_with_the_same_entries():
 
 def test_last_outputs_under_a_mask_take_its_last_rows():
     t = _trunk()
-    g = torch.Generator().manual_seed(3)
-    x, text = torch.randn(1, 6, 3, generator=g, dtype=torch.float64), torch.randn(1, 2, 4, generator=g, dtype=torch.float64)
-    mask = torch.rand(8, 8, generator=g) > 0.3
+    x, text = _inputs(3, 1, 6)
+    mask = torch.rand(8, 8, generator=torch.Generator().manual_seed(3)) > 0.3
     mask |= torch.eye(8, dtype=torch.bool)      # every query sees at least itself
     full = t.run(x, text, causal=False, attn_mask=mask)
     torch.testing.assert_close(t.run(x, text, causal=False, attn_mask=mask, outputs=2), full[:, 4:], atol=1e-12, rtol=0)
