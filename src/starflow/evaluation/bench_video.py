@@ -42,7 +42,7 @@ def _sampler(model: StarFlow, denoise: bool) -> Callable:
         if not use_denoiser:
             return x, x
         with torch.no_grad(), denoiser_packed(model):     # packing needs gradients off (nn.packed)
-            return x, in_windows(lambda chunk: learned_denoise(model, chunk, y, DENOISE_SIGMA), x,
+            return x, in_windows(lambda chunk, new: learned_denoise(model, chunk, y, DENOISE_SIGMA, last_frames=new), x,
                                  window or x.size(1), c.denoiser_window)
     return run
 

@@ -224,8 +224,13 @@ class StarFlow(torch.nn.Module):
         loss_logdet = -sum(ld.mean(dim=tuple(range(1, ld.dim()))) for ld in logdets)
         return loss_z, loss_logdet
 
-    def denoise_output(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw prediction of the learnable self-denoiser for x (same shape as x)."""
+    def denoise_output(self, x: torch.Tensor, y: torch.Tensor | None = None, last_frames: int | None = None
+                       ) -> torch.Tensor:
+        """Raw prediction of the learnable self-denoiser for x (same shape as x).
+
+        last_frames (videos): only the last that many frames' predictions, (B, last_frames, C, H, W). Every frame
+        is still read, but the trunk's last layer computes its queries, MLP and head for those frames alone
+        (Trunk.run outputs=): a video denoised in windows keeps only each window's new frames (sampling.denoise)."""
         if self.learnable_self_denoiser is None:
             raise ValueError("this model has no learnable self-denoiser (learnable_self_denoiser=0)")
         d = self.learnable_self_denoiser
@@ -235,9 +240,16 @@ class StarFlow(torch.nn.Module):
         shape = h.shape
         video = x.dim() == 5
         T = shape[1] if video else 0
+        if last_frames is not None and not (video and 1 <= last_frames <= T):
+            raise ValueError(f"last_frames must be between 1 and the video's {T} frames, got {last_frames}"
+                             if video else "last_frames applies to videos (B, T, C, H, W) only")
         rope = self.rope_tables(d, shape[-3], shape[-2], T, text)
         mask = None
         if d.block_causal > 0 and video:
             mask = d.video_mask(T, shape[-3] * shape[-2], text.size(1) if text is not None else 0, x.device)
-        out = d.run(h.reshape(h.size(0), -1, shape[-1]), text, rope=rope, causal=False, attn_mask=mask)
+        frame_tokens = shape[-3] * shape[-2]
+        out = d.run(h.reshape(h.size(0), -1, shape[-1]), text, rope=rope, causal=False, attn_mask=mask,
+                    outputs=None if last_frames is None else last_frames * frame_tokens)
+        if last_frames is not None:
+            shape = shape[:1] + (last_frames,) + shape[2:]
         return self.unpatchify(out.reshape(shape))

@@ -69,7 +69,8 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
             return x
         # the learnable denoiser's weights packed once for all the windows (the score step needs gradients)
         with denoiser_packed(self.flow) if method != "score" else contextlib.nullcontext():
-            return in_windows(lambda chunk: self._denoise(chunk, y, method), x, window, self.config.denoiser_window)
+            return in_windows(lambda chunk, new: self._denoise(chunk, y, method, new), x, window,
+                              self.config.denoiser_window)
 
     # ---- first frame --------------------------------------------------------------------------------
     def _first_frame(self, image, n: int, H: int, W: int, g: torch.Generator) -> torch.Tensor:

@@ -36,7 +36,8 @@ def _finite_items(fn):
         ok = torch.isfinite(x.flatten(1)).all(1)                  # (B,)
         if bool(ok.all()):
             return fn(model, x, y, *args, **kwargs)
-        out = x.clone()
+        n = kwargs.get("last_frames")
+        out = (x if n is None else x[:, x.size(1) - n:]).clone()
         if bool(ok.any()):
             out[ok] = fn(model, x[ok], None if y is None else y[ok], *args, **kwargs)
         return out
@@ -61,15 +62,19 @@ def score_denoise(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, nois
 @_finite_items
 @torch.no_grad()
 def learned_denoise(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, noise_std: float,
-                    next_noise_std: float = 0.0) -> torch.Tensor:
-    """Official update x - 0.3 * denoiser(x) * (sigma - sigma_next) / sigma."""
+                    next_noise_std: float = 0.0, *, last_frames: int | None = None) -> torch.Tensor:
+    """Official update x - 0.3 * denoiser(x) * (sigma - sigma_next) / sigma.
+
+    last_frames (videos): the update of the last that many frames only, (B, last_frames, C, H, W), each frame's
+    prediction still made from every frame of x (StarFlow.denoise_output)."""
+    keep = x if last_frames is None else x[:, x.size(1) - last_frames:]
     if noise_std <= 0:
-        return x
+        return keep
     if next_noise_std > noise_std:
         raise ValueError(f"next_noise_std {next_noise_std} must not exceed noise_std {noise_std}")
     with denoiser_packed(model):    # its Linear weights packed (nn.packed), unless a caller holds them packed
-        pred = model.denoise_output(x, y)
-    return x - pred * DENOISER_NOISE_CONST * (noise_std - next_noise_std) / noise_std
+        pred = model.denoise_output(x, y, last_frames)
+    return keep - pred * DENOISER_NOISE_CONST * (noise_std - next_noise_std) / noise_std
 
 
 def denoiser_packed(model: StarFlow):
@@ -80,18 +85,22 @@ def denoiser_packed(model: StarFlow):
 
 
 def in_windows(fn, x: torch.Tensor, window: int | None, denoiser_window: int | None = None) -> torch.Tensor:
-    """Apply a denoising step fn(chunk) -> chunk to a video x (B, T, ...) in windows of `window` frames (None:
-    all at once), as the official sampler does: after the first window each step re-uses `overlap` frames
-    (denoiser_window, or window - 1) as context and replaces only the new ones. The official loop goes on
-    while its start is inside the video and then denoises chunks that replace no frame; it stops here once
-    the last frame is replaced (the same output)."""
+    """Apply a denoising step to a video x (B, T, ...) in windows of `window` frames (None: all at once), as the
+    official sampler does: after the first window each step re-uses `overlap` frames (denoiser_window, or
+    window - 1) as context and replaces only the new ones. The official loop goes on while its start is inside
+    the video and then denoises chunks that replace no frame; it stops here once the last frame is replaced
+    (the same output).
+
+    fn(chunk, new) -> the denoised chunk, or only its last `new` frames: the ones the window replaces (the
+    learnable denoiser then skips the context frames' outputs: learned_denoise's last_frames)."""
     T = x.size(1)
     steps = window or T
     x = x.clone()
     s, overlap = 0, 0
     while True:
-        out = fn(x[:, s:s + steps].clone())
-        x[:, s + overlap:s + steps] = out[:, overlap:]
+        new = min(steps, T - s) - overlap
+        out = fn(x[:, s:s + steps].clone(), new)
+        x[:, s + overlap:s + steps] = out[:, out.size(1) - new:]
         if s + steps >= T:
             return x
         overlap = min(steps - 1 if denoiser_window is None else denoiser_window, steps - 1)
