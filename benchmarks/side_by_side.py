@@ -15,8 +15,8 @@ our Jacobi with its default sliding schedule and no draft (and with the bf16 dra
 sequential sampler both with compiled steps and eager, as `starflow bench` times it). A video model gets
 `video_jacobi`: 8 latent frames, batch 2, the sliding window past `local_attn_window`, and each side's learnable
 denoiser (with the bf16 draft too where bf16 is native: `video_jacobi_draft_s`); and the same at 16 and 32 frames
-(`--long-video-frames`), from which each side's cost per frame and its flatness (max / min over the lengths) come,
-all lengths of both sides timed in the same rounds.
+(`--long-video-frames`), from which each side's cost per frame, its flatness (max / min over the lengths) and the time
+each added frame cost come, all lengths of both sides timed in the same rounds.
 The official code is imported from the checkout (nothing of it is copied here), built and loaded strictly
 by official_baseline.py's functions.
 """
@@ -139,12 +139,16 @@ def _video_pairs(ours, official, base, lengths: list[int]) -> dict:
 
 
 def _per_frame(res: dict, lengths: list[int]) -> None:
-    """Each side's long-video cost per frame (8 frames: video_jacobi_s) and its flatness, max / min."""
+    """Each side's long-video cost per frame (8 frames: video_jacobi_s), its flatness, max / min, and the time
+    each frame added between consecutive lengths (equal in linear time: bench_video)."""
     for side in ("ours", "official"):
-        per = {str(T): round(res["video_jacobi_s" if T == 8 else f"long_video_s[{T}]"][side] / T, 4)
-               for T in sorted({8, *lengths})}
+        total = {T: res["video_jacobi_s" if T == 8 else f"long_video_s[{T}]"][side] for T in sorted({8, *lengths})}
+        per = {str(T): round(t / T, 4) for T, t in total.items()}
         res[f"long_video_s_per_frame_{side}"] = per
         res[f"long_video_flatness_{side}"] = round(max(per.values()) / min(per.values()), 3)
+        Ts = list(total)
+        res[f"long_video_s_per_added_frame_{side}"] = {f"{a}-{b}": round((total[b] - total[a]) / (b - a), 4)
+                                                       for a, b in zip(Ts, Ts[1:])}
 
 
 def main(argv=None) -> int:

@@ -171,6 +171,10 @@ def test_video_model_figures(video_model_file):
     # every length timed anew, the lengths taking turns (timing.interleaved): the flatness is a ratio of them
     assert set(per_frame) == {"3", "5"} and min(per_frame.values()) > 0
     assert res["long_video_flatness"] == round(max(per_frame.values()) / min(per_frame.values()), 3)
+    # the time each frame added from 3 to 5 frames, from the same medians (rounded: within their rounding)
+    added = res["long_video_s_per_added_frame"]
+    assert set(added) == {"3-5"}
+    assert added["3-5"] == pytest.approx((5 * per_frame["5"] - 3 * per_frame["3"]) / 2, abs=1e-3)
     t = res["targets"]
     assert {"video_jacobi_over_sequential_ok", "long_video_flat_ok", "all_ok"} <= set(t)
     assert "video_jacobi_s_ok" not in t                      # no official figures given

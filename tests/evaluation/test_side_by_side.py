@@ -109,6 +109,8 @@ def test_video_model_times_long_videos_in_the_same_rounds(make_model, tmp_path, 
         assert per["3"] == round(res["long_video_s[3]"][side] / 3, 4)
         assert per["8"] == round(res["video_jacobi_s"][side] / 8, 4)
         assert res[f"long_video_flatness_{side}"] == round(max(per.values()) / min(per.values()), 3)
+        added = (res["video_jacobi_s"][side] - res["long_video_s[3]"][side]) / 5
+        assert res[f"long_video_s_per_added_frame_{side}"] == {"3-8": round(added, 4)}
     # warm-up + 2 rounds, two lengths
     assert sys.modules["transformer_flow"].CALLS.count("reverse") == 6
 

@@ -6,7 +6,7 @@ every figure is the time from noise to denoised latents. A video longer than the
 slides that window, re-encoding `window - 1` frames of context (the official default), in both samplers: the
 sequential sample is then the exact solution of the equations Jacobi solves, and Jacobi's error is measured
 against it. `long_video_s_per_frame` times Jacobi at 8, 16 and 32 latent frames: with a bounded window the
-cost per frame should not grow with the video.
+cost per frame should not grow with the video, and each added frame (`long_video_s_per_added_frame`) costs the same.
 """
 from __future__ import annotations
 
@@ -127,6 +127,15 @@ def _long_video(model: StarFlow, run, opt, so: SamplerOptions, device, dtype, re
     if per_frame:
         v = list(per_frame.values())
         res["long_video_flatness"] = round(max(v) / min(v), 3)
+    # what each frame added between consecutive lengths: linear time makes these equal, while the cost per frame
+    # also carries the first window's (its frames solved together, one denoiser pass for all of them) and so
+    # rises towards it from below as the video grows
+    lengths = sorted(times)
+    added = {f"{a}-{b}": round((statistics.median(times[b]) - statistics.median(times[a])) / (b - a), 4)
+             for a, b in zip(lengths, lengths[1:])}
+    if added:
+        res["long_video_s_per_added_frame"] = added
+        log(f"long_video_s_per_added_frame {added}")
 
 
 def check_video_targets(res: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, Any]:
