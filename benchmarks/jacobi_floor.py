@@ -90,11 +90,15 @@ def _floor(model, z, y, y_null, opt, exact, parts: dict, stats: JacobiStats | No
     return time.perf_counter() - t0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="bench video model file (official config + state dict)")
     ap.add_argument("--rounds", type=int, default=5)
-    args = ap.parse_args()
+    ap.add_argument("--frames", type=int, default=BenchOptions().video_frames, help="latent frames")
+    ap.add_argument("--eager-sequential", action="store_true", help="the sequential sampler without compiled steps")
+    args = ap.parse_args(argv)
+    if args.rounds < 1 or args.frames < 1:
+        raise SystemExit("--rounds and --frames must be >= 1")
     model = load_bench_model(args.model).eval()
     if model.config.temporal_causal == 0:
         raise SystemExit("jacobi_floor.py measures video models (temporal_causal); this one is an image model")
@@ -103,9 +107,9 @@ def main() -> None:
     opt = b.video_sampling.with_(method="jacobi")
     if window:
         opt = opt.with_(attn_window=window, context_length=opt.context_length or window - 1)
-    z, y, y_null = random_inputs(model, b.video_batch, b.seed + 2, "cpu", torch.float32, frames=b.video_frames)
+    z, y, y_null = random_inputs(model, b.video_batch, b.seed + 2, "cpu", torch.float32, frames=args.frames)
     run = _sampler(model, True)
-    seq_opt = opt.with_(method="sequential", compile=True)
+    seq_opt = opt.with_(method="sequential", compile=not args.eager_sequential)
     exact = _exact_blocks(model, z, y, y_null, opt)
     stats, floor_stats = JacobiStats(), JacobiStats()
     run(seq_opt, z, y, y_null)                      # compiles the sequential steps
@@ -126,7 +130,8 @@ def main() -> None:
     ratio = lambda a, b: round(statistics.median(x / y for x, y in zip(times[a], times[b])), 3)  # noqa: E731
     print(json.dumps({
         "device": _device_name(torch.device("cpu")), "threads": torch.get_num_threads(), "rounds": args.rounds,
-        "video_frames": b.video_frames, "video_batch": b.video_batch, "jacobi_draft": opt.jacobi_draft,
+        "video_frames": args.frames, "video_batch": b.video_batch, "jacobi_draft": opt.jacobi_draft,
+        "sequential_compiled": not args.eager_sequential,
         "video_sequential_s": med["sequential"], "video_jacobi_s": med["jacobi"], "video_jacobi_floor_s": med["floor"],
         "floor_parts_s": {k: round(v / args.rounds, 3) for k, v in parts.items()},
         "jacobi_float32_calls": stats.iterations, "jacobi_float32_tokens": stats.tokens,
@@ -135,7 +140,8 @@ def main() -> None:
         "jacobi_over_sequential": ratio("jacobi", "sequential"), "floor_over_sequential": ratio("floor", "sequential"),
         "jacobi_over_floor": ratio("jacobi", "floor"),
     }, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
