@@ -23,7 +23,7 @@ import time
 import torch
 
 from starflow.evaluation.bench import BenchOptions, _device_name, load_bench_model
-from starflow.evaluation.bench_video import DENOISE_SIGMA, _sampler
+from starflow.evaluation.bench_video import _sampler, learned_denoise_video
 from starflow.evaluation.timing import random_inputs
 from starflow.nn.packed import packed_linears
 from starflow.sampling.inverse import BlockInverse, JacobiStats, jacobi_inverse, sequential_inverse
@@ -44,6 +44,8 @@ def _exact_blocks(model, z, y, y_null, opt) -> list[torch.Tensor]:
 
 
 def _views(model, z, y, y_null, opt):
+    """The blocks in the order sampling.sample inverts them (identity blocks left out), the noise as tokens, and the
+    deep block's attention window: the same loop as sample's, so that each block's exact solution can be put in."""
     window = opt.attn_window
     h = model.patchify(z)
     tokens = h.reshape(h.size(0), -1, h.size(-1))
@@ -82,10 +84,7 @@ def _floor(model, z, y, y_null, opt, exact, parts: dict, stats: JacobiStats | No
     x = model.unpatchify(tokens.reshape(model.patchify(z).shape))
     t = time.perf_counter()
     if model.learnable_self_denoiser is not None:
-        from starflow.sampling.denoise import denoiser_packed, in_windows, learned_denoise
-        with torch.no_grad(), denoiser_packed(model):
-            in_windows(lambda chunk, new: learned_denoise(model, chunk, y, DENOISE_SIGMA, last_frames=new), x,
-                       window or x.size(1), model.config.denoiser_window)
+        learned_denoise_video(model, x, y, window)
     parts["denoiser"] = parts.get("denoiser", 0.0) + time.perf_counter() - t
     return time.perf_counter() - t0
 
