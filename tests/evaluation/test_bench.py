@@ -141,15 +141,6 @@ def test_check_targets():
     assert t["sample_sequential_mode"] == "compiled" and t["sample_sequential_s_vs_official"] == round(1.7 / 3.6, 3)
 
 
-@pytest.fixture
-def video_model_file(make_model, tmp_path):
-    model = make_model(dtype=torch.float32, temporal_causal=1, shallow_block_local=True, local_attn_window=2,
-                       learnable_self_denoiser=True, conditional_denoiser=True)
-    path = tmp_path / "tiny_video.pt"
-    torch.save({"config": model.config.to_dict(), "state_dict": model.state_dict()}, path)
-    return path
-
-
 VIDEO_FAST = dict(FAST, video_frames=3, long_video_frames=(3, 5), video_sampling=SAMPLING)
 
 
