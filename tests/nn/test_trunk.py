@@ -47,6 +47,10 @@ def test_no_outputs_fills_the_cache_with_the_same_entries():
     assert t.run(x, text, cache=none, outputs=0) is None and none.pos == full.pos == 8
     for a, b in zip(full.k + full.v, none.k + none.v):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+    # more than the tokens: all of them; fewer than none: a caller's mistake
+    torch.testing.assert_close(t.run(x, text, outputs=99), t.run(x, text), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="outputs must be >= 0"):
+        t.run(x, text, outputs=-1)
 
 
 def test_last_outputs_under_a_mask_take_its_last_rows():

@@ -101,7 +101,9 @@ class Trunk(torch.nn.Module):
         if x is None:
             outputs = 0
         elif outputs is not None:
-            outputs = max(0, min(outputs, x.size(1)))
+            if outputs < 0:
+                raise ValueError(f"outputs must be >= 0 (the last tokens whose outputs are wanted), got {outputs}")
+            outputs = min(outputs, x.size(1))
         last = len(self.attn_blocks) - 1
         for i, layer in enumerate(self.attn_blocks):
             keep = outputs if i == last else None
