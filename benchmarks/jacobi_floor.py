@@ -23,9 +23,10 @@ import time
 import torch
 
 from starflow.evaluation.bench import BenchOptions, _device_name, load_bench_model
-from starflow.evaluation.bench_video import _sampler, learned_denoise_video
+from starflow.evaluation.bench_video import DENOISE_SIGMA, _sampler
 from starflow.evaluation.timing import random_inputs
 from starflow.nn.packed import packed_linears
+from starflow.sampling.denoise import learned_denoise_video
 from starflow.sampling.inverse import BlockInverse, JacobiStats, jacobi_inverse, sequential_inverse
 
 
@@ -84,7 +85,7 @@ def _floor(model, z, y, y_null, opt, exact, parts: dict, stats: JacobiStats | No
     x = model.unpatchify(tokens.reshape(model.patchify(z).shape))
     t = time.perf_counter()
     if model.learnable_self_denoiser is not None:
-        learned_denoise_video(model, x, y, window)
+        learned_denoise_video(model, x, y, DENOISE_SIGMA, window)
     parts["denoiser"] = parts.get("denoiser", 0.0) + time.perf_counter() - t
     return time.perf_counter() - t0
 

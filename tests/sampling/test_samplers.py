@@ -374,6 +374,11 @@ def test_denoising_a_video_in_windows_packs_the_denoiser_once(make_model, packed
     n_linear = sum(type(m) is torch.nn.Linear for m in model.learnable_self_denoiser.modules())
     assert per_window == 5 * n_linear and len(made) == n_linear
     torch.testing.assert_close(once, each, atol=0, rtol=0)
+    # learned_denoise_video: the same windows, packed once, each window computing its new frames only
+    made.clear()
+    from starflow.sampling.denoise import learned_denoise_video
+    torch.testing.assert_close(learned_denoise_video(model, x, y, 0.3, 2), once, atol=1e-6, rtol=0)
+    assert len(made) == n_linear
 
 
 @pytest.mark.parametrize("sos", [True, False])

@@ -16,13 +16,13 @@ from typing import Any, Callable
 import torch
 
 from ..flow.model import StarFlow
-from ..sampling.denoise import denoiser_packed, in_windows, learned_denoise
+from ..sampling.denoise import learned_denoise_video
 from ..sampling.inverse import JacobiStats
 from ..sampling.options import SamplerOptions
 from ..sampling.sample import sample
 from .timing import first_sequential_call, interleaved, random_inputs, seconds, timed
 
-__all__ = ["VIDEO_PARTS", "bench_video", "check_video_targets", "learned_denoise_video", "DENOISE_SIGMA"]
+__all__ = ["VIDEO_PARTS", "bench_video", "check_video_targets", "DENOISE_SIGMA"]
 
 VIDEO_PARTS = ("video_sequential", "video_jacobi", "long_video")
 # the learnable denoiser's update x - 0.3 pred (sigma - 0) / sigma does not depend on sigma: any level will do
@@ -38,15 +38,10 @@ def _sampler(model: StarFlow, denoise: bool) -> Callable:
         if window:
             o = o.with_(attn_window=window, context_length=o.context_length or window - 1)
         x = sample(model, z, y, y_null, o, stats=stats)
-        return x, (learned_denoise_video(model, x, y, window) if use_denoiser else x)
+        if not use_denoiser:
+            return x, x
+        return x, learned_denoise_video(model, x, y, DENOISE_SIGMA, window)
     return run
-
-
-def learned_denoise_video(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, window: int | None) -> torch.Tensor:
-    """The learnable denoiser on a sampled video, in windows of the attention window as the official sampler does."""
-    with torch.no_grad(), denoiser_packed(model):     # packing needs gradients off (nn.packed)
-        return in_windows(lambda chunk, new: learned_denoise(model, chunk, y, DENOISE_SIGMA, last_frames=new), x,
-                          window or x.size(1), model.config.denoiser_window)
 
 
 def bench_video(model: StarFlow, opt, device: torch.device, res: dict[str, Any], log) -> None:

@@ -297,11 +297,8 @@ class BasePipeline(OffloadMixin):
             outs.append(x if output_type == "latent" else self._decode(x))
         return torch.cat(outs)
 
-    def _denoise(self, x: torch.Tensor, y: torch.Tensor | None, method: str, last_frames: int | None = None
-                 ) -> torch.Tensor:
-        """One denoising step on latents x (images, or video chunks the caller cut); last_frames: a video
-        chunk's caller uses only its last that many frames (sampling.denoise.in_windows), which the learnable
-        denoiser then computes alone (the score step differentiates the whole chunk's likelihood anyway)."""
+    def _denoise(self, x: torch.Tensor, y: torch.Tensor | None, method: str) -> torch.Tensor:
+        """One denoising step on latents x (images, or video chunks the caller cut)."""
         from ..sampling.denoise import learned_denoise, score_denoise
 
         s = self.defaults.noise_std
@@ -309,7 +306,7 @@ class BasePipeline(OffloadMixin):
             return x
         if method == "score":
             return score_denoise(self.flow, x, y, s)
-        return learned_denoise(self.flow, x, y, s, last_frames=last_frames)
+        return learned_denoise(self.flow, x, y, s)
 
     def _size(self, height: int | None, width: int | None, aspect_ratio: str | None
               ) -> tuple[str | None, int, int]:

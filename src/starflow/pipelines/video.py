@@ -2,7 +2,6 @@
 length."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -63,14 +62,13 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
     def _denoise_video(self, x: torch.Tensor, y: torch.Tensor | None, method: str, window: int | None) -> torch.Tensor:
         """Denoise in windows of the trained length; after the first window each step re-uses `overlap` frames
         (official: denoiser_window, or window - 1) as context and replaces only the new ones."""
-        from ..sampling.denoise import denoiser_packed, in_windows
+        from ..sampling.denoise import in_windows, learned_denoise_video
 
         if method == "none" or self.defaults.noise_std <= 0:
             return x
-        # the learnable denoiser's weights packed once for all the windows (the score step needs gradients)
-        with denoiser_packed(self.flow) if method != "score" else contextlib.nullcontext():
-            return in_windows(lambda chunk, new: self._denoise(chunk, y, method, new), x, window,
-                              self.config.denoiser_window)
+        if method == "learned":
+            return learned_denoise_video(self.flow, x, y, self.defaults.noise_std, window)
+        return in_windows(lambda chunk, new: self._denoise(chunk, y, method), x, window, self.config.denoiser_window)
 
     # ---- first frame --------------------------------------------------------------------------------
     def _first_frame(self, image, n: int, H: int, W: int, g: torch.Generator) -> torch.Tensor:

@@ -9,7 +9,8 @@ import torch
 from ..flow.model import StarFlow
 from ..nn.packed import packed_linears
 
-__all__ = ["score_denoise", "learned_denoise", "denoiser_packed", "in_windows", "DENOISER_NOISE_CONST"]
+__all__ = ["score_denoise", "learned_denoise", "learned_denoise_video", "denoiser_packed", "in_windows",
+           "DENOISER_NOISE_CONST"]
 
 DENOISER_NOISE_CONST = 0.3  # official constant: the denoiser predicts noise in units of 0.3
 
@@ -82,6 +83,16 @@ def denoiser_packed(model: StarFlow):
     `learned_denoise` calls (a video's windows) they are packed once, not once a window."""
     d = model.learnable_self_denoiser
     return packed_linears(d if d is not None else model)
+
+
+def learned_denoise_video(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, noise_std: float,
+                          window: int | None) -> torch.Tensor:
+    """learned_denoise on a sampled video (B, T, C, H, W) in windows of `window` frames (in_windows, the model's
+    denoiser_window as overlap), the denoiser's weights packed once for all the windows, each window computing
+    only the frames it replaces."""
+    with torch.no_grad(), denoiser_packed(model):     # packing needs gradients off (nn.packed)
+        return in_windows(lambda chunk, new: learned_denoise(model, chunk, y, noise_std, last_frames=new), x,
+                          window, model.config.denoiser_window)
 
 
 def in_windows(fn, x: torch.Tensor, window: int | None, denoiser_window: int | None = None) -> torch.Tensor:
