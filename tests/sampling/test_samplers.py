@@ -429,6 +429,46 @@ def test_float32_sampling_packs_the_linear_weights_and_changes_only_rounding(mak
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rope", [True, False])
+@torch.no_grad()
+def test_a_slid_context_is_encoded_in_the_next_trunk_call(make_model, rope, monkeypatch):
+    """slide() leaves the re-encoding to the next run(): one trunk call over [context; inputs] returning the inputs'
+    outputs, the same numbers and cache as encoding the context first (flush); a run that does not continue the
+    context (or with another attention temperature) encodes it first."""
+    from starflow.sampling.inverse import BlockInverse
+
+    model = make_model(temporal_causal=1, shallow_block_local=True, rope=rope)
+    z, y, _ = _noise(model, B=2, T=5)
+    tokens = model.patchify(z).reshape(2, -1, model.config.token_channels)
+    view = model.block_views(model.patchify(z).shape, y, sampling=True)[-1]
+    merged, flushed = (BlockInverse(view, tokens, window_frames=3) for _ in range(2))
+    F = merged.frame_tokens
+    target = 3 * F - 1 + merged.off
+    for s in (merged, flushed):
+        s.run(s.x_full[:, :target], 0)
+        s.slide(target, 2 * F)
+    calls, run = [], type(view.block).run
+    monkeypatch.setattr(type(view.block), "run",
+                        lambda self, x, text=None, **kw: (calls.append((x.size(1), kw.get("outputs"))),
+                                                          run(self, x, text, **kw))[1])
+    got = merged.run(merged.x_full[:, target:target + F], target)
+    assert calls == [(2 * F + F, F)]
+    flushed.flush()
+    want = flushed.run(flushed.x_full[:, target:target + F], target)
+    assert calls[1:] == [(2 * F, 0), (F, None)]
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    assert merged.cache.pos == flushed.cache.pos and merged.context is None
+    torch.testing.assert_close(merged.cache.k[-1][:, :, :merged.cache.pos], flushed.cache.k[-1][:, :, :merged.cache.pos],
+                               atol=1e-12, rtol=0)
+    # not continuing the context (another position, or attn_temp) encodes it alone first
+    for kw in (dict(p=target + 1), dict(p=target, attn_temp=0.5)):
+        merged.slide(target, 2 * F)
+        calls.clear()
+        merged.run(merged.x_full[:, kw["p"]:kw["p"] + 2], kw["p"], kw.get("attn_temp", 1.0))
+        assert calls == [(2 * F, 0), (2, None)]
+        merged.cache.rewind(2)
+
+
 @pytest.mark.parametrize("sos", [True, False])
 @pytest.mark.parametrize("hf_style_rope", [False, True])
 @torch.no_grad()
@@ -453,6 +493,7 @@ def test_a_kept_slide_matches_the_reencoded_one_in_positions_and_first_layer(mak
     kept.run = lambda *a, **k: (run_calls.append(a[0].shape), real(*a, **k))[1]
     kept.slide(target, 2 * F, reencode=False)
     fresh.slide(target, 2 * F)
+    fresh.flush()                                  # its context's keys and values now, not with the next call
     assert run_calls == []                         # no trunk call: the entries moved
     assert (kept.shift, kept.cache.pos) == (fresh.shift, fresh.cache.pos)
     n = kept.cache.pos
@@ -466,6 +507,7 @@ def test_a_kept_slide_matches_the_reencoded_one_in_positions_and_first_layer(mak
         s.run(s.x_full[:, target:target + F], target)
     kept.slide(target + F, 2 * F, reencode=False)
     fresh.slide(target + F, 2 * F)
+    fresh.flush()
     assert (kept.shift, kept.cache.pos) == (fresh.shift, fresh.cache.pos)
     torch.testing.assert_close(kept.cache.k[0][:, :, :n], fresh.cache.k[0][:, :, :n], atol=2e-6, rtol=0)
 
