@@ -28,7 +28,10 @@ def test_auto_drafts_only_where_bf16_is_native(make_model, monkeypatch):
     assert isinstance(fast_bf16(torch.device("cpu")), bool) and not fast_bf16(torch.device("meta"))
 
 
-def test_draft_copy_is_made_per_call_and_follows_the_weights(make_model):
+def test_draft_copy_is_kept_while_the_block_is_unchanged_and_follows_the_weights(make_model):
+    from starflow.nn import weight_cache
+
+    weight_cache.clear()
     block = make_model().deep
     before = dict(block.__dict__)
     low = draft_copy(block, "bf16")
@@ -41,10 +44,20 @@ def test_draft_copy_is_made_per_call_and_follows_the_weights(make_model):
     assert {p.data_ptr() for p in low.parameters()}.isdisjoint(p.data_ptr() for p in block.parameters())
     assert all(p.dtype == torch.float64 for p in block.parameters())
     assert block.__dict__.keys() == before.keys()                # nothing hidden on the block
+    assert draft_copy(block, "bf16") is low                      # kept for the next call (nn.weight_cache)
     with torch.no_grad():
         block.proj_in.weight.add_(1.0)                           # e.g. an optimiser step
     again = draft_copy(block, "bf16")
+    assert again is not low
     torch.testing.assert_close(again.proj_in.weight.float(), block.proj_in.weight.float().to(torch.bfloat16).float())
+    block.attn_blocks[0].mlp.norm.weight.data.mul_(2.0)         # a write the version counter does not see
+    third = draft_copy(block, "bf16")
+    assert third is not again
+    torch.testing.assert_close(third.attn_blocks[0].mlp.norm.weight.float(),
+                               block.attn_blocks[0].mlp.norm.weight.to(torch.bfloat16).float())
+    train = draft_copy(block.train(), "bf16")                    # a copy per mode
+    assert train.training and train is not third and not draft_copy(block.eval(), "bf16").training
+    weight_cache.clear()
     assert draft_copy(block, "none") is None
     assert draft_copy(make_model(dtype=torch.bfloat16).deep, "bf16") is None   # nothing cheaper to draft in
     with pytest.raises(ValueError, match="jacobi draft"):

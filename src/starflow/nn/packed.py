@@ -11,6 +11,8 @@ of the sums inside a dot product differs from the BLAS (differences ~1e-7 relati
 `packed_linears(module)` swaps the forward of every CPU Linear under `module` for the packed product while
 the context is open, and restores them on exit. Only without gradients (the packed op has no backward) and
 only where oneDNN is built in; otherwise it changes nothing. The weights must not change inside the context.
+The packed copies are kept between contexts while the weights stay the same (nn.weight_cache): a sampler's calls
+pack each weight once, not once a call.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Iterator
 import torch
 
 from .hardware import intel_mkl
+from .weight_cache import cached
 
 __all__ = ["packed_linears", "packing_available", "linear_then", "POST_OPS"]
 
@@ -46,13 +49,20 @@ def packing_available() -> bool:
         return False
 
 
+def _pack(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
+    # an ordinary tensor even when first packed under inference_mode: it is kept for later calls (nn.weight_cache)
+    with torch.inference_mode(False), torch.no_grad():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+    return packed, weight.numel() * weight.element_size()      # an opaque oneDNN tensor: about the weight's size
+
+
 class _PackedForward:
     """Linear.forward from a packed weight; any other input (a dtype the weight was not packed for, a
     tensor that needs gradients) takes the layer's own product."""
 
     def __init__(self, layer: torch.nn.Linear):
         self.layer = layer
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), None)
+        self.weight = cached(layer, "packed", [layer.weight], lambda: _pack(layer.weight))
         self.bias = layer.bias.detach() if layer.bias is not None else None
         self.small_rows_to_blas = layer.weight.dtype == torch.float32 and intel_mkl()
 

@@ -18,6 +18,7 @@ import torch
 
 from ..flow.block import FlowBlock
 from ..nn.hardware import cpu_has
+from ..nn.weight_cache import cached
 
 __all__ = ["DRAFT_DTYPES", "draft_copy", "fast_bf16", "native_bf16"]
 
@@ -54,8 +55,8 @@ def draft_copy(block: FlowBlock, draft: str) -> FlowBlock | None:
 
     None for draft "none", for "auto" on hardware without native bf16 matmuls, and for a block that
     already runs in a format no wider than the draft's (a bfloat16 model gains nothing from a bf16
-    draft). The copy is made for one sampling call and dropped after it: nothing is kept on the block
-    (a cached copy would be state that `.to()`, `state_dict` and an optimiser step cannot see).
+    draft). The copy is kept for later calls while the block's tensors stay the same (nn.weight_cache: nothing
+    is stored on the block, and any change to its weights makes a new copy); callers must not change it.
     """
     if draft not in DRAFT_DTYPES:
         raise ValueError(f"jacobi draft must be one of {sorted(DRAFT_DTYPES)}, not {draft!r}")
@@ -65,6 +66,12 @@ def draft_copy(block: FlowBlock, draft: str) -> FlowBlock | None:
         return None
     if draft == "auto" and not fast_bf16(w.device):
         return None
+    sources = [*block.parameters(), *block.buffers()]
+    return cached(block, f"draft:{dtype}:{'train' if block.training else 'eval'}", sources,
+                  lambda: _low_copy(block, dtype))
+
+
+def _low_copy(block: FlowBlock, dtype: torch.dtype) -> tuple[FlowBlock, int]:
     with torch.no_grad(), torch.inference_mode(False):
         # each floating tensor converted straight into the copy (deepcopy takes the memo's entries) rather than
         # copied in full precision first and converted after: 23 -> 16 ms for the bench video model's deep block
@@ -75,4 +82,5 @@ def draft_copy(block: FlowBlock, draft: str) -> FlowBlock | None:
                 memo[id(t)] = torch.nn.Parameter(low_t, requires_grad=False) if isinstance(t, torch.nn.Parameter) \
                     else low_t
         low = copy.deepcopy(block, memo).to(dtype)
-    return low.requires_grad_(False).train(block.training)
+    low = low.requires_grad_(False).train(block.training)
+    return low, sum(t.untyped_storage().nbytes() for t in (*low.parameters(), *low.buffers()))
