@@ -118,6 +118,8 @@ class Attention(torch.nn.Module):
             is_causal = False
             if L > 1:
                 attn_mask = causal_mask(L, prefix, x.device)
+        if attn_mask is not None and attn_mask.is_floating_point() and attn_mask.dtype != q.dtype:
+            attn_mask = attn_mask.to(q.dtype)      # SDPA takes a float mask in float32 or the queries' dtype only
         gqa = self.num_kv_heads != self.num_heads
         if is_causal and use_blocked_causal(q, k):     # short sequences on a CPU (nn.causal_attention)
             out = blocked_causal_attention(q, k, v, self.scale / temp)
