@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = bool(getattr(args, "debug", False)) or os.environ.get("STARFLOW_DEBUG", "") not in ("", "0")
+    from .._malloc import tune
+    tune()      # freed memory kept for the next trunk call instead of page faults (starflow._malloc)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
