@@ -9,7 +9,7 @@ import starflow
 
 ROOT = Path(starflow.__file__).parent
 # layer of each subpackage; an import must go to a layer strictly below, or stay inside the subpackage
-LAYERS = {"strict": 0, "outputs": 0, "_cpu": 0, "nn": 1, "config": 1, "flow": 2, "sampling": 3, "data": 2,
+LAYERS = {"strict": 0, "outputs": 0, "_cpu": 0, "_malloc": 0, "nn": 1, "config": 1, "flow": 2, "sampling": 3, "data": 2,
           "conditioning": 2, "autoencoders": 3, "evaluation": 5.5, "pipelines": 4, "training": 5, "serve": 5, "cli": 6,
           "__init__": 2.5}   # the top-level package re-exports config and flow
 
