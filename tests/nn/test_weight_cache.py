@@ -106,6 +106,16 @@ def test_a_deleted_module_frees_its_copies():
     assert weight_cache.cached_bytes() == 0
 
 
+def test_an_owner_freed_while_the_lock_is_held_does_not_deadlock():
+    """A weakref callback can run inside any allocation, also one made under the cache's lock by this thread."""
+    layer = torch.nn.Linear(4, 3)
+    _get(layer, _Maker(layer))
+    with weight_cache._LOCK:
+        del layer                                   # the callback runs here, on this thread
+        gc.collect()
+    assert weight_cache.cached_bytes() == 0
+
+
 @pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN")
 def test_packed_weights_are_packed_once_and_follow_the_weights(monkeypatch):
     torch.manual_seed(0)

@@ -46,6 +46,9 @@ class _Entry:
 
 
 _entries: "OrderedDict[tuple[int, str], _Entry]" = OrderedDict()     # most recently used last
+# keys whose owner was freed: a weakref callback may run inside any allocation, even one made while this thread
+# holds _LOCK, so it only notes the key (list.append needs no lock) and the next look under the lock drops it
+_dead: list[tuple[int, str]] = []
 
 
 def enabled() -> bool:
@@ -74,6 +77,7 @@ def cached(owner: torch.nn.Module, kind: str, sources: Iterable[torch.Tensor],
     key = (id(owner), kind)
     stamp = _stamp(sources)
     with _LOCK:
+        _purge()
         e = _entries.get(key)
         if e is not None and e.owner() is owner and e.stamp == stamp:
             _entries.move_to_end(key)
@@ -82,7 +86,7 @@ def cached(owner: torch.nn.Module, kind: str, sources: Iterable[torch.Tensor],
     with _LOCK:
         _entries.pop(key, None)      # a stale copy goes whether or not the new one is kept
         if nbytes <= BUDGET_BYTES:
-            _entries[key] = _Entry(weakref.ref(owner, lambda _, k=key: _drop(k)), stamp, value, nbytes)
+            _entries[key] = _Entry(weakref.ref(owner, lambda _, k=key: _dead.append(k)), stamp, value, nbytes)
             total = sum(x.nbytes for x in _entries.values())
             while total > BUDGET_BYTES:
                 _, old = _entries.popitem(last=False)
@@ -90,15 +94,18 @@ def cached(owner: torch.nn.Module, kind: str, sources: Iterable[torch.Tensor],
     return value
 
 
-def _drop(key: tuple[int, str]) -> None:
-    with _LOCK:
+def _purge() -> None:
+    """Drop the entries of freed owners (call with _LOCK held)."""
+    while _dead:
+        key = _dead.pop()
         e = _entries.get(key)
-        if e is not None and e.owner() is None:
+        if e is not None and e.owner() is None:      # not a new owner that got the freed one's id
             del _entries[key]
 
 
 def cached_bytes() -> int:
     with _LOCK:
+        _purge()
         return sum(e.nbytes for e in _entries.values())
 
 
@@ -106,3 +113,4 @@ def clear() -> None:
     """Drop every kept copy."""
     with _LOCK:
         _entries.clear()
+        _dead.clear()
