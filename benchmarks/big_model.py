@@ -90,7 +90,7 @@ def run_sample(path: str, block_size: int, schedule: str, guidance: float, nativ
     from starflow.flow.io import load_official
     from starflow.nn.trunk import Trunk
     from starflow.sampling.draft import native_bf16
-    from starflow.sampling.inverse import JacobiStats
+    from starflow.sampling.jacobi import JacobiStats
     from starflow.sampling.sample import sample
 
     lm = _load_memory()

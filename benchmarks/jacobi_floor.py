@@ -27,7 +27,9 @@ from starflow.evaluation.bench_video import DENOISE_SIGMA, _sampler
 from starflow.evaluation.timing import random_inputs
 from starflow.nn.packed import packed_linears
 from starflow.sampling.denoise import learned_denoise_video
-from starflow.sampling.inverse import BlockInverse, JacobiStats, jacobi_inverse, sequential_inverse
+from starflow.sampling.inverse import BlockInverse
+from starflow.sampling.jacobi import JacobiStats, jacobi_inverse
+from starflow.sampling.sequential import sequential_inverse
 
 
 def _exact_blocks(model, z, y, y_null, opt) -> list[torch.Tensor]:

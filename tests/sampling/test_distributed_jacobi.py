@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from starflow import ModelConfig, StarFlow
-from starflow.sampling.inverse import JacobiStats
+from starflow.sampling.jacobi import JacobiStats
 from starflow.sampling.sample import sample
 
 

@@ -5,7 +5,7 @@ import torch
 
 from starflow.sampling import draft as draft_mod
 from starflow.sampling.draft import draft_copy, fast_bf16
-from starflow.sampling.inverse import JacobiStats
+from starflow.sampling.jacobi import JacobiStats
 from starflow.sampling.sample import SamplerOptions, sample
 
 
@@ -110,7 +110,8 @@ def test_good_draft_is_verified_in_one_pass_per_block(make_model):
 def test_over_a_draft_every_window_reaches_the_end(make_model, monkeypatch):
     """Drafted tokens after one that fails the check are drafted too, not guesses: each further pass runs from the
     first unsettled token to the end of the block, whatever the block size (without a draft: windows of it)."""
-    from starflow.sampling.inverse import BlockInverse, jacobi_inverse
+    from starflow.sampling.inverse import BlockInverse
+    from starflow.sampling.jacobi import jacobi_inverse
     model = make_model()
     z, y, _ = _noise(model)
     h = model.patchify(z)

@@ -6,7 +6,7 @@ import torch
 from starflow.flow.affine import guide
 from starflow.flow.likelihood import nll
 from starflow.sampling.denoise import learned_denoise, score_denoise
-from starflow.sampling.inverse import JacobiStats
+from starflow.sampling.jacobi import JacobiStats
 from starflow.sampling.sample import NonFiniteSampleWarning, SamplerOptions, sample
 
 
@@ -203,7 +203,8 @@ def _windowed_reference(view, tokens: torch.Tensor, window: int, context: int) -
 def test_windowed_jacobi_equals_the_uncached_reference(make_model, rope):
     """Past its attention window the deep block re-encodes its context: with learned positions (rope=False)
     the re-encoded tokens need their positions too, as every other trunk call has them."""
-    from starflow.sampling.inverse import BlockInverse, jacobi_inverse
+    from starflow.sampling.inverse import BlockInverse
+    from starflow.sampling.jacobi import jacobi_inverse
 
     model = make_model(temporal_causal=1, shallow_block_local=True, rope=rope)
     z, y, _ = _noise(model, B=2, T=5)
@@ -224,7 +225,9 @@ def test_sliding_keeps_the_text_entries_and_encodes_the_text_once(make_model, me
     """A slide rewinds the cache to the text instead of re-encoding the text (its keys would be the same): the
     text goes through the trunk once per inverse, however often the window slides, and the video is the one
     the uncached reference makes (the reference re-reads the text in every call)."""
-    from starflow.sampling.inverse import BlockInverse, jacobi_inverse, sequential_inverse
+    from starflow.sampling.inverse import BlockInverse
+    from starflow.sampling.jacobi import jacobi_inverse
+    from starflow.sampling.sequential import sequential_inverse
 
     model = make_model(temporal_causal=1, shallow_block_local=True)
     z, y, _ = _noise(model, B=2, T=5)
@@ -250,7 +253,8 @@ def test_sliding_keeps_the_text_entries_and_encodes_the_text_once(make_model, me
 @pytest.mark.parametrize("rope", [True, False])
 def test_windowed_sequential_equals_the_uncached_reference(make_model, rope):
     """The sequential sampler slides the same window: it solves the equations Jacobi solves, token by token."""
-    from starflow.sampling.inverse import BlockInverse, sequential_inverse
+    from starflow.sampling.inverse import BlockInverse
+    from starflow.sampling.sequential import sequential_inverse
 
     model = make_model(temporal_causal=1, shallow_block_local=True, rope=rope)
     z, y, _ = _noise(model, B=2, T=5)
@@ -485,7 +489,7 @@ def test_a_kept_slide_matches_the_reencoded_one_in_positions_and_first_layer(mak
     view = model.block_views(model.patchify(z).shape, y, sampling=True)[-1]
     kept, fresh = (BlockInverse(view, tokens, window_frames=3) for _ in range(2))
     F = kept.frame_tokens
-    target = 3 * F - 1 + kept.off                  # the end of the first window (sampling.inverse._first_target)
+    target = 3 * F - 1 + kept.off                  # the end of the first window (sampling.inverse.first_target)
     for s in (kept, fresh):
         s.run(s.x_full[:, :target], 0)             # any tokens will do: fill the first window's cache
     run_calls = []
@@ -529,7 +533,8 @@ def test_kv_cache_move_handles_overlapping_ranges():
 @torch.no_grad()
 def test_a_video_token_starts_from_the_previous_frames_map_applied_to_its_own_noise(make_model):
     from starflow.flow.affine import inverse_affine
-    from starflow.sampling.inverse import BlockInverse, jacobi_inverse
+    from starflow.sampling.inverse import BlockInverse
+    from starflow.sampling.jacobi import jacobi_inverse
 
     model = make_model(temporal_causal=1, shallow_block_local=True)
     z, y, _ = _noise(model, B=2, T=3)

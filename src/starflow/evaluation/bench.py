@@ -26,7 +26,7 @@ from ..flow.io import load_conformance_file, load_official
 from ..flow.model import StarFlow
 from ..nn.hardware import cpu_info
 from ..sampling.draft import native_bf16
-from ..sampling.inverse import JacobiStats
+from ..sampling.jacobi import JacobiStats
 from ..sampling.sample import SamplerOptions, sample
 from .bench_video import VIDEO_PARTS, bench_video, check_video_targets
 from .timing import first_sequential_call, random_inputs, loadavg as _loadavg, ms as _ms, timed as _timed
@@ -49,7 +49,7 @@ class BenchOptions:
     batch: int = 8                   # likelihood pass and training step
     sample_batch: int = 4            # samples; guidance doubles the batch the deep block runs
     # the samplers timed: guidance 2, Jacobi blocks of 16 at threshold 1e-3 with the sliding schedule (see
-    # sampling.inverse.jacobi_inverse), drafted in bf16 where the hardware multiplies bf16 natively (AMX, CUDA)
+    # sampling.jacobi.jacobi_inverse), drafted in bf16 where the hardware multiplies bf16 natively (AMX, CUDA)
     sampling: SamplerOptions = field(default_factory=lambda: SamplerOptions(
         guidance=2.0, jacobi_block_size=16, jacobi_th=1e-3, jacobi_max_iter=32, jacobi_schedule="sliding",
         jacobi_draft="auto"))

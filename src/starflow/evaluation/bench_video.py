@@ -17,7 +17,7 @@ import torch
 
 from ..flow.model import StarFlow
 from ..sampling.denoise import learned_denoise_video
-from ..sampling.inverse import JacobiStats
+from ..sampling.jacobi import JacobiStats
 from ..sampling.options import SamplerOptions
 from ..sampling.sample import sample
 from .timing import first_sequential_call, interleaved, random_inputs, seconds, timed

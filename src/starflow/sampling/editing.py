@@ -173,7 +173,9 @@ def _inpaint_exact(model: StarFlow, x, mask, y, y_null, opt: SamplerOptions, dra
     if x.dim() == 5:
         frames = k // (model.config.grid_size ** 2)
         return sample(model, draw(), y, y_null, opt, prefix=x[:, :frames])
-    from .inverse import BlockInverse, jacobi_inverse, sequential_inverse
+    from .inverse import BlockInverse
+    from .jacobi import jacobi_inverse
+    from .sequential import sequential_inverse
 
     z = draw()
     h = model.patchify(z)

@@ -11,7 +11,9 @@ from ..flow.model import BlockView, StarFlow
 from ..nn.packed import packed_linears
 from ..nn.precision import layers_compute_in, upcast
 from .draft import draft_copy, native_bf16
-from .inverse import BlockInverse, JacobiStats, jacobi_inverse, sequential_inverse
+from .inverse import BlockInverse
+from .jacobi import JacobiStats, jacobi_inverse
+from .sequential import sequential_inverse
 from .options import SamplerOptions
 
 __all__ = ["SamplerOptions", "sample", "NonFiniteSampleWarning"]
