@@ -431,3 +431,41 @@ def test_a_video_token_starts_from_the_previous_frames_map_applied_to_its_own_no
     # both stop within the threshold (a relative squared change of 1e-12: ~1e-6 relative)
     torch.testing.assert_close(calls["map_out"], calls["value_out"], atol=1e-5, rtol=0)
     assert calls["map"] < calls["value"], calls
+
+
+def test_the_sliding_schedule_widens_its_window_by_default(make_model, monkeypatch):
+    """jacobi_window 0: about WINDOW_ROWS rows (tokens x sequences), at least jacobi_block_size tokens and at most the
+    block's sequence; a set window is used for every block, and the official schedule keeps its chunks."""
+    import starflow.sampling.jacobi as J
+    from starflow.config import ConfigError
+    from starflow.sampling.options import WINDOW_ROWS
+
+    sliding = SamplerOptions(jacobi_schedule="sliding", jacobi_block_size=8)
+    assert sliding.jacobi_tokens(10_000, 8) == WINDOW_ROWS // 8
+    assert sliding.jacobi_tokens(100, 4) == 100                       # the whole sequence
+    assert sliding.jacobi_tokens(10_000, 10_000) == 8                 # never under the block size
+    assert sliding.with_(jacobi_window=5).jacobi_tokens(100, 1) == 5
+    assert sliding.with_(jacobi_schedule="official", jacobi_window=5).jacobi_tokens(100, 1) == 8
+    with pytest.raises(ConfigError, match="jacobi_window"):
+        SamplerOptions(jacobi_window=-1)
+
+    seen = []
+    for name in ("_sliding_window", "_official_chunks"):
+        monkeypatch.setattr(J, name, lambda inv, start, target, size, *a, _f=getattr(J, name), _n=name: (
+            seen.append((_n, inv.x_full.size(0), size)), _f(inv, start, target, size, *a))[1])
+    monkeypatch.setattr("starflow.sampling.options.WINDOW_ROWS", 24)
+    model = make_model()
+    z, y, y_null = _noise(model)           # 2 samples; 16 tokens a block
+    seq = sample(model, z, y, y_null, method="sequential", guidance=2.0)
+    for window, schedule in ((0, "sliding"), (3, "sliding"), (0, "official")):
+        seen.clear()
+        out = sample(model, z, y, y_null, method="jacobi", guidance=2.0, jacobi_schedule=schedule, jacobi_block_size=2,
+                     jacobi_window=window, jacobi_th=0.0, jacobi_max_iter=100)
+        torch.testing.assert_close(out, seq, atol=1e-10, rtol=0)   # no early stop: exact whatever the window
+        sizes = {(rows, size) for _, rows, size in seen}
+        if schedule == "official":
+            assert {n for n, _, _ in seen} == {"_official_chunks"} and sizes == {(4, 2), (2, 2)}
+        elif window:
+            assert sizes == {(4, 3), (2, 3)}
+        else:                                   # 24 rows: 6 tokens of the guided deep block (4 sequences), 12 of 2
+            assert sizes == {(4, 6), (2, 12)}

@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--jacobi-draft", choices=["auto", "bf16", "none"], default="auto",
                    help="bf16: each block is first solved in bfloat16 and every token is then accepted by the "
                         "float32 rule; auto (default): bf16 where the hardware has native bf16 (AMX, CUDA); none")
+    p.add_argument("--jacobi-window", type=int, default=0,
+                   help="sliding schedule: its window in tokens (default 0: about 1024 rows, tokens x sequences, at "
+                        "least the block size)")
     p.add_argument("--jacobi-draft-block-size", type=int, default=0,
                    help="window of the draft's Jacobi solve (default 0: the whole sequence)")
     p.add_argument("--jacobi-draft-th", type=float, default=None,
@@ -60,7 +63,7 @@ def run(args) -> int:
             raise ValueError(f"--reference {args.reference}: not a readable JSON file ({e})") from None
         if not isinstance(reference, dict):
             raise ValueError(f"--reference {args.reference}: expected a JSON object of figures")
-    jacobi = dict(jacobi_schedule=args.jacobi_schedule, jacobi_draft=args.jacobi_draft,
+    jacobi = dict(jacobi_schedule=args.jacobi_schedule, jacobi_draft=args.jacobi_draft, jacobi_window=args.jacobi_window,
                   jacobi_draft_block_size=args.jacobi_draft_block_size, jacobi_draft_th=args.jacobi_draft_th)
     sampling = BenchOptions().sampling.with_(**jacobi)
     video_sampling = BenchOptions().video_sampling.with_(**jacobi)

@@ -324,6 +324,7 @@ def _bench_jacobi(run, opt: BenchOptions, device, res: dict, log, seq: torch.Ten
             f"trunk calls, {stats.tokens} tokens, draft {stats.draft_iterations} calls, {stats.draft_tokens} "
             f"tokens, max err {res[f'jacobi{key}_max_abs_err']})")
     res["jacobi_schedule"] = so.jacobi_schedule
+    res["jacobi_window"] = so.jacobi_window         # 0: chosen per block (SamplerOptions.jacobi_tokens)
     # the draft actually used: a model already in bf16, or "auto" without native bf16, gets none
     res["jacobi_draft"] = "bf16" if res.get("jacobi_draft_trunk_calls") else "none"
 

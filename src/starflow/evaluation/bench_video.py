@@ -108,6 +108,7 @@ def _jacobi(run, opt, so: SamplerOptions, device, inputs, seq: torch.Tensor, res
         log(f"video_jacobi{key}_s {res[f'video_jacobi{key}_s']} ({o.jacobi_schedule}: {stats.iterations} trunk "
             f"calls, {stats.tokens} tokens, max err {res[f'video_jacobi{key}_max_abs_err']})")
     res["video_jacobi_schedule"] = base.jacobi_schedule
+    res["video_jacobi_window"] = base.jacobi_window
 
 
 def _long_video(model: StarFlow, run, opt, so: SamplerOptions, device, dtype, res: dict, log) -> None:

@@ -51,7 +51,8 @@ def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1
     stops a chunk when the relative squared change over the chunk falls below `threshold` or after
     `max_iter` iterations. A video chunk's first iterate is the previous frame.
 
-    schedule "sliding": a window of `block_size` tokens slides over the sequence; after each
+    schedule "sliding": a window of `block_size` tokens (SamplerOptions.jacobi_tokens: wider than the official
+    chunk by default) slides over the sequence; after each
     iteration the window advances past every leading token whose own relative squared change (the
     official rule applied to one token: its mean squared change over the batch and channels, over the
     window's mean square) fell below `threshold`, or that has been iterated `max_iter` times, and new

@@ -70,8 +70,9 @@ def _invert_block(view: BlockView, tokens: torch.Tensor, opt: SamplerOptions, pr
             if stats is not None:
                 stats.draft_iterations += ds.iterations
                 stats.draft_tokens += ds.tokens
-        return jacobi_inverse(inv, opt.jacobi_block_size, opt.jacobi_th, opt.jacobi_max_iter, opt.context_length,
-                              window, progress=opt.progress, stats=stats, schedule=opt.jacobi_schedule)
+        return jacobi_inverse(inv, opt.jacobi_tokens(inv.U, inv.x_full.size(0)), opt.jacobi_th, opt.jacobi_max_iter,
+                              opt.context_length, window, progress=opt.progress, stats=stats,
+                              schedule=opt.jacobi_schedule)
 
 
 def _compute_precision(model: StarFlow, opt: SamplerOptions) -> tuple[contextlib.AbstractContextManager, bool]:
