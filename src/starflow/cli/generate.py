@@ -113,6 +113,11 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jacobi-draft", choices=["auto", "bf16", "none"], default=None,
                    help="bf16: solve each flow block in bfloat16 first, then accept every token by the full-precision "
                         "rule (faster on CPUs with AMX and on GPUs; same accuracy); auto: bf16 where that holds")
+    p.add_argument("--jacobi-schedule", choices=["official", "sliding"], default=None,
+                   help="official: chunks of --jacobi-block-size solved one after the other (the official sampler); "
+                        "sliding: a window that moves past each settled token (faster; default: the model's, official)")
+    p.add_argument("--jacobi-window", type=int, default=None,
+                   help="sliding schedule: its window in tokens (default 0: about 1024 rows, tokens x sequences)")
     p.add_argument("--jacobi-draft-th", type=float, default=None,
                    help="threshold that stops the draft's own solve (default: 10x --jacobi-th; the full-precision "
                         "check after it accepts each token by --jacobi-th)")
@@ -183,7 +188,8 @@ def _call_kwargs(args) -> dict:
     pipeline's default)."""
     sampling = dict(guidance=args.guidance, method=args.method, jacobi_block_size=args.jacobi_block_size,
                     jacobi_th=args.jacobi_th, jacobi_max_iter=args.jacobi_max_iter, jacobi_draft=args.jacobi_draft,
-                    jacobi_draft_th=args.jacobi_draft_th)
+                    jacobi_draft_th=args.jacobi_draft_th, jacobi_schedule=args.jacobi_schedule,
+                    jacobi_window=args.jacobi_window)
     return dict(negative_prompt=args.negative_prompt, denoise=args.denoise, height=args.height, width=args.width,
                 aspect_ratio=args.aspect_ratio, seed=args.seed, batch_size=args.batch_size,
                 progress=not args.no_progress, **{k: v for k, v in sampling.items() if v is not None})
