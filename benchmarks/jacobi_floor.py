@@ -69,7 +69,8 @@ def _floor(model, z, y, y_null, opt, exact, parts: dict, stats: JacobiStats | No
                 inv = BlockInverse(v, v.to_block(tokens), None, window if v.deep else None)
                 inv.x_full.copy_(x_full)
                 inv.initialised = True
-                out = jacobi_inverse(inv, opt.jacobi_tokens(inv.U, inv.x_full.size(0)), opt.jacobi_th, opt.jacobi_max_iter,
+                out = jacobi_inverse(inv, opt.jacobi_tokens(inv.U, inv.x_full.size(0)), opt.jacobi_th,
+                                     opt.jacobi_max_iter,
                                      opt.context_length, window if v.deep else None, schedule=opt.jacobi_schedule,
                                      stats=stats)
             tokens = v.from_block(out)

@@ -63,8 +63,9 @@ def run(args) -> int:
             raise ValueError(f"--reference {args.reference}: not a readable JSON file ({e})") from None
         if not isinstance(reference, dict):
             raise ValueError(f"--reference {args.reference}: expected a JSON object of figures")
-    jacobi = dict(jacobi_schedule=args.jacobi_schedule, jacobi_draft=args.jacobi_draft, jacobi_window=args.jacobi_window,
-                  jacobi_draft_block_size=args.jacobi_draft_block_size, jacobi_draft_th=args.jacobi_draft_th)
+    jacobi = dict(jacobi_schedule=args.jacobi_schedule, jacobi_draft=args.jacobi_draft,
+                  jacobi_window=args.jacobi_window, jacobi_draft_block_size=args.jacobi_draft_block_size,
+                  jacobi_draft_th=args.jacobi_draft_th)
     sampling = BenchOptions().sampling.with_(**jacobi)
     video_sampling = BenchOptions().video_sampling.with_(**jacobi)
     try:

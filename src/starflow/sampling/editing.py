@@ -187,8 +187,8 @@ def _inpaint_exact(model: StarFlow, x, mask, y, y_null, opt: SamplerOptions, dra
     if opt.method == "sequential":
         out = sequential_inverse(inv, opt.attn_temp, opt.annealed_guidance)
     else:
-        out = jacobi_inverse(inv, opt.jacobi_tokens(inv.U, inv.x_full.size(0)), opt.jacobi_th, opt.jacobi_max_iter,
-                             schedule=opt.jacobi_schedule)
+        out = jacobi_inverse(inv, opt.jacobi_tokens(inv.U, inv.x_full.size(0)), opt.jacobi_th,
+                             opt.jacobi_max_iter, schedule=opt.jacobi_schedule)
     return _paste(model.unpatchify(out.reshape(shape)).to(x.dtype), x, mask)
 
 

@@ -26,10 +26,10 @@ DRAFT_TH_FACTOR = 10.0
 # call costs much more than the tokens in it until its products have ~1000 rows (a fixed cost per operator and per
 # product; small products run far under the CPU's rate), and the tokens of a wide window settle together. So the
 # window holds about WINDOW_ROWS rows (tokens x sequences in the batch, both guidance halves), never fewer tokens
-# than jacobi_block_size. Bench models, float32 without a draft, 3 inputs each, 2-core Xeon: image samples (deep
-# block 8 rows a token, shallow 4) took 0.68 of their time with windows of 16 -> 64 / 256 tokens (trunk calls
-# 155 -> 27; the error vs. the sequential sample 0.12 -> 0.07: each token is evaluated more often before the window
-# leaves it). A 32-frame video's shallow blocks (64 sequences) were slower with whole-sequence windows (4096 rows).
+# than jacobi_block_size. Bench models, float32 without a draft, 3 inputs each, 2-core Xeon, against windows of
+# jacobi_block_size (16): 512 / 1024 / 2048 rows took images 0.64 / 0.66 / 0.81 of the time (trunk calls 155 -> 27
+# at 1024, and the error vs. the sequential sample 0.12 -> 0.07: each token is evaluated more often before the
+# window leaves it), 8-frame videos 0.97 / 0.93 / 0.88, 32-frame ones - / 0.90 / 0.83 (benchmarks/RESULTS.md).
 WINDOW_ROWS = 1024
 
 
