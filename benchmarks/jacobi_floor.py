@@ -28,7 +28,7 @@ from starflow.evaluation.timing import random_inputs
 from starflow.nn.packed import packed_linears
 from starflow.sampling.denoise import learned_denoise_video
 from starflow.sampling.inverse import BlockInverse
-from starflow.sampling.jacobi import JacobiStats, jacobi_inverse
+from starflow.sampling.jacobi import JacobiStats, block_tokens, jacobi_inverse
 from starflow.sampling.sequential import sequential_inverse
 
 
@@ -69,7 +69,7 @@ def _floor(model, z, y, y_null, opt, exact, parts: dict, stats: JacobiStats | No
                 inv = BlockInverse(v, v.to_block(tokens), None, window if v.deep else None)
                 inv.x_full.copy_(x_full)
                 inv.initialised = True
-                out = jacobi_inverse(inv, opt.jacobi_tokens(inv.U, inv.x_full.size(0)), opt.jacobi_th,
+                out = jacobi_inverse(inv, block_tokens(opt, inv), opt.jacobi_th,
                                      opt.jacobi_max_iter,
                                      opt.context_length, window if v.deep else None, schedule=opt.jacobi_schedule,
                                      stats=stats)

@@ -434,18 +434,21 @@ def test_a_video_token_starts_from_the_previous_frames_map_applied_to_its_own_no
 
 
 def test_the_sliding_schedule_widens_its_window_by_default(make_model, monkeypatch):
-    """jacobi_window 0: about WINDOW_ROWS rows (tokens x sequences), at least jacobi_block_size tokens and at most the
-    block's sequence; a set window is used for every block, and the official schedule keeps its chunks."""
+    """jacobi_window 0: about WINDOW_ROWS rows (tokens x sequences) at WINDOW_WIDTH channels, fewer for wider blocks,
+    at least jacobi_block_size tokens and at most the block's sequence; a set window is used for every block, and the
+    official schedule keeps its chunks."""
     import starflow.sampling.jacobi as J
     from starflow.config import ConfigError
-    from starflow.sampling.options import WINDOW_ROWS
+    from starflow.sampling.options import WINDOW_ROWS, WINDOW_WIDTH
 
     sliding = SamplerOptions(jacobi_schedule="sliding", jacobi_block_size=8)
-    assert sliding.jacobi_tokens(10_000, 8) == WINDOW_ROWS // 8
-    assert sliding.jacobi_tokens(100, 4) == 100                       # the whole sequence
-    assert sliding.jacobi_tokens(10_000, 10_000) == 8                 # never under the block size
-    assert sliding.with_(jacobi_window=5).jacobi_tokens(100, 1) == 5
-    assert sliding.with_(jacobi_schedule="official", jacobi_window=5).jacobi_tokens(100, 1) == 8
+    assert sliding.jacobi_tokens(10_000, 8, WINDOW_WIDTH) == WINDOW_ROWS // 8
+    assert sliding.jacobi_tokens(10_000, 8, 2 * WINDOW_WIDTH) == WINDOW_ROWS // 32      # 4x the cost a row
+    assert sliding.jacobi_tokens(10_000, 2, 3072) == 8        # a 3B model's width: the block size, as before
+    assert sliding.jacobi_tokens(100, 4, WINDOW_WIDTH) == 100                       # the whole sequence
+    assert sliding.jacobi_tokens(10_000, 10_000, WINDOW_WIDTH) == 8                 # never under the block size
+    assert sliding.with_(jacobi_window=5).jacobi_tokens(100, 1, 64) == 5
+    assert sliding.with_(jacobi_schedule="official", jacobi_window=5).jacobi_tokens(100, 1, 64) == 8
     with pytest.raises(ConfigError, match="jacobi_window"):
         SamplerOptions(jacobi_window=-1)
 
@@ -453,8 +456,9 @@ def test_the_sliding_schedule_widens_its_window_by_default(make_model, monkeypat
     for name in ("_sliding_window", "_official_chunks"):
         monkeypatch.setattr(J, name, lambda inv, start, target, size, *a, _f=getattr(J, name), _n=name: (
             seen.append((_n, inv.x_full.size(0), size)), _f(inv, start, target, size, *a))[1])
-    monkeypatch.setattr("starflow.sampling.options.WINDOW_ROWS", 24)
     model = make_model()
+    monkeypatch.setattr("starflow.sampling.options.WINDOW_ROWS", 24)
+    monkeypatch.setattr("starflow.sampling.options.WINDOW_WIDTH", model.config.channels)
     z, y, y_null = _noise(model)           # 2 samples; 16 tokens a block
     seq = sample(model, z, y, y_null, method="sequential", guidance=2.0)
     for window, schedule in ((0, "sliding"), (3, "sliding"), (0, "official")):

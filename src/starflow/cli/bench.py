@@ -24,8 +24,9 @@ def register(sub) -> None:
                    help="bf16: each block is first solved in bfloat16 and every token is then accepted by the "
                         "float32 rule; auto (default): bf16 where the hardware has native bf16 (AMX, CUDA); none")
     p.add_argument("--jacobi-window", type=int, default=0,
-                   help="sliding schedule: its window in tokens (default 0: about 1024 rows, tokens x sequences, at "
-                        "least the block size)")
+                   help="sliding schedule: its window in tokens (default 0: about 1024 rows, tokens x "
+                        "sequences, at 256 "
+                        "channels, fewer for wider models; at least the block size)")
     p.add_argument("--jacobi-draft-block-size", type=int, default=0,
                    help="window of the draft's Jacobi solve (default 0: the whole sequence)")
     p.add_argument("--jacobi-draft-th", type=float, default=None,

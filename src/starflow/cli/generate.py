@@ -117,7 +117,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                    help="official: chunks of --jacobi-block-size solved one after the other (the official sampler); "
                         "sliding: a window that moves past each settled token (faster; default: the model's, official)")
     p.add_argument("--jacobi-window", type=int, default=None,
-                   help="sliding schedule: its window in tokens (default 0: about 1024 rows, tokens x sequences)")
+                   help="sliding schedule: its window in tokens (default 0: about 1024 rows, tokens x "
+                        "sequences, at 256 "
+                        "channels; fewer for wider models)")
     p.add_argument("--jacobi-draft-th", type=float, default=None,
                    help="threshold that stops the draft's own solve (default: 10x --jacobi-th; the full-precision "
                         "check after it accepts each token by --jacobi-th)")

@@ -174,7 +174,7 @@ def _inpaint_exact(model: StarFlow, x, mask, y, y_null, opt: SamplerOptions, dra
         frames = k // (model.config.grid_size ** 2)
         return sample(model, draw(), y, y_null, opt, prefix=x[:, :frames])
     from .inverse import BlockInverse
-    from .jacobi import jacobi_inverse
+    from .jacobi import block_tokens, jacobi_inverse
     from .sequential import sequential_inverse
 
     z = draw()
@@ -187,7 +187,7 @@ def _inpaint_exact(model: StarFlow, x, mask, y, y_null, opt: SamplerOptions, dra
     if opt.method == "sequential":
         out = sequential_inverse(inv, opt.attn_temp, opt.annealed_guidance)
     else:
-        out = jacobi_inverse(inv, opt.jacobi_tokens(inv.U, inv.x_full.size(0)), opt.jacobi_th,
+        out = jacobi_inverse(inv, block_tokens(opt, inv), opt.jacobi_th,
                              opt.jacobi_max_iter, schedule=opt.jacobi_schedule)
     return _paste(model.unpatchify(out.reshape(shape)).to(x.dtype), x, mask)
 

@@ -9,9 +9,9 @@ from tqdm.auto import tqdm
 
 from .._cpu import adapt_threads
 from .inverse import BlockInverse, first_target, slide_window, window_tokens
-from .options import JACOBI_SCHEDULES
+from .options import JACOBI_SCHEDULES, SamplerOptions
 
-__all__ = ["jacobi_inverse", "JacobiStats"]
+__all__ = ["jacobi_inverse", "JacobiStats", "block_tokens"]
 
 
 @dataclass
@@ -38,6 +38,12 @@ def _agree_min(n: int, device) -> int:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return int(t.item())
     return n
+
+
+def block_tokens(opt: SamplerOptions, inv: BlockInverse) -> int:
+    """`opt`'s chunk or window for solving `inv`'s block (SamplerOptions.jacobi_tokens): its sequence's tokens, the
+    sequences it runs at once and its width."""
+    return opt.jacobi_tokens(inv.U, inv.x_full.size(0), inv.block.proj_in.out_features)
 
 
 def jacobi_inverse(inv: BlockInverse, block_size: int = 32, threshold: float = 1e-3, max_iter: int = 32,

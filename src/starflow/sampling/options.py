@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from ..strict import ConfigError, check_types, from_mapping
 
-__all__ = ["SamplerOptions", "METHODS", "JACOBI_SCHEDULES", "DRAFTS", "DRAFT_TH_FACTOR", "WINDOW_ROWS"]
+__all__ = ["SamplerOptions", "METHODS", "JACOBI_SCHEDULES", "DRAFTS", "DRAFT_TH_FACTOR", "WINDOW_ROWS", "WINDOW_WIDTH"]
 
 METHODS = ("jacobi", "sequential")
 JACOBI_SCHEDULES = ("official", "sliding")
@@ -23,14 +23,18 @@ DRAFTS = ("none", "bf16", "auto")
 # 5x, 20x and 40x measured slower than 10x on both bench models).
 DRAFT_TH_FACTOR = 10.0
 # Why the sliding schedule's window is wider than the official chunk by default (jacobi_window 0): on a CPU a trunk
-# call costs much more than the tokens in it until its products have ~1000 rows (a fixed cost per operator and per
-# product; small products run far under the CPU's rate), and the tokens of a wide window settle together. So the
-# window holds about WINDOW_ROWS rows (tokens x sequences in the batch, both guidance halves), never fewer tokens
-# than jacobi_block_size. Bench models, float32 without a draft, 3 inputs each, 2-core Xeon, against windows of
-# jacobi_block_size (16): 512 / 1024 / 2048 rows took images 0.64 / 0.66 / 0.81 of the time (trunk calls 155 -> 27
-# at 1024, and the error vs. the sequential sample 0.12 -> 0.07: each token is evaluated more often before the
-# window leaves it), 8-frame videos 0.97 / 0.93 / 0.88, 32-frame ones - / 0.90 / 0.83 (benchmarks/RESULTS.md).
+# call of a small model costs much more than the tokens in it (a fixed cost per operator and per product; small
+# products run far under the CPU's rate), and the tokens of a wide window settle together. A call costs about
+# layers x (F + c x rows x width^2): the window holds the rows (tokens x sequences in the batch, both guidance
+# halves) where the two terms meet, WINDOW_ROWS at WINDOW_WIDTH channels and (WINDOW_WIDTH / width)^2 as many at
+# other widths, never fewer tokens than jacobi_block_size (a 3B model's 3072 channels: the block size, as before;
+# there each call reads GBs of weights and computes TFLOPs, so wasted evaluations cost, not calls). Bench models
+# (256 wide), float32 without a draft, 3 inputs each, 2-core Xeon, against windows of jacobi_block_size (16):
+# 512 / 1024 / 2048 rows took images 0.64 / 0.66 / 0.81 of the time (trunk calls 155 -> 27 at 1024, and the error
+# vs. the sequential sample 0.12 -> 0.07: each token is evaluated more often before the window leaves it), 8-frame
+# videos 0.97 / 0.93 / 0.88, 32-frame ones - / 0.90 / 0.83 (benchmarks/RESULTS.md).
 WINDOW_ROWS = 1024
+WINDOW_WIDTH = 256
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,8 @@ class SamplerOptions:
     guidance: float = 0.0                 # official CFG weight; 0: unguided
     jacobi_block_size: int = 32           # tokens solved together (x4 after a video's first frame)
     jacobi_window: int = 0                # sliding schedule: its window in tokens (x4 after a video's first frame);
-                                          # 0: about WINDOW_ROWS rows, at least jacobi_block_size tokens
+                                          # 0: ~WINDOW_ROWS rows at WINDOW_WIDTH (fewer if wider), at least
+                                          # jacobi_block_size tokens
     jacobi_th: float = 1e-3               # relative squared change that stops a chunk; 0: never early
     jacobi_max_iter: int = 32
     jacobi_schedule: str = "official"     # "official" chunks, or "sliding" (per-token convergence, faster)
@@ -93,15 +98,17 @@ class SamplerOptions:
         """The threshold that stops a draft's Jacobi solve (sampling.draft)."""
         return DRAFT_TH_FACTOR * self.jacobi_th if self.jacobi_draft_th is None else self.jacobi_draft_th
 
-    def jacobi_tokens(self, tokens: int, rows: int) -> int:
+    def jacobi_tokens(self, tokens: int, rows: int, width: int) -> int:
         """Tokens a Jacobi solve of a block works on at once: the official schedule's chunk (jacobi_block_size), or
-        the sliding schedule's window (jacobi_window; 0: WINDOW_ROWS // rows, between jacobi_block_size and all
-        `tokens` of the block's sequence). rows: the sequences the block runs at once (guided: both halves)."""
+        the sliding schedule's window (jacobi_window; 0: WINDOW_ROWS x (WINDOW_WIDTH / width)^2 rows, between
+        jacobi_block_size and all `tokens` of the block's sequence). rows: the sequences the block runs at once
+        (guided: both halves); width: its channels."""
         if self.jacobi_schedule == "official":
             return self.jacobi_block_size
         if self.jacobi_window:
             return self.jacobi_window
-        return max(self.jacobi_block_size, min(tokens, WINDOW_ROWS // max(rows, 1)))
+        budget = WINDOW_ROWS * WINDOW_WIDTH ** 2 // (max(rows, 1) * max(width, 1) ** 2)
+        return max(self.jacobi_block_size, min(tokens, budget))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "sampler options") -> "SamplerOptions":

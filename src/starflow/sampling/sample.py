@@ -12,7 +12,7 @@ from ..nn.packed import packed_linears
 from ..nn.precision import layers_compute_in, upcast
 from .draft import draft_copy, native_bf16
 from .inverse import BlockInverse
-from .jacobi import JacobiStats, jacobi_inverse
+from .jacobi import JacobiStats, block_tokens, jacobi_inverse
 from .sequential import sequential_inverse
 from .options import SamplerOptions
 
@@ -70,7 +70,7 @@ def _invert_block(view: BlockView, tokens: torch.Tensor, opt: SamplerOptions, pr
             if stats is not None:
                 stats.draft_iterations += ds.iterations
                 stats.draft_tokens += ds.tokens
-        return jacobi_inverse(inv, opt.jacobi_tokens(inv.U, inv.x_full.size(0)), opt.jacobi_th, opt.jacobi_max_iter,
+        return jacobi_inverse(inv, block_tokens(opt, inv), opt.jacobi_th, opt.jacobi_max_iter,
                               opt.context_length, window, progress=opt.progress, stats=stats,
                               schedule=opt.jacobi_schedule)
 
