@@ -48,8 +48,10 @@ class BenchOptions:
     dtype: str = "fp32"              # "fp32", or "bf16" (weights and activations; training under autocast)
     batch: int = 8                   # likelihood pass and training step
     sample_batch: int = 4            # samples; guidance doubles the batch the deep block runs
-    # the samplers timed: guidance 2, Jacobi blocks of 16 at threshold 1e-3 with the sliding schedule (see
-    # sampling.jacobi.jacobi_inverse), drafted in bf16 where the hardware multiplies bf16 natively (AMX, CUDA)
+    # the samplers timed: guidance 2, Jacobi at threshold 1e-3 with the sliding schedule (see
+    # sampling.jacobi.jacobi_inverse; blocks of 16 are its least window and the official schedule's chunk, its
+    # windows hold ~1024 rows: SamplerOptions.jacobi_tokens), drafted in bf16 where the hardware multiplies bf16
+    # natively (AMX, CUDA)
     sampling: SamplerOptions = field(default_factory=lambda: SamplerOptions(
         guidance=2.0, jacobi_block_size=16, jacobi_th=1e-3, jacobi_max_iter=32, jacobi_schedule="sliding",
         jacobi_draft="auto"))
