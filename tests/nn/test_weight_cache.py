@@ -155,3 +155,56 @@ def test_weights_made_under_inference_mode():
         layer.weight.mul_(2.0)                                 # no version counter to see it: the sum does
     torch.testing.assert_close(_get(layer, make), layer.weight)
     assert make.calls == 2
+
+
+def _counting_sums(monkeypatch) -> list:
+    """Record the shape of every Tensor.sum call (the stamps' reads of the weights)."""
+    shapes = []
+    real = torch.Tensor.sum
+
+    def counting(self, *a, **k):
+        shapes.append(tuple(self.shape))
+        return real(self, *a, **k)
+    monkeypatch.setattr(torch.Tensor, "sum", counting)
+    return shapes
+
+
+def test_one_call_reads_each_weight_once_and_only_while_open(monkeypatch):
+    layer = torch.nn.Linear(4, 3)
+    make = _Maker(layer)
+    sums = _counting_sums(monkeypatch)
+    _get(layer, make)
+    assert len(sums) == 2                                      # weight and bias, outside a call: every lookup
+    _get(layer, make)
+    assert len(sums) == 4 and make.calls == 1
+    with weight_cache.one_call():
+        _get(layer, make)
+        with weight_cache.one_call():                          # nested: the same call
+            weight_cache.cached(layer, "weight only", [layer.weight], make)
+            _get(layer, make)
+    assert len(sums) == 6 and make.calls == 2                  # two reads for three stamps over the same tensors
+    layer.weight.data.add_(1.0)                                # after the call a write through .data is seen again
+    torch.testing.assert_close(_get(layer, make), layer.weight.detach())
+    assert make.calls == 3
+    with weight_cache.one_call():
+        with torch.no_grad():
+            layer.weight.add_(1.0)                             # the version counter still counts inside a call
+        torch.testing.assert_close(_get(layer, make), layer.weight.detach())
+    assert make.calls == 4
+
+
+def test_frozen_tensors_are_stamped_without_a_sum(monkeypatch):
+    layer = torch.nn.Linear(4, 3)
+    weight_cache.freeze([layer.weight])
+    make = _Maker(layer)
+    sums = _counting_sums(monkeypatch)
+    _get(layer, make), _get(layer, make)
+    assert sums == [(3,), (3,)] and make.calls == 1             # the bias only
+    with torch.no_grad():
+        layer.weight.mul_(2.0)                                 # identity, address and version still tell
+    torch.testing.assert_close(_get(layer, make), layer.weight.detach())
+    assert make.calls == 2
+    key = id(layer.weight)
+    del layer, make
+    gc.collect()
+    assert key not in weight_cache._frozen                     # forgotten with the tensor

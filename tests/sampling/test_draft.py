@@ -188,3 +188,32 @@ def test_native_bf16_covers_the_draft_hardware_and_avx512_bf16(monkeypatch):
     assert draft_mod.native_bf16(torch.device("cpu"))
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     assert not draft_mod.native_bf16(torch.device("cpu"))
+
+
+def test_a_draft_copy_is_frozen_and_a_sample_reads_each_weight_once(make_model, monkeypatch):
+    """The stamps of the kept copies (nn.weight_cache): the draft copy is the library's own (no sums), and within
+    one `sample` call each of the model's tensors is summed once although its draft and its packed layers both
+    stamp it."""
+    from starflow.nn import weight_cache
+
+    weight_cache.clear()
+    model = make_model(dtype=torch.float32)                                 # float32: its layers get packed
+    z, y, y_null = (t.float() for t in _noise(model))
+    opt = SamplerOptions(method="jacobi", guidance=1.5, jacobi_draft="bf16")
+    sample(model, z, y, y_null, opt)                                        # makes and keeps the copies
+    low = draft_copy(model.deep, "bf16")
+    assert all(weight_cache._is_frozen(t) for t in [*low.parameters(), *low.buffers()])
+    counts: dict[int, int] = {}
+    real = torch.Tensor.sum
+
+    def counting(self, *a, **k):
+        counts[self.data_ptr()] = counts.get(self.data_ptr(), 0) + 1
+        return real(self, *a, **k)
+    monkeypatch.setattr(torch.Tensor, "sum", counting)
+    first = sample(model, z, y, y_null, opt)
+    weights = {p.data_ptr() for p in model.parameters()}
+    assert weights & counts.keys()                                          # the stamps did read the weights
+    assert all(counts[p] == 1 for p in weights & counts.keys())
+    assert not counts.keys() & {t.data_ptr() for t in low.parameters()}
+    monkeypatch.undo()
+    torch.testing.assert_close(first, sample(model, z, y, y_null, opt), rtol=0, atol=0)

@@ -18,7 +18,7 @@ import torch
 
 from ..flow.block import FlowBlock
 from ..nn.hardware import cpu_has
-from ..nn.weight_cache import cached
+from ..nn.weight_cache import cached, freeze
 
 __all__ = ["DRAFT_DTYPES", "draft_copy", "fast_bf16", "native_bf16"]
 
@@ -83,4 +83,5 @@ def _low_copy(block: FlowBlock, dtype: torch.dtype) -> tuple[FlowBlock, int]:
                     else low_t
         low = copy.deepcopy(block, memo).to(dtype)
     low = low.requires_grad_(False).train(block.training)
+    freeze([*low.parameters(), *low.buffers()])     # nothing writes the copy: its packed layers' stamps need no sums
     return low, sum(t.untyped_storage().nbytes() for t in (*low.parameters(), *low.buffers()))

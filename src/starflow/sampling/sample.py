@@ -10,6 +10,7 @@ import torch
 from ..flow.model import BlockView, StarFlow
 from ..nn.packed import packed_linears
 from ..nn.precision import layers_compute_in, upcast
+from ..nn.weight_cache import one_call
 from .draft import draft_copy, native_bf16
 from .inverse import BlockInverse
 from .jacobi import JacobiStats, block_tokens, jacobi_inverse
@@ -116,7 +117,8 @@ def sample(model: StarFlow, z: torch.Tensor, y: torch.Tensor | None = None, y_nu
     B, ch = shape[0], shape[-1]
     tokens = upcast(h.reshape(B, -1, ch))
     compute, pack = _compute_precision(model, opt)
-    with compute:
+    # one_call: the kept drafts and packed weights (nn.weight_cache) read each weight's sum once for the call
+    with compute, one_call():
         for v in reversed(model.block_views(shape, y, w, y_null=y_null, sampling=True)):
             if v.identity:
                 continue
