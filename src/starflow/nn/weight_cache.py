@@ -15,8 +15,8 @@ once per lookup (~5 ms for the bench video model's 64 MB), a few percent of what
 different thread count may round a sum differently: that only makes a new copy. Two things keep the sums from being
 read more often than that: inside `one_call()` (a sampling call, during which nothing writes the weights) each
 tensor is summed once however many copies it stamps (a block's draft and each of its packed layers read the same
-weights), and tensors this library made for itself and never writes (a draft's low-precision copy: `frozen`) are
-stamped without a sum (bench video sample: 116 -> 61 MB summed, 21 -> 10 ms).
+weights), and tensors this library made for itself and never writes (a draft's low-precision copy: `freeze`) are
+stamped without a sum (bench video sample: 116 -> 61 MB summed, 21 -> 13 ms).
 
 Entries are held for their owner module only (a deleted model frees them), within a byte budget (the least
 recently used go first; a copy larger than the budget is made for the call and not kept: a big model's blocks are
