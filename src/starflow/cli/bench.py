@@ -30,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--jacobi-draft-block-size", type=int, default=0,
                    help="window of the draft's Jacobi solve (default 0: the whole sequence)")
     p.add_argument("--jacobi-draft-th", type=float, default=None,
-                   help="threshold that stops the draft's Jacobi solve (default: 10x the sampler's 1e-3)")
+                   help="threshold that stops the draft's Jacobi solve (default: 3x the sampler's 1e-3)")
     p.add_argument("--train-autocast", choices=["auto", "bf16", "none"], default="auto",
                    help="float32 runs: also time the training step under bf16 autocast (float32 weights, the "
                         "official training precision) as train_step_autocast_ms; auto (default): where bf16 is "

@@ -121,7 +121,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                         "sequences, at 256 "
                         "channels; fewer for wider models)")
     p.add_argument("--jacobi-draft-th", type=float, default=None,
-                   help="threshold that stops the draft's own solve (default: 10x --jacobi-th; the full-precision "
+                   help="threshold that stops the draft's own solve (default: 3x --jacobi-th; the full-precision "
                         "check after it accepts each token by --jacobi-th)")
     p.add_argument("--denoise", choices=["score", "learned", "none"], default=None)
     p.add_argument("--height", type=positive_int, default=None, help="pixels")

@@ -6,9 +6,10 @@ the block (AMX on recent Xeons, tensor cores on GPUs: several times the float32 
 the block first; the float32 Jacobi then starts from that draft, checks all of it in one parallel
 pass, and accepts each token by its own float32 rule. Every token of the result is therefore a
 float32 evaluation that moved by less than the threshold, exactly the acceptance of a plain float32
-Jacobi solve; the draft changes where the iteration starts, not what it accepts. The draft stops at 10x
-the sampler's threshold (SamplerOptions.draft_th): its last pass down to the threshold would only confirm
-what the full-precision check then evaluates anyway.
+Jacobi solve; the draft changes where the iteration starts, not what it accepts. The draft stops at 3x
+the sampler's threshold (SamplerOptions.draft_th): close enough that the full-precision check usually accepts
+every token in its first pass, where a token at the edge would make the rest of its window run again at full
+precision (options.DRAFT_TH_FACTOR).
 """
 from __future__ import annotations
 

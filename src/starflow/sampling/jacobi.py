@@ -143,8 +143,8 @@ def _sliding_window(inv: BlockInverse, start: int, target: int, block_size: int,
     age = torch.zeros(inv.U + 1, dtype=torch.long)   # iterations each token has been through
     # over a draft every window reaches the target: the first checks the whole draft in one parallel pass (most
     # of it usually settles there, as in speculative decoding), and the tokens after one that did not are drafted
-    # too, close enough for one more pass rather than windows of block_size (bench, the draft stopped at 10x
-    # the threshold, SamplerOptions.draft_th: 12 -> 9 float32 calls for a video, 23 -> 5 for an image)
+    # too, close enough for one more pass rather than windows of block_size (bench, measured with the draft stopped
+    # at 10x the threshold, SamplerOptions.draft_th: 12 -> 9 float32 calls for a video, 23 -> 5 for an image)
     while start < target:
         adapt_threads()
         size = target - start if inv.initialised else (block_size if start <= F else block_size * later_frame_factor)
