@@ -16,7 +16,9 @@ sequential sampler both with compiled steps and eager, as `starflow bench` times
 `video_jacobi`: 8 latent frames, batch 2, the sliding window past `local_attn_window`, and each side's learnable
 denoiser (with the bf16 draft too where bf16 is native: `video_jacobi_draft_s`); and the same at 16 and 32 frames
 (`--long-video-frames`), from which each side's cost per frame, its flatness (max / min over the lengths) and the time
-each added frame cost come, all lengths of both sides timed in the same rounds.
+each added frame cost come, all lengths of both sides timed in the same rounds. A Jacobi solve's time depends on its
+input (how many tokens settle at once): `--video-inputs N` samples the bench's input and the next N - 1 seeds in each
+timed call and reports the time per input.
 The official code is imported from the checkout (nothing of it is copied here), built and loaded strictly
 by official_baseline.py's functions.
 """
@@ -115,8 +117,9 @@ def _image_pairs(ours, official, base, parts) -> dict:
     return pairs
 
 
-def _video_pairs(ours, official, base, lengths: list[int]) -> dict:
-    """video_jacobi_s at 8 frames, and long_video_s[T] (the whole video) at each longer length."""
+def _video_pairs(ours, official, base, lengths: list[int], inputs: int = 1) -> dict:
+    """video_jacobi_s at 8 frames, and long_video_s[T] (the whole video) at each longer length; each call samples
+    `inputs` videos (the bench's input, then the next seeds): a Jacobi solve's time depends on its input."""
     c = ours.config
     window = c.local_attn_window
     run = _sampler(ours, True)
@@ -124,13 +127,18 @@ def _video_pairs(ours, official, base, lengths: list[int]) -> dict:
     kw = base.reverse_kwargs(True, window - 1 if window else None)
 
     def pair(T: int, options=so):
-        z, y, y_null = random_inputs(ours, 2, 2, "cpu", torch.float32, frames=T)
+        data = [random_inputs(ours, 2, 2 + i, "cpu", torch.float32, frames=T) for i in range(inputs)]
+
+        def mine():
+            for z, y, y_null in data:
+                run(options, z, y, y_null)
 
         def off():
             with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):   # it prints when it re-encodes context
-                x = official(z, torch.cat([y, y_null]), reverse=True, **kw)
-                return base._official_denoise(official, x, y, window, c.denoiser_window)
-        return (lambda: run(options, z, y, y_null)), off
+                for z, y, y_null in data:
+                    x = official(z, torch.cat([y, y_null]), reverse=True, **kw)
+                    base._official_denoise(official, x, y, window, c.denoiser_window)
+        return mine, off
     pairs = {"video_jacobi_s": pair(8), **{f"long_video_s[{T}]": pair(T) for T in lengths if T != 8}}
     if native_bf16(torch.device("cpu")):
         # our default where bf16 is native: a bf16 draft, float32 acceptance (8 frames)
@@ -160,11 +168,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--long-video-frames", default="16,32", help="video models: the longer videos timed beside the "
                     "8-frame one (their cost per frame gives each side's long-video flatness); '' for none")
+    ap.add_argument("--video-inputs", type=int, default=1, help="video models: sample this many inputs in each timed "
+                    "call (the bench's, then the next seeds) and report the time per input (default 1: the bench's)")
     args = ap.parse_args(argv)
     if not (args.code / "transformer_flow.py").is_file():
         raise SystemExit(f"{args.code}: no transformer_flow.py (give a checkout of apple/ml-starflow)")
-    if args.rounds < 1:
-        raise SystemExit("--rounds must be >= 1")
+    if args.rounds < 1 or args.video_inputs < 1:
+        raise SystemExit("--rounds and --video-inputs must be >= 1")
     base = _baseline()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -181,14 +191,17 @@ def main(argv=None) -> int:
     parts = set(args.parts.split(",")) if args.parts else set(IMAGE_PARTS)
     video = ours.config.is_video_model
     lengths = [int(t) for t in args.long_video_frames.split(",") if t.strip()] if video else []
-    pairs = _video_pairs(ours, official, base, lengths) if video else _image_pairs(ours, official, base, parts)
+    inputs = args.video_inputs if video else 1
+    if video:
+        res["video_inputs"] = inputs
+    pairs = _video_pairs(ours, official, base, lengths, inputs) if video else _image_pairs(ours, official, base, parts)
     # every figure of both sides in one group of rounds: one warm-up each (it compiles our sequential steps),
     # then in turns, so that each pair is timed back to back and each side's figures at the same hour
     fns = {(name, side): fn for name, (mine, theirs) in pairs.items() for side, fn in (("ours", mine),
                                                                                          ("official", theirs))}
     times = interleaved(fns, torch.device("cpu"), 1, args.rounds)
     for name in pairs:
-        scale = 1000 if name.endswith("_ms") else 1
+        scale = (1000 if name.endswith("_ms") else 1) / inputs       # per input
         t_ours, t_off = [t * scale for t in times[name, "ours"]], [t * scale for t in times[name, "official"]]
         ratios = [a / b for a, b in zip(t_ours, t_off)]
         res[name] = {"ours": round(statistics.median(t_ours), 3), "official": round(statistics.median(t_off), 3),

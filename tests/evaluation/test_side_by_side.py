@@ -100,6 +100,25 @@ def test_where_bf16_is_native_the_video_is_timed_with_the_draft_too(make_model, 
     assert drafts.count("bf16") == 2 and drafts.count("none") == 2    # warm-up + 1 round of each
 
 
+def test_video_figures_can_pool_several_inputs(make_model, tmp_path, capsys, monkeypatch):
+    """--video-inputs N: each timed call samples the bench's input and the next N - 1 seeds, on both sides, and the
+    figures are per input."""
+    script = _load()
+    monkeypatch.setattr(script, "native_bf16", lambda device: False)
+    seeds = []
+    real = script.random_inputs
+    monkeypatch.setattr(script, "random_inputs", lambda m, b, seed, *a, **k: seeds.append(seed) or real(m, b, seed,
+                                                                                                       *a, **k))
+    model = make_model(dtype=torch.float32, temporal_causal=1, shallow_block_local=True, local_attn_window=2,
+                       learnable_self_denoiser=True, conditional_denoiser=True)
+    args = _checkout(model, tmp_path, monkeypatch)
+    assert script.main(args + ["--rounds", "1", "--long-video-frames", "", "--video-inputs", "3"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["video_inputs"] == 3 and seeds == [2, 3, 4]
+    assert res["video_jacobi_s"]["ours"] > 0 and len(res["video_jacobi_s"]["ratios"]) == 1
+    assert sys.modules["transformer_flow"].CALLS.count("reverse") == 2 * 3     # warm-up + 1 round, 3 inputs each
+
+
 def test_video_model_times_long_videos_in_the_same_rounds(make_model, tmp_path, capsys, monkeypatch):
     res = _video_run(make_model, tmp_path, capsys, monkeypatch, "--rounds", "2", "--long-video-frames", "3,8")
     assert {"video_jacobi_s", "long_video_s[3]"} <= set(res) and "long_video_s[8]" not in res
@@ -121,6 +140,8 @@ def test_refuses_a_missing_checkout_and_bad_rounds(tmp_path):
     (tmp_path / "transformer_flow.py").write_text("")
     with pytest.raises(SystemExit, match="rounds"):
         _load().main(["--code", str(tmp_path), "--model", str(tmp_path / "m.pt"), "--rounds", "0"])
+    with pytest.raises(SystemExit, match="video-inputs"):
+        _load().main(["--code", str(tmp_path), "--model", str(tmp_path / "m.pt"), "--video-inputs", "0"])
 
 
 def test_official_baseline_times_the_video_path(make_model, tmp_path, capsys, monkeypatch):
