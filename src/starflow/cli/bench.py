@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..sampling.options import DRAFT_TH_FACTOR, WINDOW_ROWS, WINDOW_WIDTH
+
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="measure forward / training / sampling speed on a conformance-format model")
@@ -24,13 +26,12 @@ def register(sub) -> None:
                    help="bf16: each block is first solved in bfloat16 and every token is then accepted by the "
                         "float32 rule; auto (default): bf16 where the hardware has native bf16 (AMX, CUDA); none")
     p.add_argument("--jacobi-window", type=int, default=0,
-                   help="sliding schedule: its window in tokens (default 0: about 1024 rows, tokens x "
-                        "sequences, at 256 "
-                        "channels, fewer for wider models; at least the block size)")
+                   help=f"sliding schedule: its window in tokens (default 0: about {WINDOW_ROWS} rows, tokens x "
+                        f"sequences, at {WINDOW_WIDTH} channels, fewer for wider models; at least the block size)")
     p.add_argument("--jacobi-draft-block-size", type=int, default=0,
                    help="window of the draft's Jacobi solve (default 0: the whole sequence)")
     p.add_argument("--jacobi-draft-th", type=float, default=None,
-                   help="threshold that stops the draft's Jacobi solve (default: 3x the sampler's 1e-3)")
+                   help=f"threshold that stops the draft's Jacobi solve (default: {DRAFT_TH_FACTOR:g}x the sampler's 1e-3)")
     p.add_argument("--train-autocast", choices=["auto", "bf16", "none"], default="auto",
                    help="float32 runs: also time the training step under bf16 autocast (float32 weights, the "
                         "official training precision) as train_step_autocast_ms; auto (default): where bf16 is "

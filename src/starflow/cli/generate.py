@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..outputs import check_output_file, check_output_folder
+from ..sampling.options import DRAFT_TH_FACTOR, WINDOW_ROWS, WINDOW_WIDTH
 from .checks import check_device, positive_int
 
 
@@ -117,11 +118,10 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                    help="official: chunks of --jacobi-block-size solved one after the other (the official sampler); "
                         "sliding: a window that moves past each settled token (faster; default: the model's, official)")
     p.add_argument("--jacobi-window", type=int, default=None,
-                   help="sliding schedule: its window in tokens (default 0: about 1024 rows, tokens x "
-                        "sequences, at 256 "
-                        "channels; fewer for wider models)")
+                   help=f"sliding schedule: its window in tokens (default 0: about {WINDOW_ROWS} rows, tokens x "
+                        f"sequences, at {WINDOW_WIDTH} channels; fewer for wider models)")
     p.add_argument("--jacobi-draft-th", type=float, default=None,
-                   help="threshold that stops the draft's own solve (default: 3x --jacobi-th; the full-precision "
+                   help=f"threshold that stops the draft's own solve (default: {DRAFT_TH_FACTOR:g}x --jacobi-th; the full-precision "
                         "check after it accepts each token by --jacobi-th)")
     p.add_argument("--denoise", choices=["score", "learned", "none"], default=None)
     p.add_argument("--height", type=positive_int, default=None, help="pixels")

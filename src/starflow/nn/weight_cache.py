@@ -99,13 +99,13 @@ def _stamp(sources: Iterable[torch.Tensor]) -> tuple:
                 if t.is_floating_point() and t.device.type != "meta" and not _is_frozen(t)]
     memo = getattr(_local, "sums", None)
     memo = {} if memo is None else memo
-    todo = [t for key, t in floating if key not in memo]
+    todo = [(key, t) for key, t in floating if key not in memo]
     if todo:
         with torch.no_grad():
             # one sum per tensor, in float32 at least (a bf16 sum would round away small changes), read back at once
             sums = torch.stack([t.detach().sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
-                                .to(torch.float64) for t in todo]).tolist()
-        memo.update(((id(t), t.data_ptr(), -1 if t.is_inference() else t._version), v) for t, v in zip(todo, sums))
+                                .to(torch.float64) for _, t in todo]).tolist()
+        memo.update((key, v) for (key, _), v in zip(todo, sums))
     return meta, tuple(memo[key] for key, _ in floating)
 
 
