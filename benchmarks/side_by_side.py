@@ -14,7 +14,8 @@ blocks of 16, max 32 iterations; float32, and the training step under bf16 autoc
 our Jacobi with its default sliding schedule and no draft (and with the bf16 draft where bf16 is native), our
 sequential sampler both with compiled steps and eager, as `starflow bench` times it). A video model gets
 `video_jacobi`: 8 latent frames, batch 2, the sliding window past `local_attn_window`, and each side's learnable
-denoiser (with the bf16 draft too where bf16 is native: `video_jacobi_draft_s`); and the same at 16 and 32 frames
+denoiser (with the bf16 draft too where bf16 is native, and its denoiser in bf16, `--denoiser-precision`:
+`video_jacobi_draft_s`); and the same at 16 and 32 frames
 (`--long-video-frames`), from which each side's cost per frame, its flatness (max / min over the lengths) and the time
 each added frame cost come, all lengths of both sides timed in the same rounds. A Jacobi solve's time depends on its
 input (how many tokens settle at once): `--video-inputs N` samples the bench's input and the next N - 1 seeds in each
@@ -117,13 +118,14 @@ def _image_pairs(ours, official, base, parts) -> dict:
     return pairs
 
 
-def _video_pairs(ours, official, base, lengths: list[int], inputs: int = 1) -> dict:
+def _video_pairs(ours, official, base, lengths: list[int], inputs: int = 1, denoiser: str = "auto") -> dict:
     """video_jacobi_s at 8 frames, and long_video_s[T] (the whole video) at each longer length; each call samples
-    `inputs` videos (the bench's input, then the next seeds): a Jacobi solve's time depends on its input."""
+    `inputs` videos (the bench's input, then the next seeds): a Jacobi solve's time depends on its input.
+    denoiser: our learnable denoiser's precision in the drafted figure (the float32 ones keep the model's)."""
     c = ours.config
     window = c.local_attn_window
     run = _sampler(ours, True)
-    so = BenchOptions().video_sampling.with_(jacobi_draft="none")
+    so = BenchOptions().video_sampling.with_(jacobi_draft="none", denoiser_precision="model")
     kw = base.reverse_kwargs(True, window - 1 if window else None)
 
     def pair(T: int, options=so):
@@ -141,8 +143,8 @@ def _video_pairs(ours, official, base, lengths: list[int], inputs: int = 1) -> d
         return mine, off
     pairs = {"video_jacobi_s": pair(8), **{f"long_video_s[{T}]": pair(T) for T in lengths if T != 8}}
     if native_bf16(torch.device("cpu")):
-        # our default where bf16 is native: a bf16 draft, float32 acceptance (8 frames)
-        pairs["video_jacobi_draft_s"] = pair(8, so.with_(jacobi_draft="bf16"))
+        # our default where bf16 is native: a bf16 draft, float32 acceptance, the denoiser in bf16 (8 frames)
+        pairs["video_jacobi_draft_s"] = pair(8, so.with_(jacobi_draft="bf16", denoiser_precision=denoiser))
     return pairs
 
 
@@ -168,6 +170,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--long-video-frames", default="16,32", help="video models: the longer videos timed beside the "
                     "8-frame one (their cost per frame gives each side's long-video flatness); '' for none")
+    ap.add_argument("--denoiser-precision", choices=["auto", "bf16", "model"], default="auto",
+                    help="video models: our learnable denoiser's precision in video_jacobi_draft_s (default auto, "
+                         "the bench's: bf16 where bf16 is native; model: float32, as before the 18th session)")
     ap.add_argument("--video-inputs", type=int, default=1, help="video models: sample this many inputs in each timed "
                     "call (the bench's, then the next seeds) and report the time per input (default 1: the bench's)")
     args = ap.parse_args(argv)
@@ -193,8 +198,8 @@ def main(argv=None) -> int:
     lengths = [int(t) for t in args.long_video_frames.split(",") if t.strip()] if video else []
     inputs = args.video_inputs if video else 1
     if video:
-        res["video_inputs"] = inputs
-    pairs = _video_pairs(ours, official, base, lengths, inputs) if video else _image_pairs(ours, official, base, parts)
+        res["video_inputs"], res["video_draft_denoiser_precision"] = inputs, args.denoiser_precision
+    pairs = _video_pairs(ours, official, base, lengths, inputs, args.denoiser_precision) if video else _image_pairs(ours, official, base, parts)
     # every figure of both sides in one group of rounds: one warm-up each (it compiles our sequential steps),
     # then in turns, so that each pair is timed back to back and each side's figures at the same hour
     fns = {(name, side): fn for name, (mine, theirs) in pairs.items() for side, fn in (("ours", mine),

@@ -160,7 +160,9 @@ def test_sampler_flags_reach_the_pipeline_call():
     kw = _call_kwargs(args)
     assert (kw["jacobi_draft"], kw["jacobi_draft_th"], kw["jacobi_th"]) == ("bf16", 0.005, 0.002)
     assert "jacobi_block_size" not in kw          # unset flags leave the pipeline's defaults
-    assert "jacobi_schedule" not in kw and "jacobi_window" not in kw
+    assert "jacobi_schedule" not in kw and "jacobi_window" not in kw and "denoiser_precision" not in kw
+    args = build_parser().parse_args(["generate-video", "4", "--model", "m", "--denoiser-precision", "bf16"])
+    assert _call_kwargs(args)["denoiser_precision"] == "bf16"
     args = build_parser().parse_args(["generate", "a digit", "--model", "m", "--jacobi-schedule", "sliding",
                                       "--jacobi-window", "48"])
     kw = _call_kwargs(args)

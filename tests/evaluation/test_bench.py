@@ -155,7 +155,9 @@ def test_video_model_figures(video_model_file):
     # with or without a draft): the bound only catches a broken sampler, whose error is the samples' own scale
     for key in ("", "_official"):
         assert 0 <= res[f"video_jacobi{key}_max_abs_err"] < 1.0
+        assert 0 <= res[f"video_jacobi{key}_denoised_max_abs_err"] < 1.0     # both denoised in float32 here
         assert res[f"video_jacobi{key}_tokens"] >= res[f"video_jacobi{key}_trunk_calls"] > 0
+    assert res["video_denoiser_dtype"] == "float32"
     assert res["video_sequential_compiled"] and res["video_sequential_compiled_max_abs_diff"] < 1e-3
     assert res["video_jacobi_over_sequential"] == round(res["video_jacobi_s"] / res["video_sequential_s"], 3)
     per_frame = res["long_video_s_per_frame"]
@@ -184,6 +186,17 @@ def test_video_targets_against_the_official_figures(video_model_file):
         bench(video_model_file, BenchOptions(**VIDEO_FAST, parts=("forward",)))
 
 
+def test_a_bf16_denoiser_is_measured_against_the_float32_denoised_sample(video_model_file):
+    """denoiser_precision "bf16": the Jacobi sample's denoised error is measured against the sequential sample
+    denoised in float32, and the error target takes the larger of the two errors."""
+    ref = {"video_jacobi_s": 1e6, "video_jacobi_max_abs_err": 0.5}
+    res = bench(video_model_file, BenchOptions(**{**VIDEO_FAST, "video_sampling": SAMPLING.with_(
+        denoiser_precision="bf16")}, parts=("video_jacobi",), reference=ref, compare_official=False))
+    assert res["video_denoiser_dtype"] == "bfloat16"
+    err, denoised = res["video_jacobi_max_abs_err"], res["video_jacobi_denoised_max_abs_err"]
+    assert denoised > 0 and res["targets"]["video_jacobi_max_abs_err_ok"] == (max(err, denoised) <= 0.5)
+
+
 def test_image_model_refuses_video_parts(model_file, capsys):
     with pytest.raises(ValueError, match="long_video: not measured on an image model"):
         bench(model_file, BenchOptions(**FAST, parts=("jacobi", "long_video")))
@@ -196,8 +209,9 @@ def test_image_model_refuses_video_parts(model_file, capsys):
 def test_video_cli(video_model_file, capsys):
     assert main(["bench", "--model", str(video_model_file), "--json", "--sample-repeats", "1", "--warmup", "0",
                  "--threads", "1", "--video-frames", "3", "--long-video-frames", "3", "--eager-sequential",
-                 "--no-official"]) == 0
+                 "--no-official", "--denoiser-precision", "bf16"]) == 0
     res = json.loads(capsys.readouterr().out)
+    assert res["video_denoiser_dtype"] == "bfloat16" and res["options"]["video_sampling"]["denoiser_precision"] == "bf16"
     assert res["video_sequential_s"] > 0 and res["video_jacobi_s"] > 0 and set(res["long_video_s_per_frame"]) == {"3"}
     assert res["options"]["video_frames"] == 3 and res["options"]["parts"] == ["video_sequential", "video_jacobi",
                                                                                  "long_video"]
@@ -237,6 +251,7 @@ def test_the_video_bench_packs_the_denoiser_once_for_all_windows(make_model, pac
     import starflow.nn.packed as packed
     from starflow.evaluation.bench_video import _sampler
     from starflow.evaluation.timing import random_inputs
+    from starflow.sampling.denoise import denoiser_for
 
     if not packed.packing_available():
         pytest.skip("this torch build has no oneDNN packed linear ops")
@@ -244,6 +259,10 @@ def test_the_video_bench_packs_the_denoiser_once_for_all_windows(make_model, pac
                        learnable_self_denoiser=True, conditional_denoiser=True)
     made = packed_layers
     z, y, y_null = random_inputs(model, 2, 0, "cpu", torch.float32, frames=5)       # 4 denoiser windows of 2 frames
-    _sampler(model, True)(BenchOptions().video_sampling.with_(jacobi_draft="none"), z, y, y_null)
-    denoiser = set(model.learnable_self_denoiser.modules())
-    assert sum(layer in denoiser for layer in made) == sum(type(m) is torch.nn.Linear for m in denoiser)
+    run = _sampler(model, True)
+    for precision in ("model", "bf16"):     # the model's own layers, or those of its kept bf16 copy
+        made.clear()
+        run(BenchOptions().video_sampling.with_(jacobi_draft="none", denoiser_precision=precision), z, y, y_null)
+        denoiser = set(denoiser_for(model, precision).modules())
+        linears = sum(type(m) is torch.nn.Linear for m in denoiser)
+        assert linears > 0 and sum(layer in denoiser for layer in made) == linears

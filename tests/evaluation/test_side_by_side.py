@@ -89,7 +89,7 @@ def test_where_bf16_is_native_the_video_is_timed_with_the_draft_too(make_model, 
 
     def sampler(model, denoise):
         run = real(model, denoise)
-        return lambda o, *a: drafts.append(o.jacobi_draft) or run(o, *a)
+        return lambda o, *a: drafts.append((o.jacobi_draft, o.denoiser_precision)) or run(o, *a)
     monkeypatch.setattr(script, "_sampler", sampler)
     model = make_model(dtype=torch.float32, temporal_causal=1, shallow_block_local=True, local_attn_window=2,
                        learnable_self_denoiser=True, conditional_denoiser=True)
@@ -97,7 +97,12 @@ def test_where_bf16_is_native_the_video_is_timed_with_the_draft_too(make_model, 
     assert script.main(args + ["--rounds", "1", "--long-video-frames", ""]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["video_jacobi_draft_s"]["official"] > 0 and len(res["video_jacobi_draft_s"]["ratios"]) == 1
-    assert drafts.count("bf16") == 2 and drafts.count("none") == 2    # warm-up + 1 round of each
+    # warm-up + 1 round of each: the drafted figure with the bench's denoiser (auto), the float32 one the model's
+    assert drafts.count(("bf16", "auto")) == 2 and drafts.count(("none", "model")) == 2
+    assert res["video_draft_denoiser_precision"] == "auto"
+    drafts.clear()
+    assert script.main(args + ["--rounds", "1", "--long-video-frames", "", "--denoiser-precision", "model"]) == 0
+    assert drafts.count(("bf16", "model")) == 2 and drafts.count(("none", "model")) == 2
 
 
 def test_video_figures_can_pool_several_inputs(make_model, tmp_path, capsys, monkeypatch):

@@ -162,3 +162,21 @@ def test_video_to_video_bad_input(video_pipe, tmp_path):
     (tmp_path / "bad.gif").write_bytes(b"not a gif")
     with pytest.raises(ValueError, match="cannot read video"):
         video_pipe(["1"], video=tmp_path / "bad.gif", **KW)
+
+
+def test_the_learned_denoiser_precision_reaches_the_video_denoising(labels, pool_ae):
+    """sampling denoiser_precision="bf16": the same sample, denoised by the kept bf16 copy (close to, not equal
+    to, the float32 denoising); "model" is the default."""
+    from .conftest import TINY_IMAGE, TINY_VIDEO, make_flow
+
+    flow = make_flow(seed=1, learnable_self_denoiser=True, conditional_denoiser=True,
+                     **{k: v for k, v in TINY_VIDEO.items() if k not in TINY_IMAGE})
+    pipe = StarFlowVideoPipeline(flow, labels, pool_ae(), defaults=dict(
+        noise_std=0.1, num_frames=5, fps=4, denoise="learned", sampling=dict(guidance=1.0, jacobi_block_size=4)))
+    kw = dict(KW, output_type="latent")
+    raw = pipe(["3"], denoise="none", **kw).frames
+    full = pipe(["3"], **kw).frames
+    assert torch.equal(pipe(["3"], denoiser_precision="model", **kw).frames, full)
+    half = pipe(["3"], denoiser_precision="bf16", **kw).frames
+    step = (full - raw).abs().max().item()
+    assert step > 0 and not torch.equal(half, full) and (half - full).abs().max().item() < 0.1 * step

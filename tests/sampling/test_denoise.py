@@ -117,3 +117,69 @@ def test_denoising_a_video_in_windows_packs_the_denoiser_once(make_model, packed
     from starflow.sampling.denoise import learned_denoise_video
     torch.testing.assert_close(learned_denoise_video(model, x, y, 0.3, 2), once, atol=1e-6, rtol=0)
     assert len(made) == n_linear
+
+
+def _video_denoiser_model(make_model, dtype=torch.float32):
+    model = make_model(dtype=dtype, learnable_self_denoiser=True, conditional_denoiser=True, temporal_causal=1,
+                       shallow_block_local=True)
+    c = model.config
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, c.channel_size, c.img_size, c.img_size, generator=g).to(dtype)
+    y = torch.randn(2, c.txt_size, c.txt_dim, generator=g).to(dtype)
+    return model, x, y
+
+
+def test_a_bf16_denoiser_predicts_from_a_kept_copy_and_updates_in_full_precision(make_model):
+    """denoiser_precision "bf16": a bf16 copy of the denoiser (kept while the weights stay, remade after a write)
+    predicts; the update is made in x's precision, close to the float32 one but not equal to it."""
+    from starflow.sampling.denoise import denoiser_for, learned_denoise_video
+
+    model, x, y = _video_denoiser_model(make_model)
+    own = model.learnable_self_denoiser
+    low = denoiser_for(model, "bf16")
+    assert low is not own and next(low.parameters()).dtype == torch.bfloat16
+    assert denoiser_for(model, "bf16") is low and denoiser_for(model, "model") is own
+    assert next(own.parameters()).dtype == torch.float32                  # the model's own weights untouched
+    full = learned_denoise(model, x, y, 0.3)
+    half = learned_denoise(model, x, y, 0.3, precision="bf16")
+    assert half.dtype == torch.float32 and not torch.equal(half, full)
+    correction = (full - x).abs().max().item()
+    assert correction > 0.05 and (half - full).abs().max().item() < 0.05 * correction
+    # a window loop predicts with the same copy: each window's new frames as learned_denoise gives them
+    video = learned_denoise_video(model, x, y, 0.3, 2, "bf16")
+    assert (video - learned_denoise_video(model, x, y, 0.3, 2)).abs().max().item() < 0.05 * correction
+    assert not torch.equal(video, learned_denoise_video(model, x, y, 0.3, 2))
+    with torch.no_grad():
+        own.proj_out.weight.add_(1.0)                                     # a write: the copy follows it
+    again = denoiser_for(model, "bf16")
+    assert again is not low
+    torch.testing.assert_close(again.proj_out.weight, own.proj_out.weight.to(torch.bfloat16), atol=0, rtol=0)
+
+
+def test_auto_denoiser_precision_follows_native_bf16_and_a_bf16_model_keeps_its_own(make_model, monkeypatch):
+    import starflow.sampling.denoise as D
+
+    model, x, y = _video_denoiser_model(make_model)
+    own = model.learnable_self_denoiser
+    monkeypatch.setattr(D, "native_bf16", lambda device: False)
+    assert D.denoiser_for(model, "auto") is own and D.denoiser_for(model, "bf16") is not own
+    torch.testing.assert_close(learned_denoise(model, x, y, 0.3, precision="auto"), learned_denoise(model, x, y, 0.3),
+                               atol=0, rtol=0)
+    monkeypatch.setattr(D, "native_bf16", lambda device: True)
+    assert D.denoiser_for(model, "auto") is D.denoiser_for(model, "bf16")
+    bf16_model, _, _ = _video_denoiser_model(make_model, torch.bfloat16)
+    assert D.denoiser_for(bf16_model, "bf16") is bf16_model.learnable_self_denoiser   # nothing narrower to make
+    with pytest.raises(ValueError, match="denoiser precision must be one of"):
+        D.denoiser_for(model, "fp8")
+    with pytest.raises(ValueError, match="no learnable self-denoiser"):
+        D.denoiser_for(make_model(), "bf16")
+
+
+def test_sampler_options_check_the_denoiser_precision():
+    from starflow.sampling.options import SamplerOptions
+    from starflow.strict import ConfigError
+
+    assert SamplerOptions().denoiser_precision == "model"
+    assert SamplerOptions(denoiser_precision="auto").with_(denoiser_precision="bf16").denoiser_precision == "bf16"
+    with pytest.raises(ConfigError, match="denoiser_precision must be one of"):
+        SamplerOptions(denoiser_precision="half")

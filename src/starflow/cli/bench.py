@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..sampling.options import DRAFT_TH_FACTOR, WINDOW_ROWS, WINDOW_WIDTH
+from ..sampling.options import DENOISER_PRECISIONS, DRAFT_TH_FACTOR, WINDOW_ROWS, WINDOW_WIDTH
 
 
 def register(sub) -> None:
@@ -32,6 +32,9 @@ def register(sub) -> None:
                    help="window of the draft's Jacobi solve (default 0: the whole sequence)")
     p.add_argument("--jacobi-draft-th", type=float, default=None,
                    help=f"threshold that stops the draft's Jacobi solve (default: {DRAFT_TH_FACTOR:g}x the sampler's 1e-3)")
+    p.add_argument("--denoiser-precision", choices=list(DENOISER_PRECISIONS), default="auto",
+                   help="video models: the learnable denoiser after sampling predicts in bf16 (a kept copy; the update "
+                        "stays float32) or in the model's precision; auto (default): bf16 where bf16 is native")
     p.add_argument("--train-autocast", choices=["auto", "bf16", "none"], default="auto",
                    help="float32 runs: also time the training step under bf16 autocast (float32 weights, the "
                         "official training precision) as train_step_autocast_ms; auto (default): where bf16 is "
@@ -69,7 +72,7 @@ def run(args) -> int:
                   jacobi_window=args.jacobi_window, jacobi_draft_block_size=args.jacobi_draft_block_size,
                   jacobi_draft_th=args.jacobi_draft_th)
     sampling = BenchOptions().sampling.with_(**jacobi)
-    video_sampling = BenchOptions().video_sampling.with_(**jacobi)
+    video_sampling = BenchOptions().video_sampling.with_(**jacobi, denoiser_precision=args.denoiser_precision)
     try:
         long_video = tuple(int(t) for t in args.long_video_frames.split(",") if t.strip())
     except ValueError:

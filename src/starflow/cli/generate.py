@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..outputs import check_output_file, check_output_folder
-from ..sampling.options import DRAFT_TH_FACTOR, WINDOW_ROWS, WINDOW_WIDTH
+from ..sampling.options import DENOISER_PRECISIONS, DRAFT_TH_FACTOR, WINDOW_ROWS, WINDOW_WIDTH
 from .checks import check_device, positive_int
 
 
@@ -124,6 +124,10 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                    help=f"threshold that stops the draft's own solve (default: {DRAFT_TH_FACTOR:g}x --jacobi-th; the full-precision "
                         "check after it accepts each token by --jacobi-th)")
     p.add_argument("--denoise", choices=["score", "learned", "none"], default=None)
+    p.add_argument("--denoiser-precision", choices=list(DENOISER_PRECISIONS), default=None,
+                   help="learned denoising: predict with a bf16 copy of the denoiser (the update stays in full "
+                        "precision; moves a sample by ~1e-3, twice as fast on CPUs with AMX) or in the model's "
+                        "precision; auto: bf16 where bf16 is native (default: the model's, 'model')")
     p.add_argument("--height", type=positive_int, default=None, help="pixels")
     p.add_argument("--width", type=positive_int, default=None, help="pixels")
     p.add_argument("--aspect-ratio", default=None,
@@ -191,7 +195,7 @@ def _call_kwargs(args) -> dict:
     sampling = dict(guidance=args.guidance, method=args.method, jacobi_block_size=args.jacobi_block_size,
                     jacobi_th=args.jacobi_th, jacobi_max_iter=args.jacobi_max_iter, jacobi_draft=args.jacobi_draft,
                     jacobi_draft_th=args.jacobi_draft_th, jacobi_schedule=args.jacobi_schedule,
-                    jacobi_window=args.jacobi_window)
+                    jacobi_window=args.jacobi_window, denoiser_precision=args.denoiser_precision)
     return dict(negative_prompt=args.negative_prompt, denoise=args.denoise, height=args.height, width=args.width,
                 aspect_ratio=args.aspect_ratio, seed=args.seed, batch_size=args.batch_size,
                 progress=not args.no_progress, **{k: v for k, v in sampling.items() if v is not None})

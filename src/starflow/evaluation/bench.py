@@ -72,12 +72,13 @@ class BenchOptions:
     # model's VIDEO_PARTS (evaluation.bench_video)
     parts: tuple[str, ...] | None = None
     # video models: batch, latent frames, the sampler (the image bench's, blocks of 16 tokens: one 64-token frame
-    # after the first), the learnable denoiser after sampling, and the lengths of the long-video figure
+    # after the first; the learnable denoiser after sampling in bf16 where bf16 is native, as the draft), and the
+    # lengths of the long-video figure
     video_batch: int = 2
     video_frames: int = 8
     video_sampling: SamplerOptions = field(default_factory=lambda: SamplerOptions(
         guidance=2.0, jacobi_block_size=16, jacobi_th=1e-3, jacobi_max_iter=32, jacobi_schedule="sliding",
-        jacobi_draft="auto"))
+        jacobi_draft="auto", denoiser_precision="auto"))
     video_denoise: bool = True
     long_video_frames: tuple[int, ...] = (8, 16, 32)
     # the official figures the targets compare with: None, the speed issue's (OFFICIAL_CPU); or figures

@@ -224,16 +224,18 @@ class StarFlow(torch.nn.Module):
         loss_logdet = -sum(ld.mean(dim=tuple(range(1, ld.dim()))) for ld in logdets)
         return loss_z, loss_logdet
 
-    def denoise_output(self, x: torch.Tensor, y: torch.Tensor | None = None, last_frames: int | None = None
-                       ) -> torch.Tensor:
-        """Raw prediction of the learnable self-denoiser for x (same shape as x).
+    def denoise_output(self, x: torch.Tensor, y: torch.Tensor | None = None, last_frames: int | None = None, *,
+                       denoiser: Denoiser | None = None) -> torch.Tensor:
+        """Raw prediction of the learnable self-denoiser for x (same shape and dtype as x).
 
         last_frames (videos): only the last that many frames' predictions, (B, last_frames, C, H, W). Every frame
         is still read, but the trunk's last layer computes its queries, MLP and head for those frames alone
-        (Trunk.run outputs=): a video denoised in windows keeps only each window's new frames (sampling.denoise)."""
+        (Trunk.run outputs=): a video denoised in windows keeps only each window's new frames (sampling.denoise).
+        denoiser: a stand-in for the model's own, of its structure (its bf16 copy: sampling.denoise), which reads x
+        and y in its own dtype."""
         if self.learnable_self_denoiser is None:
             raise ValueError("this model has no learnable self-denoiser (learnable_self_denoiser=0)")
-        d = self.learnable_self_denoiser
+        d = self.learnable_self_denoiser if denoiser is None else denoiser
         text = y if d.conditioned else None
         self.check_input(x, text)
         h = self.patchify(x)
@@ -252,4 +254,4 @@ class StarFlow(torch.nn.Module):
                     outputs=None if last_frames is None else last_frames * frame_tokens)
         if last_frames is not None:
             shape = shape[:1] + (last_frames,) + shape[2:]
-        return self.unpatchify(out.reshape(shape))
+        return self.unpatchify(out.reshape(shape).to(x.dtype))

@@ -297,8 +297,9 @@ class BasePipeline(OffloadMixin):
             outs.append(x if output_type == "latent" else self._decode(x))
         return torch.cat(outs)
 
-    def _denoise(self, x: torch.Tensor, y: torch.Tensor | None, method: str) -> torch.Tensor:
-        """One denoising step on latents x (images, or video chunks the caller cut)."""
+    def _denoise(self, x: torch.Tensor, y: torch.Tensor | None, method: str, precision: str = "model") -> torch.Tensor:
+        """One denoising step on latents x (images, or video chunks the caller cut); precision: the learned
+        denoiser's (SamplerOptions.denoiser_precision)."""
         from ..sampling.denoise import learned_denoise, score_denoise
 
         s = self.defaults.noise_std
@@ -306,7 +307,7 @@ class BasePipeline(OffloadMixin):
             return x
         if method == "score":
             return score_denoise(self.flow, x, y, s)
-        return learned_denoise(self.flow, x, y, s)
+        return learned_denoise(self.flow, x, y, s, precision=precision)
 
     def _size(self, height: int | None, width: int | None, aspect_ratio: str | None
               ) -> tuple[str | None, int, int]:

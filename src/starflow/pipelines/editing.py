@@ -153,9 +153,11 @@ class EditingMixin:
         return px.to(self.device), mm.bool().to(self.device)
 
     def _finish(self, x: torch.Tensor, y, denoise: str, mask: torch.Tensor, known: torch.Tensor,
-                pixels: torch.Tensor, mask_px: torch.Tensor, output_type: str):
-        """Denoise, keep the known part (model space), decode, put the known pixels back."""
-        x = (self._denoise_video(x, y, denoise, None) if self.kind == "video" else self._denoise(x, y, denoise))
+                pixels: torch.Tensor, mask_px: torch.Tensor, output_type: str, precision: str = "model"):
+        """Denoise (precision: the learned denoiser's), keep the known part (model space), decode, put the known
+        pixels back."""
+        x = (self._denoise_video(x, y, denoise, None, precision) if self.kind == "video"
+             else self._denoise(x, y, denoise, precision))
         x = torch.where(mask.expand_as(x), x, known)
         if output_type == "latent":
             return x
@@ -243,7 +245,7 @@ class EditingMixin:
                                          inversion.aspect_ratio)
         from ..sampling.sample import sample
         x = sample(self.flow, edit_noise(z, strength, g, mask), y, y_null, opts)
-        out = self._finish(x, y, denoise, mask, known, pixels, mask_px, output_type)
+        out = self._finish(x, y, denoise, mask, known, pixels, mask_px, output_type, opts.denoiser_precision)
         return self._outputs(out, prompts, output_type)
 
     @torch.no_grad()
@@ -270,5 +272,5 @@ class EditingMixin:
             return self._outputs(x, prompts, output_type)
         x = inpaint(self.flow, known, mask, y, y_null, opts, method=inpaint_method, iterations=iterations,
                     generator=g)
-        out = self._finish(x, y, denoise, mask, known, pixels, mask_px, output_type)
+        out = self._finish(x, y, denoise, mask, known, pixels, mask_px, output_type, opts.denoiser_precision)
         return self._outputs(out, prompts, output_type)

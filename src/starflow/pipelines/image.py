@@ -85,7 +85,7 @@ class StarFlowPipeline(EditingMixin, BasePipeline):
         z = z.to(self.device, self.dtype)
 
         x = self._run_batches(z, y, y_null, opts, batch_size=batch_size, progress=progress, output_type=output_type,
-                              denoise=lambda x, yb: self._denoise(x, yb, denoise))
+                              denoise=lambda x, yb: self._denoise(x, yb, denoise, opts.denoiser_precision))
         images = x if output_type == "latent" else convert_images(x, output_type)
         per_image = [p for p in prompts for _ in range(num_images_per_prompt)] if prompts is not None else None
         return ImagePipelineOutput(images=images, prompts=per_image)

@@ -59,15 +59,17 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
                              f"whole video (shallow_block_local=False): it cannot make {frames} latent frames")
         return window
 
-    def _denoise_video(self, x: torch.Tensor, y: torch.Tensor | None, method: str, window: int | None) -> torch.Tensor:
+    def _denoise_video(self, x: torch.Tensor, y: torch.Tensor | None, method: str, window: int | None,
+                       precision: str = "model") -> torch.Tensor:
         """Denoise in windows of the trained length; after the first window each step re-uses `overlap` frames
-        (official: denoiser_window, or window - 1) as context and replaces only the new ones."""
+        (official: denoiser_window, or window - 1) as context and replaces only the new ones. precision: the
+        learned denoiser's (SamplerOptions.denoiser_precision)."""
         from ..sampling.denoise import in_windows, learned_denoise_video
 
         if method == "none" or self.defaults.noise_std <= 0:
             return x
         if method == "learned":
-            return learned_denoise_video(self.flow, x, y, self.defaults.noise_std, window)
+            return learned_denoise_video(self.flow, x, y, self.defaults.noise_std, window, precision)
         return in_windows(lambda chunk, new: self._denoise(chunk, y, method), x, window, self.config.denoiser_window)
 
     # ---- first frame --------------------------------------------------------------------------------
@@ -185,7 +187,8 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
 
         if still:    # the model's image mode (its positions of an image, not of a one-frame video)
             x = self._run_batches(z, y, y_null, opts, batch_size=batch_size, progress=progress,
-                                  output_type=output_type, denoise=lambda x, yb: self._denoise(x, yb, denoise))
+                                  output_type=output_type,
+                                  denoise=lambda x, yb: self._denoise(x, yb, denoise, opts.denoiser_precision))
             x = x[:, None]
         else:
             window = self._window(T)
@@ -193,7 +196,9 @@ class StarFlowVideoPipeline(EditingMixin, BasePipeline):
                 opts = opts.with_(attn_window=window, context_length=opts.context_length or window - 1)
             x = self._run_batches(z, y, y_null, opts, batch_size=batch_size, progress=progress,
                                   output_type=output_type,
-                                  denoise=lambda x, yb: self._denoise_video(x, yb, denoise, window), prefix=prefix)
+                                  denoise=lambda x, yb: self._denoise_video(x, yb, denoise, window,
+                                                                            opts.denoiser_precision),
+                                  prefix=prefix)
         if output_type == "latent":
             frames = x
         else:

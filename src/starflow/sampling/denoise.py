@@ -6,11 +6,14 @@ import math
 
 import torch
 
-from ..flow.model import StarFlow
+from ..flow.model import Denoiser, StarFlow
 from ..nn.packed import packed_linears
+from ..nn.weight_cache import one_call
+from .draft import low_copy, native_bf16
+from .options import DENOISER_PRECISIONS
 
-__all__ = ["score_denoise", "learned_denoise", "learned_denoise_video", "denoiser_packed", "in_windows",
-           "DENOISER_NOISE_CONST"]
+__all__ = ["score_denoise", "learned_denoise", "learned_denoise_video", "denoiser_packed", "denoiser_for",
+           "in_windows", "DENOISER_NOISE_CONST"]
 
 DENOISER_NOISE_CONST = 0.3  # official constant: the denoiser predicts noise in units of 0.3
 
@@ -63,35 +66,61 @@ def score_denoise(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, nois
 @_finite_items
 @torch.no_grad()
 def learned_denoise(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, noise_std: float,
-                    next_noise_std: float = 0.0, *, last_frames: int | None = None) -> torch.Tensor:
+                    next_noise_std: float = 0.0, *, last_frames: int | None = None,
+                    precision: str = "model") -> torch.Tensor:
     """Official update x - 0.3 * denoiser(x) * (sigma - sigma_next) / sigma.
 
     last_frames (videos): the update of the last that many frames only, (B, last_frames, C, H, W), each frame's
-    prediction still made from every frame of x (StarFlow.denoise_output)."""
+    prediction still made from every frame of x (StarFlow.denoise_output).
+    precision (SamplerOptions.denoiser_precision): the denoiser that predicts (denoiser_for); the update is
+    computed in x's dtype either way."""
     keep = x if last_frames is None else x[:, x.size(1) - last_frames:]
     if noise_std <= 0:
         return keep
     if next_noise_std > noise_std:
         raise ValueError(f"next_noise_std {next_noise_std} must not exceed noise_std {noise_std}")
-    with denoiser_packed(model):    # its Linear weights packed (nn.packed), unless a caller holds them packed
-        pred = model.denoise_output(x, y, last_frames)
+    d = denoiser_for(model, precision)
+    with packed_linears(d):    # its Linear weights packed (nn.packed), unless a caller holds them packed
+        pred = model.denoise_output(x, y, last_frames, denoiser=d)
     return keep - pred * DENOISER_NOISE_CONST * (noise_std - next_noise_std) / noise_std
 
 
-def denoiser_packed(model: StarFlow):
-    """The learnable denoiser's Linear weights packed (nn.packed) for a `with` block: around a loop of
-    `learned_denoise` calls (a video's windows) they are packed once, not once a window."""
+def denoiser_for(model: StarFlow, precision: str = "model") -> Denoiser:
+    """The learnable denoiser that predicts under `precision`: the model's own ("model", or where its weights are
+    no wider than bf16, or "auto" where bf16 matmuls are not native: sampling.draft.native_bf16), else a bf16 copy
+    kept while the weights stay the same (sampling.draft.low_copy).
+
+    Why bf16 is worth offering: the prediction enters the sample scaled by 0.3 (sigma - sigma_next) / sigma, so its
+    bf16 rounding moves the sample by ~1e-3, the scale of the Jacobi sampler's own threshold, while the denoiser's
+    products run at the bf16 rate (bench video model, 2-core Xeon with AMX: 0.25 -> 0.12 s for an 8-frame video,
+    max change 0.003; benchmarks/RESULTS.md). Unlike the Jacobi draft nothing checks it in full precision after:
+    "model" (the default) keeps the weights' precision."""
+    if precision not in DENOISER_PRECISIONS:
+        raise ValueError(f"denoiser precision must be one of {DENOISER_PRECISIONS}, not {precision!r}")
     d = model.learnable_self_denoiser
-    return packed_linears(d if d is not None else model)
+    if d is None:
+        raise ValueError("this model has no learnable self-denoiser (learnable_self_denoiser=0)")
+    w = d.proj_in.weight
+    if precision == "model" or w.element_size() <= 2 or (precision == "auto" and not native_bf16(w.device)):
+        return d
+    return low_copy(d, torch.bfloat16)
+
+
+def denoiser_packed(model: StarFlow, precision: str = "model"):
+    """The Linear weights of the denoiser that predicts (denoiser_for) packed (nn.packed) for a `with` block: around
+    a loop of `learned_denoise` calls (a video's windows) they are packed once, not once a window."""
+    return packed_linears(denoiser_for(model, precision) if model.learnable_self_denoiser is not None else model)
 
 
 def learned_denoise_video(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, noise_std: float,
-                          window: int | None) -> torch.Tensor:
+                          window: int | None, precision: str = "model") -> torch.Tensor:
     """learned_denoise on a sampled video (B, T, C, H, W) in windows of `window` frames (in_windows, the model's
     denoiser_window as overlap), the denoiser's weights packed once for all the windows, each window computing
     only the frames it replaces."""
-    with torch.no_grad(), denoiser_packed(model):     # packing needs gradients off (nn.packed)
-        return in_windows(lambda chunk, new: learned_denoise(model, chunk, y, noise_std, last_frames=new), x,
+    # one_call: the kept bf16 copy and packed weights (nn.weight_cache) read each weight's sum once, not once a window
+    with torch.no_grad(), one_call(), denoiser_packed(model, precision):     # packing needs gradients off
+        return in_windows(lambda chunk, new: learned_denoise(model, chunk, y, noise_std, last_frames=new,
+                                                             precision=precision), x,
                           window, model.config.denoiser_window)
 
 

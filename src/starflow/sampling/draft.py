@@ -14,6 +14,7 @@ precision (options.DRAFT_TH_FACTOR).
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 
@@ -21,7 +22,9 @@ from ..flow.block import FlowBlock
 from ..nn.hardware import cpu_has
 from ..nn.weight_cache import cached, freeze
 
-__all__ = ["DRAFT_DTYPES", "draft_copy", "fast_bf16", "native_bf16"]
+__all__ = ["DRAFT_DTYPES", "draft_copy", "fast_bf16", "low_copy", "native_bf16"]
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 # "auto": bf16 where the hardware multiplies bf16 natively (see fast_bf16), else no draft
 DRAFT_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "auto": torch.bfloat16}
@@ -67,12 +70,19 @@ def draft_copy(block: FlowBlock, draft: str) -> FlowBlock | None:
         return None
     if draft == "auto" and not fast_bf16(w.device):
         return None
-    sources = [*block.parameters(), *block.buffers()]
-    return cached(block, f"draft:{dtype}:{'train' if block.training else 'eval'}", sources,
-                  lambda: _low_copy(block, dtype))
+    return low_copy(block, dtype)
 
 
-def _low_copy(block: FlowBlock, dtype: torch.dtype) -> tuple[FlowBlock, int]:
+def low_copy(module: M, dtype: torch.dtype) -> M:
+    """A copy of `module` with its floating tensors in `dtype`, gradients off, kept for later calls while the
+    module's tensors stay the same (nn.weight_cache); callers must not change it. The draft blocks' copies, and the
+    learnable denoiser's where it runs in bf16 (sampling.denoise)."""
+    sources = [*module.parameters(), *module.buffers()]
+    return cached(module, f"draft:{dtype}:{'train' if module.training else 'eval'}", sources,
+                  lambda: _low_copy(module, dtype))
+
+
+def _low_copy(block: M, dtype: torch.dtype) -> tuple[M, int]:
     with torch.no_grad(), torch.inference_mode(False):
         # each floating tensor converted straight into the copy (deepcopy takes the memo's entries) rather than
         # copied in full precision first and converted after: 23 -> 16 ms for the bench video model's deep block

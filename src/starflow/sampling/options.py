@@ -10,11 +10,13 @@ from typing import Any, Mapping
 
 from ..strict import ConfigError, check_types, from_mapping
 
-__all__ = ["SamplerOptions", "METHODS", "JACOBI_SCHEDULES", "DRAFTS", "DRAFT_TH_FACTOR", "WINDOW_ROWS", "WINDOW_WIDTH"]
+__all__ = ["SamplerOptions", "METHODS", "JACOBI_SCHEDULES", "DRAFTS", "DENOISER_PRECISIONS", "DRAFT_TH_FACTOR",
+           "WINDOW_ROWS", "WINDOW_WIDTH"]
 
 METHODS = ("jacobi", "sequential")
 JACOBI_SCHEDULES = ("official", "sliding")
 DRAFTS = ("none", "bf16", "auto")
+DENOISER_PRECISIONS = ("model", "bf16", "auto")
 # Why a draft stops at 3x the sampler's threshold: the full-precision check after it is one more Jacobi iteration
 # of every drafted token, and a token's relative squared change shrinks ~10x per iteration near the fixed point, so
 # a draft token that moved by < 3 x th moves by well under th in that check, which accepts it by the sampler's own
@@ -54,6 +56,9 @@ class SamplerOptions:
     jacobi_draft: str = "none"            # "bf16" / "auto": solve each block in bfloat16 first (sampling.draft)
     jacobi_draft_block_size: int = 0      # the draft's window (sliding schedule); 0: the whole sequence
     jacobi_draft_th: float | None = None  # the draft's own stopping threshold; None: DRAFT_TH_FACTOR x jacobi_th
+    denoiser_precision: str = "model"     # the learnable denoiser after sampling: "model" (the weights' dtype),
+                                          # "bf16" (a kept bf16 copy predicts, the update stays in x's dtype), "auto"
+                                          # (bf16 where bf16 matmuls are native); sampling.denoise
     attn_window: int | None = None        # videos: latent frames the deep block attends to (a sliding window
                                           # past them); None: the model's own local_attn_window
     context_length: int | None = None     # long videos: latent frames of re-encoded context (None: window - 1)
@@ -75,6 +80,8 @@ class SamplerOptions:
             bad(f"jacobi_schedule must be one of {JACOBI_SCHEDULES}, not {self.jacobi_schedule!r}")
         if self.jacobi_draft not in DRAFTS:
             bad(f"jacobi_draft must be one of {DRAFTS}, not {self.jacobi_draft!r}")
+        if self.denoiser_precision not in DENOISER_PRECISIONS:
+            bad(f"denoiser_precision must be one of {DENOISER_PRECISIONS}, not {self.denoiser_precision!r}")
         if not (math.isfinite(self.guidance) and 0 <= self.guidance <= 100):
             bad(f"guidance must be a number in [0, 100] (0: unguided), got {self.guidance}")
         for name in ("jacobi_block_size", "jacobi_max_iter"):
