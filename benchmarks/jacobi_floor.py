@@ -4,7 +4,8 @@ Why: `starflow bench` compares Jacobi with our own sequential sampler (issue 17 
 STARFlow-V paper's ~15x). Whatever the first guess (previous frames, a bf16 draft, ...), every token of the result
 is a float32 evaluation that moved by less than the threshold, so a Jacobi sample costs at least one float32
 evaluation of every token in windows, the sliding window's float32 re-encoded contexts (each in its window's first
-trunk call, timed with the deep block), and the denoiser after sampling. Starting each block from its own sequential solution leaves exactly that work (the check accepts every
+trunk call, timed with the deep block), and the denoiser after sampling (in the bench's precision: bf16 where bf16 is
+native, SamplerOptions.denoiser_precision, as the Jacobi sample timed beside it). Starting each block from its own sequential solution leaves exactly that work (the check accepts every
 token in its first window): its time over the sequential sampler's bounds the ratio any first guess can reach.
 
     python benchmarks/jacobi_floor.py --model ../shared/bench/bench_t2v_small.pt [--rounds 5] > floor.json
@@ -79,7 +80,7 @@ def _floor(model, z, y, y_null, opt, exact, parts: dict, stats: JacobiStats | No
     x = model.unpatchify(tokens.reshape(model.patchify(z).shape))
     t = time.perf_counter()
     if model.learnable_self_denoiser is not None:
-        learned_denoise_video(model, x, y, DENOISE_SIGMA, window)
+        learned_denoise_video(model, x, y, DENOISE_SIGMA, window, opt.denoiser_precision)   # as the bench's
     parts["denoiser"] = parts.get("denoiser", 0.0) + time.perf_counter() - t
     return time.perf_counter() - t0
 
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "device": _device_name(torch.device("cpu")), "threads": torch.get_num_threads(), "rounds": args.rounds,
         "video_frames": args.frames, "video_batch": b.video_batch, "jacobi_draft": opt.jacobi_draft,
+        "denoiser_precision": opt.denoiser_precision,
         "sequential_compiled": not args.eager_sequential,
         "video_sequential_s": med["sequential"], "video_jacobi_s": med["jacobi"], "video_jacobi_floor_s": med["floor"],
         "floor_parts_s": {k: round(v / args.rounds, 3) for k, v in parts.items()},
