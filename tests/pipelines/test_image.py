@@ -174,3 +174,23 @@ def test_from_a_0_1_trained_folder(flow_factory, tmp_path, write_legacy_export):
         StarFlowVideoPipeline.from_trained(tmp_path / "final")
     with pytest.raises(FileNotFoundError, match="training run folder"):
         StarFlowPipeline.from_pretrained(tmp_path)
+
+
+def test_the_learned_denoiser_precision_reaches_the_image_denoising(labels):
+    """An image model with a learnable denoiser: denoiser_precision="bf16" denoises the same sample with the kept bf16
+    copy (close to, not equal to, the float32 step); an unknown precision is refused."""
+    from starflow.pipelines import StarFlowPipeline
+
+    from .conftest import make_flow
+
+    pipe = StarFlowPipeline(make_flow(learnable_self_denoiser=True, conditional_denoiser=True), labels, None,
+                            defaults=dict(noise_std=0.1, denoise="learned", sampling=dict(guidance=1.0)),
+                            autoencoder_spec="identity")
+    kw = dict(seed=0, progress=False, output_type="latent")
+    raw = pipe(["1"], denoise="none", **kw).images
+    full = pipe(["1"], **kw).images
+    half = pipe(["1"], denoiser_precision="bf16", **kw).images
+    step = (full - raw).abs().max().item()
+    assert step > 0 and not torch.equal(half, full) and (half - full).abs().max().item() < 0.1 * step
+    with pytest.raises(ValueError, match="denoiser_precision"):
+        pipe(["1"], denoiser_precision="fp8", **kw)
