@@ -41,6 +41,7 @@ from starflow.evaluation.bench_video import _sampler
 from starflow.evaluation.timing import interleaved, random_inputs
 from starflow.flow.likelihood import nll, official_loss
 from starflow.sampling.draft import native_bf16
+from starflow.sampling.options import DENOISER_PRECISIONS
 from starflow.sampling.sample import sample
 
 IMAGE_PARTS = ("forward", "train", "sequential", "jacobi")
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--long-video-frames", default="16,32", help="video models: the longer videos timed beside the "
                     "8-frame one (their cost per frame gives each side's long-video flatness); '' for none")
-    ap.add_argument("--denoiser-precision", choices=["auto", "bf16", "model"], default="auto",
+    ap.add_argument("--denoiser-precision", choices=list(DENOISER_PRECISIONS), default="auto",
                     help="video models: our learnable denoiser's precision in video_jacobi_draft_s (default auto, "
                          "the bench's: bf16 where bf16 is native; model: float32, as before the 18th session)")
     ap.add_argument("--video-inputs", type=int, default=1, help="video models: sample this many inputs in each timed "
