@@ -5,8 +5,9 @@ STARFlow-V paper's ~15x). Whatever the first guess (previous frames, a bf16 draf
 is a float32 evaluation that moved by less than the threshold, so a Jacobi sample costs at least one float32
 evaluation of every token in windows, the sliding window's float32 re-encoded contexts (each in its window's first
 trunk call, timed with the deep block), and the denoiser after sampling (in the bench's precision: bf16 where bf16 is
-native, SamplerOptions.denoiser_precision, as the Jacobi sample timed beside it). Starting each block from its own sequential solution leaves exactly that work (the check accepts every
-token in its first window): its time over the sequential sampler's bounds the ratio any first guess can reach.
+native, SamplerOptions.denoiser_precision, as the Jacobi sample timed beside it). Starting each block from its own
+sequential solution leaves exactly that work (the check accepts every token in its first window): its time over
+the sequential sampler's bounds the ratio any first guess can reach.
 
     python benchmarks/jacobi_floor.py --model ../shared/bench/bench_t2v_small.pt [--rounds 5] > floor.json
 

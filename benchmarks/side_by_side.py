@@ -200,7 +200,8 @@ def main(argv=None) -> int:
     inputs = args.video_inputs if video else 1
     if video:
         res["video_inputs"], res["video_draft_denoiser_precision"] = inputs, args.denoiser_precision
-    pairs = _video_pairs(ours, official, base, lengths, inputs, args.denoiser_precision) if video else _image_pairs(ours, official, base, parts)
+    pairs = (_video_pairs(ours, official, base, lengths, inputs, args.denoiser_precision) if video
+             else _image_pairs(ours, official, base, parts))
     # every figure of both sides in one group of rounds: one warm-up each (it compiles our sequential steps),
     # then in turns, so that each pair is timed back to back and each side's figures at the same hour
     fns = {(name, side): fn for name, (mine, theirs) in pairs.items() for side, fn in (("ours", mine),

@@ -31,7 +31,8 @@ def register(sub) -> None:
     p.add_argument("--jacobi-draft-block-size", type=int, default=0,
                    help="window of the draft's Jacobi solve (default 0: the whole sequence)")
     p.add_argument("--jacobi-draft-th", type=float, default=None,
-                   help=f"threshold that stops the draft's Jacobi solve (default: {DRAFT_TH_FACTOR:g}x the sampler's 1e-3)")
+                   help=f"threshold that stops the draft's Jacobi solve (default: {DRAFT_TH_FACTOR:g}x the "
+                        "sampler's 1e-3)")
     p.add_argument("--denoiser-precision", choices=list(DENOISER_PRECISIONS), default="auto",
                    help="video models: the learnable denoiser after sampling predicts in bf16 (a kept copy; the update "
                         "stays float32) or in the model's precision; auto (default): bf16 where bf16 is native")

@@ -121,8 +121,8 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                    help=f"sliding schedule: its window in tokens (default 0: about {WINDOW_ROWS} rows, tokens x "
                         f"sequences, at {WINDOW_WIDTH} channels; fewer for wider models)")
     p.add_argument("--jacobi-draft-th", type=float, default=None,
-                   help=f"threshold that stops the draft's own solve (default: {DRAFT_TH_FACTOR:g}x --jacobi-th; the full-precision "
-                        "check after it accepts each token by --jacobi-th)")
+                   help=f"threshold that stops the draft's own solve (default: {DRAFT_TH_FACTOR:g}x --jacobi-th; the "
+                        "full-precision check after it accepts each token by --jacobi-th)")
     p.add_argument("--denoise", choices=["score", "learned", "none"], default=None)
     p.add_argument("--denoiser-precision", choices=list(DENOISER_PRECISIONS), default=None,
                    help="learned denoising: predict with a bf16 copy of the denoiser (the update stays in full "

@@ -9,7 +9,7 @@ import torch
 from ..flow.model import Denoiser, StarFlow
 from ..nn.packed import packed_linears
 from ..nn.weight_cache import one_call
-from .draft import low_copy, native_bf16
+from .draft import low_copy, native_bf16, no_wider
 from .options import DENOISER_PRECISIONS
 
 __all__ = ["score_denoise", "learned_denoise", "learned_denoise_video", "denoiser_packed", "denoiser_for",
@@ -101,7 +101,7 @@ def denoiser_for(model: StarFlow, precision: str = "model") -> Denoiser:
     if d is None:
         raise ValueError("this model has no learnable self-denoiser (learnable_self_denoiser=0)")
     w = d.proj_in.weight
-    if precision == "model" or w.element_size() <= 2 or (precision == "auto" and not native_bf16(w.device)):
+    if precision == "model" or no_wider(w, torch.bfloat16) or (precision == "auto" and not native_bf16(w.device)):
         return d
     return low_copy(d, torch.bfloat16)
 

@@ -22,7 +22,7 @@ from ..flow.block import FlowBlock
 from ..nn.hardware import cpu_has
 from ..nn.weight_cache import cached, freeze
 
-__all__ = ["DRAFT_DTYPES", "draft_copy", "fast_bf16", "low_copy", "native_bf16"]
+__all__ = ["DRAFT_DTYPES", "draft_copy", "fast_bf16", "low_copy", "native_bf16", "no_wider"]
 
 M = TypeVar("M", bound=torch.nn.Module)
 
@@ -66,11 +66,16 @@ def draft_copy(block: FlowBlock, draft: str) -> FlowBlock | None:
         raise ValueError(f"jacobi draft must be one of {sorted(DRAFT_DTYPES)}, not {draft!r}")
     dtype = DRAFT_DTYPES[draft]
     w = block.proj_in.weight
-    if dtype is None or w.element_size() <= torch.empty((), dtype=dtype).element_size():
+    if dtype is None or no_wider(w, dtype):
         return None
     if draft == "auto" and not fast_bf16(w.device):
         return None
     return low_copy(block, dtype)
+
+
+def no_wider(t: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether `t` is stored in a format no wider than `dtype`: a low-precision copy of it would gain nothing."""
+    return t.element_size() <= torch.empty((), dtype=dtype).element_size()
 
 
 def low_copy(module: M, dtype: torch.dtype) -> M:
