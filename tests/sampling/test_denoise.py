@@ -173,6 +173,8 @@ def test_auto_denoiser_precision_follows_native_bf16_and_a_bf16_model_keeps_its_
         D.denoiser_for(model, "fp8")
     with pytest.raises(ValueError, match="no learnable self-denoiser"):
         D.denoiser_for(make_model(), "bf16")
+    with pytest.raises(ValueError, match="no learnable self-denoiser"):      # before anything is packed
+        D.learned_denoise_video(make_model(), x, y, 0.3, 2)
 
 
 def test_sampler_options_check_the_denoiser_precision():

@@ -109,7 +109,7 @@ def denoiser_for(model: StarFlow, precision: str = "model") -> Denoiser:
 def denoiser_packed(model: StarFlow, precision: str = "model"):
     """The Linear weights of the denoiser that predicts (denoiser_for) packed (nn.packed) for a `with` block: around
     a loop of `learned_denoise` calls (a video's windows) they are packed once, not once a window."""
-    return packed_linears(denoiser_for(model, precision) if model.learnable_self_denoiser is not None else model)
+    return packed_linears(denoiser_for(model, precision))
 
 
 def learned_denoise_video(model: StarFlow, x: torch.Tensor, y: torch.Tensor | None, noise_std: float,
