@@ -179,8 +179,6 @@ def test_from_a_0_1_trained_folder(flow_factory, tmp_path, write_legacy_export):
 def test_the_learned_denoiser_precision_reaches_the_image_denoising(labels):
     """An image model with a learnable denoiser: denoiser_precision="bf16" denoises the same sample with the kept bf16
     copy (close to, not equal to, the float32 step); an unknown precision is refused."""
-    from starflow.pipelines import StarFlowPipeline
-
     from .conftest import make_flow
 
     pipe = StarFlowPipeline(make_flow(learnable_self_denoiser=True, conditional_denoiser=True), labels, None,

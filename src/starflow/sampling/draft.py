@@ -75,7 +75,7 @@ def draft_copy(block: FlowBlock, draft: str) -> FlowBlock | None:
 
 def no_wider(t: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether `t` is stored in a format no wider than `dtype`: a low-precision copy of it would gain nothing."""
-    return t.element_size() <= torch.empty((), dtype=dtype).element_size()
+    return t.element_size() <= dtype.itemsize
 
 
 def low_copy(module: M, dtype: torch.dtype) -> M:
