@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import signal
+import threading
 import time
 import traceback
 import types
@@ -43,6 +44,19 @@ def fresh_std_streams() -> None:
     sys.stderr = open(os.dup(2), "w", buffering=1)
 
 
+def fresh_progress_lock() -> None:
+    """In a forked child: tqdm's write lock as a new thread lock of the child's own. tqdm guards its bars with a
+    multiprocessing RLock that a fork shares with the parent; a child killed while drawing a bar would leave it held,
+    and every later bar in the parent (the resumed run) would wait for it forever."""
+    from tqdm import std
+
+    lock, classes = threading.RLock(), [std.tqdm]
+    while classes:                                 # tqdm.auto's class and any other subclass may hold its own
+        cls = classes.pop()
+        cls._lock = lock
+        classes += cls.__subclasses__()
+
+
 def in_child(body: Callable[[], int], kill_after: float | None = None) -> tuple[int | None, int | None]:
     """Run `body` in a forked child -> (exit code or None, signal number or None). kill_after: seconds after
     which the parent sends SIGKILL (a kill at a random moment), if the child is still running."""
@@ -51,6 +65,7 @@ def in_child(body: Callable[[], int], kill_after: float | None = None) -> tuple[
         code = 99
         try:
             fresh_std_streams()
+            fresh_progress_lock()
             torch.set_num_threads(1)
             code = int(body() or 0)
         except BaseException:                      # noqa: BLE001 - report and leave with a code

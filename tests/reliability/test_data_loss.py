@@ -232,3 +232,23 @@ def test_die_kills(tmp_path):
     marker = tmp_path / "after"
     assert in_child(lambda: (die(), marker.write_text("ran"))[0]) == (None, 9)
     assert not marker.exists()
+
+
+def test_a_child_killed_while_drawing_a_progress_bar_leaves_the_parents_bars_free():
+    """A kill while the child holds tqdm's write lock (drawing a bar) must not leave the lock the parent's bars
+    share taken: the random-moment kills once hung the resumed run in the parent for good this way."""
+    from tqdm.auto import tqdm
+    from tqdm.std import TqdmDefaultWriteLock
+
+    tqdm.get_lock()                                # the shared lock exists before the fork, as in a test session
+
+    def killed_while_drawing():
+        tqdm.get_lock().acquire()
+        die()
+
+    assert in_child(killed_while_drawing) == (None, 9)
+    shared = TqdmDefaultWriteLock.mp_lock
+    assert shared.acquire(timeout=5), "the killed child left tqdm's shared lock taken"
+    shared.release()
+    with tqdm(total=1, disable=False) as bar:      # and a bar in the parent still draws
+        bar.update()
